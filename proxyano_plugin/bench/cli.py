@@ -1,0 +1,97 @@
+"""``proxyano-bench``: run a benchmark suite, or report on a results directory.
+
+    proxyano-bench run SUITE [--output DIR] [--resume] [--only PATTERN] [--dry-run] [--set KEY=VALUE ...]
+    proxyano-bench report DIR
+    proxyano-bench list
+
+Exit codes: 0 all runs ok (or skipped), 1 some run failed, 2 the suite or the command is invalid,
+130 interrupted (finished runs are kept; continue with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from proxyano_plugin.bench.records import ResultsError
+from proxyano_plugin.bench.runner import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, run_suite
+from proxyano_plugin.bench.suite import SuiteError, load_suite, shipped_suites
+
+DEFAULT_RESULTS = Path("benchmarks") / "results"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="proxyano-bench", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a suite (models x datasets x seeds), one record per run")
+    run.add_argument("suite", help=f"a suite YAML file, or a shipped suite: {', '.join(shipped_suites())}")
+    run.add_argument("--output", type=Path, help=f"results directory (default: {DEFAULT_RESULTS}/<suite name>)")
+    run.add_argument("--resume", action="store_true", help="skip runs already recorded as ok; append the rest")
+    run.add_argument("--only", metavar="PATTERN", help="glob on run names model/dataset/seedN, or a run id")
+    run.add_argument("--dry-run", action="store_true", help="validate and list the runs, train nothing")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a suite value, e.g. --set max_epochs=1 --set datasets.brats.folder.root=/data/brats",
+    )
+    run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+
+    report = commands.add_parser("report", help="write report.md, summary.csv and plots from DIR/records.jsonl")
+    report.add_argument("directory", type=Path)
+
+    commands.add_parser("list", help="list the shipped suites")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            for name in shipped_suites():
+                print(name)
+            return EXIT_OK
+        if args.command == "report":
+            return _report(args.directory)
+        suite = load_suite(args.suite, args.overrides)
+        output = args.output or DEFAULT_RESULTS / suite.name
+        code = run_suite(
+            suite,
+            output,
+            resume=args.resume,
+            only=args.only,
+            dry_run=args.dry_run,
+            startup_s=time.perf_counter() - started,
+            log=_progress,
+        )
+        if not args.dry_run and not args.no_report and (output / "records.jsonl").exists():
+            _report(output)
+        return code
+    except (SuiteError, ResultsError) as error:
+        print(f"proxyano-bench: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("proxyano-bench: interrupted; finished runs are recorded, continue with --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _progress(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+def _report(directory: Path) -> int:
+    from proxyano_plugin.bench.report import write_report
+
+    for path in write_report(directory):
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""Turn a results directory into ``report.md``, ``summary.csv`` and PNG plots.
+
+Everything is computed from the records alone (no clock, no machine lookup), so a report regenerates
+identically anywhere: the header's machine, dates and versions are those the records carry.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from proxyano_plugin.bench import records as records_io
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str
+    get: Callable[[dict[str, Any]], float | None]
+    higher_is_better: bool
+    fmt: str
+    scale: float = 1.0
+
+
+def _metric(name: str) -> Callable[[dict[str, Any]], float | None]:
+    return lambda record: (record.get("metrics") or {}).get(name)
+
+
+def _section(section: str, name: str) -> Callable[[dict[str, Any]], float | None]:
+    return lambda record: (record.get(section) or {}).get(name)
+
+
+COLUMNS = (
+    Column("image_auroc", "Image AUROC", _metric("image_auroc"), True, "{:.1f}", 100),
+    Column("image_aupr", "Image AUPR", _metric("image_aupr"), True, "{:.1f}", 100),
+    Column("image_f1max", "Image F1Max", _metric("image_f1max"), True, "{:.1f}", 100),
+    Column("pixel_auroc", "Pixel AUROC", _metric("pixel_auroc"), True, "{:.1f}", 100),
+    Column("pixel_aupro", "Pixel AUPRO", _metric("pixel_aupro"), True, "{:.1f}", 100),
+    Column("pixel_dice_oracle", "Pixel Dice (oracle)", _metric("pixel_dice_oracle"), True, "{:.1f}", 100),
+    Column("throughput_ips", "Throughput (img/s)", _section("perf", "throughput_ips"), True, "{:.4g}"),
+    Column("latency_ms", "Latency b1 (ms)", _section("perf", "latency_ms"), False, "{:.3g}"),
+    Column("fit_s", "Fit (s)", _section("timing", "fit_s"), False, "{:.4g}"),
+    Column("peak_rss_mb", "Peak RSS (MB)", _section("perf", "peak_rss_mb"), False, "{:.0f}"),
+)
+PLOTS = ("auroc.png", "accuracy_vs_throughput.png")
+
+
+@dataclass
+class Group:
+    """The ok runs of one model on one dataset (one per seed)."""
+
+    dataset: str
+    model: str
+    runs: list[dict[str, Any]]
+
+    def values(self, column: Column) -> list[float]:
+        found = (column.get(r) for r in self.runs)
+        return [v * column.scale for v in found if v is not None]
+
+    def mean(self, column: Column) -> float | None:
+        values = self.values(column)
+        return statistics.fmean(values) if values else None
+
+    def std(self, column: Column) -> float | None:
+        values = self.values(column)
+        return statistics.stdev(values) if len(values) > 1 else None
+
+
+def write_report(directory: Path) -> list[Path]:
+    """Write the report files into ``directory``; returns their paths."""
+    loaded = records_io.read_records(directory / records_io.RECORDS_NAME)
+    if not loaded.records:
+        msg = f"{directory / records_io.RECORDS_NAME}: no records to report"
+        raise records_io.ResultsError(msg)
+    latest = loaded.latest()
+    groups = group_runs(latest)
+    sessions = records_io.read_records(directory / records_io.SESSIONS_NAME).records
+    written = [
+        _write(directory / "report.md", render_markdown(latest, groups, sessions, loaded.problems)),
+        write_summary_csv(directory / "summary.csv", groups),
+    ]
+    written += write_plots(directory, groups)
+    return written
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def group_runs(latest: list[dict[str, Any]]) -> list[Group]:
+    """Ok runs grouped by dataset then model, in the order they first appear in the records."""
+    groups: dict[tuple[str, str], Group] = {}
+    for record in latest:
+        if record.get("status") != "ok":
+            continue
+        key = (record["dataset"]["name"], record["model"]["name"])
+        groups.setdefault(key, Group(*key, runs=[])).runs.append(record)
+    for group in groups.values():
+        group.runs.sort(key=lambda r: r.get("seed", 0))
+    datasets = list(dict.fromkeys(dataset for dataset, _ in groups))
+    return sorted(groups.values(), key=lambda g: datasets.index(g.dataset))
+
+
+# -------------------------------------------------------------------------------------------------- markdown
+
+
+def render_markdown(
+    latest: list[dict[str, Any]], groups: list[Group], sessions: list[dict[str, Any]], problems: list[str]
+) -> str:
+    suites = sorted({r.get("suite", "?") for r in latest})
+    lines = [f"# Benchmark results: {', '.join(suites)}", ""]
+    lines += _header(latest, sessions)
+    lines += [
+        "",
+        "Mean ± standard deviation over seeds (n = number of seeds). Metrics in %, computed with anomalib's "
+        "metric classes on raw scores; *Pixel Dice (oracle)* uses the best threshold chosen with the ground "
+        "truth. Throughput: eval-mode forward at the timing batch size; latency: batch 1. Best per column "
+        "in **bold**.",
+    ]
+    for dataset in dict.fromkeys(g.dataset for g in groups):
+        lines += ["", *_dataset_table(dataset, [g for g in groups if g.dataset == dataset])]
+    lines += ["", "## Plots", ""]
+    lines += [f"![{name[:-4]}]({name})" for name in PLOTS]
+    lines += [f"![gallery {model}](gallery_{model}.png)" for model in dict.fromkeys(g.model for g in groups)]
+    not_ok = [r for r in latest if r.get("status") != "ok"]
+    if not_ok or problems:
+        lines += ["", "## Failed and skipped runs", ""]
+        lines += [f"- {r['status']}: `{r['name']}`: {r.get('error')}" + _log_link(r) for r in not_ok]
+        lines += [f"- unreadable record: {p}" for p in problems]
+    return "\n".join(lines) + "\n"
+
+
+def _log_link(record: dict[str, Any]) -> str:
+    return f" ([log]({record['log']}))" if record.get("log") and record["status"] == "failed" else ""
+
+
+def _header(latest: list[dict[str, Any]], sessions: list[dict[str, Any]]) -> list[str]:
+    devices = sorted({_device_label(r.get("device") or {}) for r in latest if r.get("status") == "ok"})
+    dates = sorted(r["finished_at"][:10] for r in latest if r.get("finished_at"))
+    version_sets = sorted({_versions_label(r.get("versions") or {}) for r in latest})
+    commits = sorted({str(r.get("git_commit"))[:12] for r in latest if r.get("git_commit")})
+    ok = sum(r.get("status") == "ok" for r in latest)
+    date = "unknown" if not dates else dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+    lines = [
+        f"- Machine: {'; '.join(devices) or 'unknown'}",
+        f"- Date: {date}",
+        f"- Versions: {'; '.join(version_sets)}",
+        f"- Commit: {', '.join(commits) or 'unknown'}",
+        f"- Runs: {ok} ok of {len(latest)}",
+    ]
+    if sessions:
+        wall = sum(s.get("wall_s") or 0.0 for s in sessions)
+        overhead = sum(s.get("overhead_s") or 0.0 for s in sessions)
+        if wall > 0:
+            lines.append(
+                f"- Harness overhead: {100 * overhead / wall:.1f}% of {wall:.0f} s wall time over "
+                f"{len(sessions)} session(s) (everything but fit, test and speed measurement)"
+            )
+    return lines
+
+
+def _device_label(device: dict[str, Any]) -> str:
+    name = device.get("name", "unknown")
+    count = device.get("count", 1)
+    label = f"{count} x {name}" if count and count > 1 else name
+    if device.get("type") == "cpu" and device.get("cpu_threads"):
+        label += f" ({device['cpu_threads']} threads)"
+    return label
+
+
+def _versions_label(versions: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in versions.items() if k != "python" and v)
+
+
+def _dataset_table(dataset: str, groups: list[Group]) -> list[str]:
+    columns = [c for c in COLUMNS if any(g.values(c) for g in groups)]
+    best = {c.key: _best(groups, c) for c in columns}
+    lines = [
+        f"## {dataset}",
+        "",
+        "| Model | n | " + " | ".join(c.title for c in columns) + " |",
+        "|---|---:|" + "---:|" * len(columns),
+    ]
+    for group in groups:
+        cells = []
+        for column in columns:
+            mean, std = group.mean(column), group.std(column)
+            if mean is None:
+                cells.append("–")
+                continue
+            text = column.fmt.format(mean) + (f" ± {column.fmt.format(std)}" if std is not None else "")
+            cells.append(f"**{text}**" if best[column.key] is not None and mean == best[column.key] else text)
+        lines.append(f"| {group.model} | {len(group.runs)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _best(groups: list[Group], column: Column) -> float | None:
+    means = [m for m in (g.mean(column) for g in groups) if m is not None]
+    if len(means) < 2:  # a single entry is not "best" of anything
+        return None
+    return max(means) if column.higher_is_better else min(means)
+
+
+# ------------------------------------------------------------------------------------------------------- csv
+
+
+def write_summary_csv(path: Path, groups: list[Group]) -> Path:
+    """One row per model and dataset: n, and mean and std of every column (metrics as fractions)."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["dataset", "model", "n"] + [f"{c.key}_{s}" for c in COLUMNS for s in ("mean", "std")])
+        for group in groups:
+            row: list[Any] = [group.dataset, group.model, len(group.runs)]
+            for column in COLUMNS:
+                for value in (group.mean(column), group.std(column)):
+                    row.append("" if value is None else f"{value / column.scale:.6g}")
+            writer.writerow(row)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------- plots
+
+
+def write_plots(directory: Path, groups: list[Group]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    written = [_plot_auroc(directory / PLOTS[0], groups), _plot_tradeoff(directory / PLOTS[1], groups)]
+    for model in dict.fromkeys(g.model for g in groups):
+        gallery = _plot_gallery(directory, model, [r for g in groups if g.model == model for r in g.runs])
+        if gallery is not None:
+            written.append(gallery)
+    return written
+
+
+def _plot_auroc(path: Path, groups: list[Group]) -> Path:
+    import matplotlib.pyplot as plt
+
+    levels = [c for c in COLUMNS if c.key in ("image_auroc", "pixel_auroc") and any(g.values(c) for g in groups)]
+    datasets = list(dict.fromkeys(g.dataset for g in groups))
+    models = list(dict.fromkeys(g.model for g in groups))
+    size = (max(5.0, 1.6 * len(datasets) * len(models)), 4.0)
+    figure, axes = plt.subplots(1, max(len(levels), 1), figsize=size, squeeze=False)
+    axes = axes[0]
+    width = 0.8 / max(len(models), 1)
+    for axis, column in zip(axes, levels, strict=False):
+        for index, model in enumerate(models):
+            found = {g.dataset: g for g in groups if g.model == model}
+            means = [(found[d].mean(column) if d in found else None) or math.nan for d in datasets]
+            stds = [(found[d].std(column) if d in found else None) or 0.0 for d in datasets]
+            positions = [i + (index - (len(models) - 1) / 2) * width for i in range(len(datasets))]
+            axis.bar(positions, means, width, yerr=stds, capsize=3, label=model)
+        axis.set_xticks(range(len(datasets)), datasets, rotation=20, ha="right")
+        axis.set_ylabel(f"{column.title} (%)")
+        axis.set_ylim(0, 100)
+        axis.axhline(50, color="grey", linewidth=0.8, linestyle=":")
+        axis.set_title(column.title)
+    axes[0].legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _plot_tradeoff(path: Path, groups: list[Group]) -> Path:
+    import matplotlib.pyplot as plt
+
+    auroc = next(c for c in COLUMNS if c.key == "image_auroc")
+    speed = next(c for c in COLUMNS if c.key == "throughput_ips")
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    markers = "osD^vP*X"
+    datasets = list(dict.fromkeys(g.dataset for g in groups))
+    models = list(dict.fromkeys(g.model for g in groups))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for group in groups:
+        x, y = group.mean(speed), group.mean(auroc)
+        if x is None or y is None:
+            continue
+        axis.scatter(
+            x,
+            y,
+            color=colors[models.index(group.model) % len(colors)],
+            marker=markers[datasets.index(group.dataset) % len(markers)],
+            label=f"{group.model} / {group.dataset}",
+        )
+    axis.set_xscale("log")
+    axis.set_xlabel(f"{speed.title}, log scale")
+    axis.set_ylabel(f"{auroc.title} (%)")
+    axis.set_title("Accuracy versus inference throughput")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize="x-small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _plot_gallery(directory: Path, model: str, runs: list[dict[str, Any]]) -> Path | None:
+    """Examples of one run of ``model``: input, model intermediates, anomaly map, ground truth."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    candidates = [r for r in runs if r.get("examples") and (directory / r["examples"]).exists()]
+    if not candidates:
+        return None
+    # Prefer a dataset with masks, then the lowest seed.
+    run = min(candidates, key=lambda r: ((r.get("counts") or {}).get("test_with_masks", 0) == 0, r.get("seed", 0)))
+    with np.load(directory / run["examples"]) as data:
+        arrays = {key: data[key] for key in data.files}
+    extras = [str(name) for name in arrays.get("extra_names", [])]
+    columns = [("image", "input")] + [(f"extra_{n}", n) for n in extras] + [("anomaly_map", "anomaly map")]
+    if "gt_mask" in arrays:
+        columns.append(("gt_mask", "ground truth"))
+    columns = [(key, title) for key, title in columns if key in arrays]
+    rows = len(arrays["image"])
+    figure, axes = plt.subplots(rows, len(columns), figsize=(2 * len(columns), 2 * rows), squeeze=False)
+    for row in range(rows):
+        for col, (key, title) in enumerate(columns):
+            axis = axes[row][col]
+            axis.imshow(_displayable(arrays[key][row]), cmap="gray" if key != "anomaly_map" else "jet")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(title, fontsize="small")
+        label = "anomalous" if int(arrays["gt_label"][row]) else "normal"
+        axes[row][0].set_ylabel(f"{label}\nscore {float(arrays['pred_score'][row]):.3g}", fontsize="x-small")
+    figure.suptitle(f"{model} on {run['dataset']['name']} (seed {run.get('seed')})", fontsize="small")
+    figure.tight_layout()
+    path = directory / f"gallery_{model}.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _displayable(array: Any) -> Any:
+    """``[C, H, W]`` or ``[H, W]`` to an image matplotlib shows: channels last, scaled to [0, 1]."""
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 3:
+        array = array[0] if array.shape[0] == 1 else np.moveaxis(array[:3], 0, -1)
+    low, high = float(array.min()), float(array.max())
+    return (array - low) / (high - low) if high > low else np.zeros_like(array)

@@ -1,0 +1,353 @@
+"""Run a suite: schedule its runs on devices, one process per run, and record each one as it ends.
+
+Each run executes in a child process (forked from the harness, which has already imported anomalib, so a
+run does not pay the import again): its peak memory is its own, and a crash, ``os._exit`` or an
+out-of-memory kill fails that run only. The parent never initialises CUDA (CUDA does not survive a fork);
+each child gets its GPUs through ``CUDA_VISIBLE_DEVICES``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import multiprocessing.connection
+import platform
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+from proxyano_plugin.bench import records
+from proxyano_plugin.bench.suite import RunSpec, Suite, SuiteError
+from proxyano_plugin.bench.system import git_commit, versions
+from proxyano_plugin.bench.worker import RunPaths, child_main, run_captured
+
+SCHEMA_VERSION = 1
+EXIT_OK, EXIT_FAILED_RUNS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def select_runs(suite: Suite, only: str | None) -> list[RunSpec]:
+    """The runs whose name (``model/dataset/seedN``) or id matches the ``--only`` glob."""
+    if only is None:
+        return list(suite.runs)
+    selected = [r for r in suite.runs if fnmatch(r.name, only) or r.run_id == only]
+    if not selected:
+        names = ", ".join(r.name for r in suite.runs[:6])
+        msg = f"--only {only!r} matches no run (run names look like: {names})"
+        raise SuiteError(msg)
+    return selected
+
+
+def device_slots(gpus: list[str], devices: int, parallel: bool, accelerator: str) -> list[list[str] | None]:
+    """Groups of GPUs that runs execute on; ``[None]`` (one run at a time, default placement) without GPUs."""
+    if accelerator == "cpu" or not gpus:
+        return [None]
+    groups = [gpus[i : i + devices] for i in range(0, len(gpus) - devices + 1, devices)]
+    if not groups:
+        msg = f"devices: each run spans {devices} GPUs but only {len(gpus)} are visible ({','.join(gpus)})"
+        raise SuiteError(msg)
+    return groups if parallel else groups[:1]
+
+
+def base_record(spec: RunSpec) -> dict[str, Any]:
+    """The part of a record known before the run starts."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": spec.run_id,
+        "name": spec.name,
+        "suite": spec.suite,
+        "model": {"name": spec.model.name, "class_path": spec.model.class_path, "init_args": spec.model.init_args},
+        "dataset": {
+            "name": spec.dataset.name,
+            "class_path": spec.dataset.class_path,
+            "init_args": spec.dataset.init_args,
+            "split": spec.dataset.split,
+        },
+        "seed": spec.seed,
+        "config": {
+            key: value for key, value in spec.to_dict().items() if key not in {"suite", "model", "dataset", "seed"}
+        },
+        "host": platform.node(),
+        "versions": versions(),
+        "git_commit": git_commit(),
+    }
+
+
+@dataclass
+class _Job:
+    spec: RunSpec
+    slot: int
+    processes: list[Any]
+    started: float
+    started_at: str
+    timed_out: bool = False
+
+
+@dataclass
+class Runner:
+    """Executes runs and appends their records; ``launch`` is replaceable so scheduling can be tested."""
+
+    suite: Suite
+    output: Path
+    slots: list[list[str] | None]
+    log: Callable[[str], None] = print
+    results: list[dict[str, Any]] = field(default_factory=list)
+    _durations: dict[str, list[float]] = field(default_factory=dict)
+    _remaining: list[RunSpec] = field(default_factory=list)
+    _index: dict[str, int] = field(default_factory=dict)
+    _start: float = 0.0
+
+    @property
+    def records_path(self) -> Path:
+        return self.output / records.RECORDS_NAME
+
+    def run(self, runs: list[RunSpec]) -> None:
+        """Execute ``runs`` (skipped ones are recorded at once), in parallel over ``slots``."""
+        self._index = {spec.run_id: number for number, spec in enumerate(runs, start=1)}
+        self._remaining = list(runs)
+        self._start = time.perf_counter()
+        todo = []
+        for spec in runs:
+            if spec.dataset.skip_reason:
+                self._finish(spec, {"status": "skipped", "error": spec.dataset.skip_reason}, None, now(), 0.0)
+            else:
+                todo.append(spec)
+        if self.suite.isolation == "inline":
+            for spec in todo:
+                started, started_at = time.perf_counter(), now()
+                self._announce(spec, None)
+                result = run_captured(spec, RunPaths(self.output, spec.run_id))
+                self._finish(spec, result, None, started_at, time.perf_counter() - started)
+            return
+        self._run_parallel(todo)
+
+    def _run_parallel(self, todo: list[RunSpec]) -> None:
+        pending = list(todo)
+        active: dict[int, _Job] = {}
+        try:
+            while pending or active:
+                for slot in range(len(self.slots)):
+                    if slot not in active and pending:
+                        spec = pending.pop(0)
+                        self._announce(spec, self.slots[slot])
+                        active[slot] = _Job(spec, slot, self.launch(spec, self.slots[slot]), time.perf_counter(), now())
+                sentinels = [p.sentinel for job in active.values() for p in job.processes]
+                multiprocessing.connection.wait(sentinels, timeout=1.0)
+                for slot, job in list(active.items()):
+                    self._check_timeout(job)
+                    if all(not p.is_alive() for p in job.processes):
+                        del active[slot]
+                        self._collect(job)
+        finally:
+            for job in active.values():  # interrupted: the runs in flight are lost, not recorded
+                for process in job.processes:
+                    process.terminate()
+                for process in job.processes:
+                    process.join(timeout=10)
+
+    def launch(self, spec: RunSpec, gpus: list[str] | None) -> list[Any]:
+        """Start the process(es) of one run: one, or one per device under DDP."""
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        RunPaths(self.output, spec.run_id).run_dir.mkdir(parents=True, exist_ok=True)
+        env: dict[str, str] = {}
+        if gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        world = self.suite.devices
+        if world > 1:
+            env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world), NODE_RANK="0")
+        processes = []
+        for rank in range(world):
+            rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)} if world > 1 else env
+            process = context.Process(
+                target=child_main, args=(spec.to_dict(), str(self.output), rank_env), name=f"bench-{spec.run_id}"
+            )
+            process.start()
+            processes.append(process)
+        return processes
+
+    def _check_timeout(self, job: _Job) -> None:
+        limit = self.suite.run_timeout_s
+        if limit is not None and time.perf_counter() - job.started > limit:
+            for process in job.processes:
+                if process.is_alive():
+                    process.kill()
+            for process in job.processes:
+                process.join()
+            job.timed_out = True
+
+    def _collect(self, job: _Job) -> None:
+        paths = RunPaths(self.output, job.spec.run_id)
+        elapsed = time.perf_counter() - job.started
+        if job.timed_out:
+            result = {"status": "failed", "error": f"timeout: run exceeded run_timeout_s={self.suite.run_timeout_s}"}
+        elif paths.result.exists():
+            result = json.loads(paths.result.read_text())
+            paths.result.unlink()
+        else:
+            result = {"status": "failed", "error": _exit_reason([p.exitcode for p in job.processes])}
+        result.setdefault("log", paths.relative(paths.log))
+        self._finish(job.spec, result, self.slots[job.slot], job.started_at, elapsed)
+
+    def _announce(self, spec: RunSpec, gpus: list[str] | None) -> None:
+        where = f" on GPU {','.join(gpus)}" if gpus else ""
+        self.log(f"{self._tag(spec)} start {spec.name} ({spec.run_id}){where}{self._eta()}")
+
+    def _tag(self, spec: RunSpec) -> str:
+        return f"[{self._index[spec.run_id]}/{len(self._index)}]"
+
+    def _finish(
+        self, spec: RunSpec, result: dict[str, Any], gpus: list[str] | None, started_at: str, elapsed: float
+    ) -> None:
+        record = {**base_record(spec), **result, "started_at": started_at, "finished_at": now()}
+        timing = record.setdefault("timing", {})
+        timing["wall_s"] = elapsed
+        measured = sum(timing.get(k) or 0.0 for k in ("fit_s", "test_s", "measure_s"))
+        timing["overhead_s"] = max(elapsed - measured, 0.0) if result["status"] == "ok" else None
+        if gpus is not None:
+            record.setdefault("device", {})["gpus"] = gpus
+        records.append_record(self.records_path, record)
+        self.results.append(record)
+        self._remaining.remove(spec)
+        if result["status"] == "ok":
+            self._durations.setdefault(spec.model.name, []).append(elapsed)
+            metrics = record.get("metrics") or {}
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if v is not None and k.endswith("auroc"))
+            detail = f"fit {timing.get('fit_s', 0):.1f}s test {timing.get('test_s', 0):.1f}s {shown}"
+        else:
+            detail = f"{record.get('error')}" + (f" (log: {record['log']})" if record.get("log") else "")
+        self.log(f"{self._tag(spec)} {result['status']} {spec.name} in {elapsed:.1f}s: {detail}{self._eta()}")
+
+    def _eta(self) -> str:
+        """Remaining time: each remaining run costs its model's mean duration so far (else the overall mean)."""
+        finished = [d for ds in self._durations.values() for d in ds]
+        if not finished:
+            return ""
+        mean = sum(finished) / len(finished)
+        per_model = {name: sum(ds) / len(ds) for name, ds in self._durations.items()}
+        estimate = sum(per_model.get(s.model.name, mean) for s in self._remaining) / len(self.slots)
+        elapsed = time.perf_counter() - self._start
+        return f" | elapsed {_clock(elapsed)}, ETA {_clock(estimate)}"
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _exit_reason(exitcodes: list[int | None]) -> str:
+    """Why a run's process ended without a result (it crashed before it could write one)."""
+    code = next((c for c in exitcodes if c not in (0, None)), exitcodes[0])
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        hint = " (killed: out of memory?)" if -code == signal.SIGKILL else ""
+        return f"run process died from signal {name}{hint}"
+    return f"run process exited with code {code} without a result"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_suite(
+    suite: Suite,
+    output: Path,
+    *,
+    resume: bool = False,
+    only: str | None = None,
+    dry_run: bool = False,
+    gpus: list[str] | None = None,
+    startup_s: float = 0.0,
+    log: Callable[[str], None] = print,
+) -> int:
+    """Run (or with ``dry_run`` list) a suite's runs into ``output``; returns the process exit code.
+
+    ``gpus`` defaults to the visible NVIDIA GPUs; ``startup_s`` is the time spent before this call (imports,
+    validation), counted as harness overhead in ``sessions.jsonl``.
+    """
+    from proxyano_plugin.bench.system import visible_gpus
+
+    session_start = time.perf_counter()
+    started_at = now()
+    runs = select_runs(suite, only)
+    records_path = output / records.RECORDS_NAME
+    slots = device_slots(visible_gpus() if gpus is None else gpus, suite.devices, suite.parallel, suite.accelerator)
+    if dry_run:
+        done = records.read_records(records_path).finished_ids() if resume else set()
+        for spec in runs:
+            state = "done" if spec.run_id in done else "skip" if spec.dataset.skip_reason else "run"
+            reason = f"  ({spec.dataset.skip_reason})" if state == "skip" else ""
+            log(f"{state:4}  {spec.run_id}  {spec.name}{reason}")
+        log(f"{len(runs)} runs; {len(slots)} at a time; results would go to {output}")
+        return EXIT_OK
+    output.mkdir(parents=True, exist_ok=True)
+    with records.locked(output):
+        existing = records.read_records(records_path)
+        if not resume and records_path.exists() and records_path.stat().st_size > 0:
+            msg = (
+                f"{records_path} already holds {len(existing.records)} records; pass --resume to continue "
+                "that suite, or --output DIR to start a new one"
+            )
+            raise records.ResultsError(msg)
+        for problem in existing.problems:
+            log(f"warning: {problem} (line skipped)")
+        if existing.problems:
+            records.repair(records_path, existing)
+            log(f"warning: kept {len(existing.records)} valid records; the original is saved as *.jsonl.corrupt")
+        done = existing.finished_ids()
+        todo = [spec for spec in runs if spec.run_id not in done]
+        log(
+            f"suite {suite.name}: {len(runs)} runs, {len(runs) - len(todo)} already recorded, {len(todo)} to run, "
+            f"{len(slots)} at a time; results in {output}"
+        )
+        runner = Runner(suite, output, slots, log=log)
+        interrupted = True
+        try:
+            runner.run(todo)
+            interrupted = False
+        finally:
+            _log_session(output, runner.results, started_at, session_start, startup_s, interrupted)
+    failed = [r for r in runner.results if r["status"] == "failed"]
+    if failed:
+        log(f"{len(failed)} of {len(runner.results)} runs failed: " + ", ".join(r["name"] for r in failed))
+    return EXIT_FAILED_RUNS if failed else EXIT_OK
+
+
+def _log_session(
+    output: Path,
+    results: list[dict[str, Any]],
+    started_at: str,
+    session_start: float,
+    startup_s: float,
+    interrupted: bool,
+) -> None:
+    """One line per invocation: how much of its wall time went to fit, test and measurement (the rest is
+    harness overhead: imports, validation, process start, metric computation, examples, records)."""
+    wall = time.perf_counter() - session_start + startup_s
+    measured = sum((r.get("timing") or {}).get(key) or 0.0 for r in results for key in ("fit_s", "test_s", "measure_s"))
+    records.append_record(
+        output / records.SESSIONS_NAME,
+        {
+            "run_id": "session",
+            "status": "interrupted" if interrupted else "finished",
+            "started_at": started_at,
+            "finished_at": now(),
+            "runs": len(results),
+            "wall_s": wall,
+            "startup_s": startup_s,
+            "measured_s": measured,
+            "overhead_s": wall - measured,
+            "overhead_fraction": (wall - measured) / wall if wall > 0 else None,
+        },
+    )

@@ -1,0 +1,612 @@
+"""Load, validate and expand a benchmark suite (YAML) into runs.
+
+Everything that can be wrong with a suite is found here, before anything trains: a typo found after
+two hours of training is two hours lost. Every error names the offending key (``models[1].max_epochs``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import inspect
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SUITES_DIR = Path(__file__).parent / "suites"
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+ISOLATION_MODES = ("process", "inline")
+# Datamodule arguments the harness owns, so that batch sizes are set in one place (suite or model).
+DATAMODULE_MANAGED = ("train_batch_size", "eval_batch_size", "num_workers")
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class SuiteError(ValueError):
+    """An invalid suite; the message starts with the offending key."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How inference speed is measured (after fit and test)."""
+
+    batch_size: int = 32
+    warmup: int = 3
+    repeats: int = 10
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    class_path: str
+    init_args: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    class_path: str
+    init_args: dict[str, Any]
+    split: str | None = None
+    # Why the dataset's runs are skipped (missing optional data), or None.
+    skip_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One fully resolved run: everything the worker needs, all plain data."""
+
+    suite: str
+    model: ModelSpec
+    dataset: DatasetSpec
+    seed: int
+    data_seed: int
+    image_size: list[int] | None
+    max_epochs: int
+    train_batch_size: int
+    eval_batch_size: int
+    num_workers: int
+    precision: str
+    deterministic: bool | str
+    accelerator: str
+    trainer_args: dict[str, Any]
+    timing: Timing
+    examples: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.model.name}/{self.dataset.name}/seed{self.seed}"
+
+    def identity(self) -> dict[str, Any]:
+        """What determines the numbers of a run (not where or how fast it runs)."""
+        config = asdict(self)
+        for key in ("suite", "accelerator", "num_workers", "timing", "examples"):
+            config.pop(key)
+        config["dataset"].pop("skip_reason")
+        return config
+
+    @property
+    def run_id(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        data = dict(data)
+        data["model"] = ModelSpec(**data["model"])
+        data["dataset"] = DatasetSpec(**data["dataset"])
+        data["timing"] = Timing(**data["timing"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    path: str
+    runs: list[RunSpec]
+    accelerator: str = "auto"
+    parallel: bool = False
+    devices: int = 1
+    isolation: str = "process"
+    run_timeout_s: float | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def shipped_suites() -> list[str]:
+    """Names of the suites that ship inside the package."""
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def find_suite(name_or_path: str) -> Path:
+    """A suite file from a path or a shipped suite's name."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = SUITES_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    msg = f"suite {name_or_path!r} is neither a file nor a shipped suite ({', '.join(shipped_suites())})"
+    raise SuiteError(msg)
+
+
+def load_suite(name_or_path: str, overrides: list[str] | None = None) -> Suite:
+    """Read, override (``--set key=value``), expand environment variables, validate and expand a suite."""
+    path = find_suite(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        msg = f"{path}: not valid YAML ({error})"
+        raise SuiteError(msg) from error
+    if not isinstance(raw, dict):
+        msg = f"{path}: a suite is a YAML mapping, got {type(raw).__name__}"
+        raise SuiteError(msg)
+    for override in overrides or []:
+        apply_override(raw, override)
+    raw.setdefault("name", path.stem)
+    return _Validator(raw, str(path)).suite()
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply ``a.b.c=VALUE`` (VALUE parsed as YAML); list items are addressed by ``name`` or index."""
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        msg = f"--set {override!r}: expected KEY=VALUE, e.g. datasets.brats.folder.root=/data/brats"
+        raise SuiteError(msg)
+    parts = key.split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            node = _list_item(node, part, where)
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            msg = f"--set {key}: {where} is not a mapping or list"
+            raise SuiteError(msg)
+    if isinstance(node, list):
+        msg = f"--set {key}: cannot replace a whole list item; set one of its keys"
+        raise SuiteError(msg)
+    if not isinstance(node, dict):
+        msg = f"--set {key}: {'.'.join(parts[:-1])} is not a mapping"
+        raise SuiteError(msg)
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def _list_item(items: list[Any], part: str, where: str) -> Any:
+    for item in items:
+        if isinstance(item, dict) and item.get("name") == part:
+            return item
+    if part.isdigit() and int(part) < len(items):
+        return items[int(part)]
+    names = [item.get("name") for item in items if isinstance(item, dict)]
+    msg = f"--set {where}: no item named {part!r} (names: {', '.join(map(str, names))})"
+    raise SuiteError(msg)
+
+
+def expand_env(value: Any) -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string; an unset variable without default is ''."""
+    if isinstance(value, str):
+        return _ENV_PATTERN.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), value)
+    if isinstance(value, list):
+        return [expand_env(v) for v in value]
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    return value
+
+
+def import_class(class_path: str, base_name: str, where: str) -> type:
+    """Import ``package.module.Class`` and check it subclasses anomalib's ``base_name``."""
+    module_name, _, attr = class_path.rpartition(".")
+    if not module_name:
+        msg = f"{where}: {class_path!r} is not a class path; write it in full, e.g. anomalib.models.{class_path}"
+        raise SuiteError(msg)
+    try:
+        module = importlib.import_module(module_name)
+        # A lazy package attribute imports its module on access, which may fail like any import.
+        cls = getattr(module, attr, None)
+    except Exception as error:  # importing user code can raise anything; report it as the key's problem
+        msg = f"{where}: cannot import {class_path!r} ({type(error).__name__}: {error})"
+        raise SuiteError(msg) from error
+    if cls is None:
+        msg = f"{where}: unknown class {class_path!r} (module {module_name} has no {attr!r})"
+        raise SuiteError(msg)
+    base = _anomalib_base(base_name)
+    if not (inspect.isclass(cls) and issubclass(cls, base)):
+        msg = f"{where}: {class_path!r} is not a subclass of {base.__module__}.{base_name}"
+        raise SuiteError(msg)
+    return cls
+
+
+def _anomalib_base(base_name: str) -> type:
+    if base_name == "AnomalibModule":
+        from anomalib.models import AnomalibModule
+
+        return AnomalibModule
+    from anomalib.data import AnomalibDataModule
+
+    return AnomalibDataModule
+
+
+def accepted_kwargs(cls: type) -> set[str] | None:
+    """Keyword arguments ``cls(...)`` accepts, or None when it takes ``**kwargs``."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.name != "self"}
+
+
+# --------------------------------------------------------------------------------------------- validation
+
+_TOP_KEYS = {
+    "name": "suite name (defaults to the file name)",
+    "description": "free text",
+    "seeds": "list of ints",
+    "data_seed": "int seed of the datamodule's splits, the same for every run",
+    "image_size": "int or [height, width]; passed to the model's configure_pre_processor",
+    "max_epochs": "int >= 1",
+    "accelerator": f"one of {ACCELERATORS}",
+    "devices": "int >= 1, devices per run; more than 1 trains each run with DDP",
+    "parallel": "true: run as many runs at once as there are groups of `devices` visible GPUs",
+    "precision": f"one of {PRECISIONS}",
+    "deterministic": "true, false or 'warn'",
+    "train_batch_size": "int >= 1",
+    "eval_batch_size": "int >= 1",
+    "num_workers": "int >= 0",
+    "trainer_args": "extra lightning.Trainer arguments",
+    "timing": "{batch_size, warmup, repeats}",
+    "examples": "int >= 0, test images saved per run for the gallery",
+    "run_timeout_s": "seconds, or null",
+    "isolation": f"one of {ISOLATION_MODES}",
+    "models": "list of models",
+    "datasets": "list of datasets",
+}
+_MODEL_KEYS = ("name", "class_path", "init_args", "image_size", "max_epochs", "train_batch_size", "eval_batch_size")
+_MODEL_KEYS_ALL = (*_MODEL_KEYS, "trainer_args")
+_DATASET_KEYS = ("name", "class_path", "init_args", "folder", "paths", "split", "skip_if_missing")
+# Trainer arguments the harness sets itself; a suite sets them through their own keys.
+_TRAINER_MANAGED = (
+    "max_epochs",
+    "accelerator",
+    "devices",
+    "precision",
+    "deterministic",
+    "strategy",
+    "logger",
+    "callbacks",
+    "default_root_dir",
+    "num_nodes",
+)
+
+
+class _Validator:
+    """Turns a raw suite mapping into a :class:`Suite`, raising :class:`SuiteError` on the first problem."""
+
+    def __init__(self, raw: dict[str, Any], path: str) -> None:
+        self.raw = raw
+        self.path = path
+        self.data = expand_env(raw)
+
+    def suite(self) -> Suite:
+        data = self.data
+        _check_keys(data, _TOP_KEYS, "")
+        name = self._name(data, "name", "")
+        seeds = data.get("seeds", [0])
+        if not isinstance(seeds, list) or not seeds or not all(_is_int(s) for s in seeds):
+            raise SuiteError(f"seeds: expected a non-empty list of ints, got {seeds!r}")
+        if len(set(seeds)) != len(seeds):
+            raise SuiteError(f"seeds: duplicate seed in {seeds}")
+        defaults = {
+            "image_size": self._image_size(data.get("image_size"), "image_size"),
+            "max_epochs": self._epochs(data, None, ""),
+            "train_batch_size": self._int(data, "train_batch_size", 32, 1, ""),
+            "eval_batch_size": self._int(data, "eval_batch_size", 32, 1, ""),
+        }
+        trainer_args = self._trainer_args(data.get("trainer_args", {}), "trainer_args")
+        common = {
+            "suite": name,
+            "data_seed": self._int(data, "data_seed", 0, 0, ""),
+            "num_workers": self._int(data, "num_workers", 0, 0, ""),
+            "precision": self._choice(data, "precision", "32-true", PRECISIONS, ""),
+            "accelerator": self._choice(data, "accelerator", "auto", ACCELERATORS, ""),
+            "deterministic": self._deterministic(data.get("deterministic", "warn")),
+            "timing": self._timing(data.get("timing", {})),
+            "examples": self._int(data, "examples", 4, 0, ""),
+        }
+        parallel = data.get("parallel", False)
+        if not isinstance(parallel, bool):
+            raise SuiteError(f"parallel: expected true or false, got {parallel!r}")
+        isolation = self._choice(data, "isolation", "process", ISOLATION_MODES, "")
+        devices = self._int(data, "devices", 1, 1, "")
+        if isolation == "inline" and (parallel or devices > 1):
+            raise SuiteError("isolation: 'inline' runs one run at a time on one device; set isolation: process")
+        models = [self._model(m, i, defaults, trainer_args) for i, m in enumerate(self._list(data, "models"))]
+        datasets = [self._dataset(d, i) for i, d in enumerate(self._list(data, "datasets"))]
+        _check_unique([m[0].name for m in models], "models")
+        _check_unique([d.name for d in datasets], "datasets")
+        runs = [
+            RunSpec(model=spec, dataset=dataset, seed=int(seed), trainer_args=targs, **settings, **common)
+            for spec, settings, targs in models
+            for dataset in datasets
+            for seed in seeds
+        ]
+        timeout = data.get("run_timeout_s")
+        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+            raise SuiteError(f"run_timeout_s: expected a positive number of seconds or null, got {timeout!r}")
+        return Suite(
+            name=name,
+            description=str(data.get("description", "")),
+            path=self.path,
+            runs=runs,
+            accelerator=common["accelerator"],
+            parallel=parallel,
+            devices=devices,
+            isolation=isolation,
+            run_timeout_s=timeout,
+            raw=self.raw,
+        )
+
+    # -- sections
+
+    def _model(
+        self, item: Any, index: int, defaults: dict[str, Any], suite_trainer_args: dict[str, Any]
+    ) -> tuple[ModelSpec, dict[str, Any], dict[str, Any]]:
+        where = f"models[{index}]"
+        if not isinstance(item, dict):
+            raise SuiteError(f"{where}: expected a mapping with name, class_path, init_args")
+        _check_keys(item, dict.fromkeys(_MODEL_KEYS_ALL, ""), f"{where}.")
+        name = self._name(item, "name", f"{where}.")
+        class_path = self._str(item, "class_path", f"{where}.")
+        cls = import_class(class_path, "AnomalibModule", f"{where}.class_path")
+        init_args = self._mapping(item.get("init_args", {}), f"{where}.init_args")
+        _check_init_args(cls, init_args, f"{where}.init_args")
+        settings = {
+            "image_size": self._image_size(item["image_size"], f"{where}.image_size")
+            if "image_size" in item
+            else defaults["image_size"],
+            "max_epochs": self._epochs(item, defaults["max_epochs"], f"{where}."),
+            "train_batch_size": self._int(item, "train_batch_size", defaults["train_batch_size"], 1, f"{where}."),
+            "eval_batch_size": self._int(item, "eval_batch_size", defaults["eval_batch_size"], 1, f"{where}."),
+        }
+        if settings["max_epochs"] is None:
+            raise SuiteError(f"{where}.max_epochs: required (here or at the suite's top level)")
+        if settings["image_size"] is not None:
+            init_args = _with_image_size(cls, init_args, settings["image_size"], where)
+        trainer_args = {
+            **suite_trainer_args,
+            **self._trainer_args(item.get("trainer_args", {}), f"{where}.trainer_args"),
+        }
+        return ModelSpec(name, class_path, init_args), settings, trainer_args
+
+    def _dataset(self, item: Any, index: int) -> DatasetSpec:
+        where = f"datasets[{index}]"
+        if not isinstance(item, dict):
+            raise SuiteError(f"{where}: expected a mapping with name and class_path or folder")
+        _check_keys(item, dict.fromkeys(_DATASET_KEYS, ""), f"{where}.")
+        name = self._name(item, "name", f"{where}.")
+        skip_if_missing = item.get("skip_if_missing", False)
+        if not isinstance(skip_if_missing, bool):
+            raise SuiteError(f"{where}.skip_if_missing: expected true or false, got {skip_if_missing!r}")
+        split = item.get("split")
+        if split is not None and not isinstance(split, str):
+            raise SuiteError(f"{where}.split: expected a string label, got {split!r}")
+        if ("folder" in item) == ("class_path" in item):
+            raise SuiteError(f"{where}: give exactly one of class_path (+ init_args) or folder")
+        if "folder" in item:
+            if "init_args" in item or "paths" in item:
+                raise SuiteError(f"{where}: folder takes all Folder arguments itself; drop init_args/paths")
+            class_path = "anomalib.data.Folder"
+            init_args = dict(self._mapping(item["folder"], f"{where}.folder"))
+            for key in ("root", "normal_dir"):
+                if key not in init_args:
+                    raise SuiteError(f"{where}.folder.{key}: required (Folder's normal_dir is relative to root)")
+            paths = {"root": ("folder.root", init_args.pop("root"))}
+            init_args = {"name": name, **init_args}
+        else:
+            class_path = self._str(item, "class_path", f"{where}.")
+            init_args = dict(self._mapping(item.get("init_args", {}), f"{where}.init_args"))
+            paths = {
+                key: (f"paths.{key}", value)
+                for key, value in self._mapping(item.get("paths"), f"{where}.paths").items()
+            }
+            for key in paths:
+                if key in init_args:
+                    raise SuiteError(f"{where}.paths.{key}: also given in init_args; keep one")
+        for key in DATAMODULE_MANAGED:
+            if key in init_args:
+                raise SuiteError(f"{where}.init_args.{key}: set {key} at the suite's top level or per model")
+        cls = import_class(class_path, "AnomalibDataModule", f"{where}.class_path")
+        skip_reason = None
+        for key, (subkey, value) in paths.items():
+            resolved, problem = self._path(value, f"{where}.{subkey}", f"datasets.{name}.{subkey}")
+            init_args[key] = resolved
+            if problem is None and class_path == "anomalib.data.Folder":
+                problem = _missing_subdirs(Path(resolved), init_args, f"{where}.folder")
+            if problem and skip_if_missing:
+                skip_reason = skip_reason or problem
+            elif problem:
+                raise SuiteError(f"{problem}; or mark the dataset skip_if_missing: true")
+        _check_init_args(cls, init_args, f"{where}.init_args")
+        return DatasetSpec(name, class_path, init_args, split, skip_reason)
+
+    def _path(self, value: Any, where: str, set_key: str) -> tuple[str, str | None]:
+        """An absolute path, and a one-line problem when it does not exist."""
+        if not isinstance(value, str):
+            raise SuiteError(f"{where}: expected a path string, got {value!r}")
+        declared = self._declared(where)
+        if not value:
+            return "", f"{where}: empty path (declared as {declared!r}; set the variable or --set {set_key}=PATH)"
+        path = Path(value).expanduser().resolve()
+        if not path.exists():
+            hint = f" (declared as {declared!r})" if declared != value else ""
+            return str(path), f"{where}: path does not exist: {path}{hint}; use --set {set_key}=PATH"
+        return str(path), None
+
+    def _declared(self, where: str) -> Any:
+        """The value of ``where`` as written, before environment variables were expanded."""
+        node: Any = self.raw
+        for part in re.findall(r"[^.\[\]]+", where):
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        return node
+
+    # -- scalar helpers
+
+    @staticmethod
+    def _list(data: dict[str, Any], key: str) -> list[Any]:
+        value = data.get(key)
+        if not isinstance(value, list) or not value:
+            raise SuiteError(f"{key}: required, a non-empty list")
+        return value
+
+    @staticmethod
+    def _str(data: dict[str, Any], key: str, prefix: str) -> str:
+        value = data.get(key)
+        if not isinstance(value, str) or not value:
+            raise SuiteError(f"{prefix}{key}: required, a non-empty string")
+        return value
+
+    def _name(self, data: dict[str, Any], key: str, prefix: str) -> str:
+        value = self._str(data, key, prefix)
+        if not _NAME_PATTERN.match(value):
+            raise SuiteError(f"{prefix}{key}: {value!r} must be letters, digits, '_', '-', '.' (no '/' or spaces)")
+        return value
+
+    @staticmethod
+    def _int(data: dict[str, Any], key: str, default: int | None, minimum: int, prefix: str) -> int | None:
+        value = data.get(key, default)
+        if value is None and default is None:
+            return None
+        if not _is_int(value) or value < minimum:
+            raise SuiteError(f"{prefix}{key}: expected an int >= {minimum}, got {value!r}")
+        return int(value)
+
+    @staticmethod
+    def _epochs(data: dict[str, Any], default: int | None, prefix: str) -> int | None:
+        """``max_epochs``: an int >= 1, or -1 for models that stop themselves (iteration-based training)."""
+        value = data.get("max_epochs", default)
+        if value is None or (_is_int(value) and (value >= 1 or value == -1)):
+            return value
+        raise SuiteError(f"{prefix}max_epochs: expected an int >= 1 (or -1: the model stops itself), got {value!r}")
+
+    @staticmethod
+    def _choice(data: dict[str, Any], key: str, default: str, choices: tuple[str, ...], prefix: str) -> str:
+        value = str(data.get(key, default))
+        if value not in choices:
+            raise SuiteError(f"{prefix}{key}: {value!r} is not one of {', '.join(choices)}")
+        return value
+
+    @staticmethod
+    def _mapping(value: Any, where: str) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise SuiteError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return value
+
+    @staticmethod
+    def _image_size(value: Any, where: str) -> list[int] | None:
+        if value is None:
+            return None
+        if _is_int(value) and value > 0:
+            return [int(value), int(value)]
+        if isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v > 0 for v in value):
+            return [int(v) for v in value]
+        raise SuiteError(f"{where}: expected a positive int or [height, width], got {value!r}")
+
+    @staticmethod
+    def _deterministic(value: Any) -> bool | str:
+        if isinstance(value, bool) or value == "warn":
+            return value
+        raise SuiteError(f"deterministic: expected true, false or 'warn', got {value!r}")
+
+    def _timing(self, value: Any) -> Timing:
+        value = self._mapping(value, "timing")
+        _check_keys(value, dict.fromkeys(("batch_size", "warmup", "repeats"), ""), "timing.")
+        defaults = Timing()
+        return Timing(
+            batch_size=self._int(value, "batch_size", defaults.batch_size, 1, "timing."),
+            warmup=self._int(value, "warmup", defaults.warmup, 0, "timing."),
+            repeats=self._int(value, "repeats", defaults.repeats, 1, "timing."),
+        )
+
+    def _trainer_args(self, value: Any, where: str) -> dict[str, Any]:
+        value = self._mapping(value, where)
+        for key in value:
+            if key in _TRAINER_MANAGED:
+                raise SuiteError(f"{where}.{key}: set by the harness; use the suite key {key!r} instead")
+        return dict(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_keys(data: dict[str, Any], allowed: dict[str, str], prefix: str) -> None:
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), list(allowed), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
+            raise SuiteError(f"{prefix}{key}: unknown key ({hint})")
+
+
+def _check_unique(names: list[str], section: str) -> None:
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if name in seen:
+            raise SuiteError(
+                f"{section}[{index}].name: duplicate name {name!r} (also {section}[{seen[name]}]); "
+                "run names model/dataset/seed must be unique"
+            )
+        seen[name] = index
+
+
+def _with_image_size(cls: type, init_args: dict[str, Any], size: list[int], where: str) -> dict[str, Any]:
+    """Give the model its size: through its own ``image_size`` argument when it has one (its architecture may
+    depend on it), else through a pre-processor from its ``configure_pre_processor`` (see worker.build_model)."""
+    accepted = accepted_kwargs(cls)
+    if accepted is not None and "image_size" in accepted:
+        if size[0] != size[1]:
+            raise SuiteError(f"{where}.image_size: {cls.__name__} takes a square image_size, got {size}")
+        if init_args.get("image_size", size[0]) != size[0]:
+            raise SuiteError(f"{where}.init_args.image_size: conflicts with image_size {size[0]}; set it once")
+        return {**init_args, "image_size": size[0]}
+    if accepted is not None and "pre_processor" not in accepted:
+        raise SuiteError(
+            f"{where}.image_size: {cls.__name__}.__init__ takes neither image_size nor pre_processor, so the "
+            "harness cannot resize for it; remove image_size and size it through init_args"
+        )
+    return init_args
+
+
+def _check_init_args(cls: type, init_args: dict[str, Any], where: str) -> None:
+    accepted = accepted_kwargs(cls)
+    if accepted is None:
+        return
+    for key in init_args:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, sorted(accepted), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise SuiteError(f"{where}.{key}: {cls.__name__}.__init__ has no parameter {key!r}{hint}")
+
+
+def _missing_subdirs(root: Path, folder_args: dict[str, Any], where: str) -> str | None:
+    """Folder's image directories are relative to root; a missing one would only fail at fit time."""
+    for key in ("normal_dir", "abnormal_dir", "normal_test_dir", "mask_dir"):
+        value = folder_args.get(key)
+        for sub in [value] if isinstance(value, str) else value or []:
+            if not (root / sub).exists():
+                return f"{where}.{key}: path does not exist: {root / sub}"
+    return None

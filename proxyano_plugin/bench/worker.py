@@ -1,0 +1,368 @@
+"""Run one benchmark run: fit and test through anomalib's ``Engine``, then measure inference speed.
+
+This module runs inside the process that executes the run (a forked child, or the harness itself with
+``isolation: inline``); it returns plain data that the parent turns into the run's record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import math
+import os
+import resource
+import signal
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from proxyano_plugin.bench import records
+from proxyano_plugin.bench.suite import RunSpec, accepted_kwargs, import_class
+from proxyano_plugin.bench.system import cpu_count, cpu_name
+
+GALLERY_HOOK = "gallery_images"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run writes; ``log`` and ``examples`` are also named in the record (relative to output)."""
+
+    output: Path
+    run_id: str
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output / "runs" / self.run_id
+
+    @property
+    def log(self) -> Path:
+        return self.output / "logs" / f"{self.run_id}.log"
+
+    @property
+    def result(self) -> Path:
+        return self.run_dir / "result.json"
+
+    @property
+    def examples(self) -> Path:
+        return self.output / "examples" / f"{self.run_id}.npz"
+
+    def relative(self, path: Path) -> str:
+        return str(path.relative_to(self.output))
+
+
+# ------------------------------------------------------------------------------------------- process entry
+
+
+def child_main(spec: dict[str, Any], output: str, env: dict[str, str]) -> None:
+    """Entry point of a forked (or spawned) run process: its result goes to ``result.json``, its output to a log."""
+    os.environ.update(env)
+    records.close_inherited_locks()
+    _die_with_parent()
+    # Ctrl-C reaches the whole process group; the parent decides what an interrupted run means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    run_spec = RunSpec.from_dict(spec)
+    paths = RunPaths(Path(output), run_spec.run_id)
+    result = run_captured(run_spec, paths)
+    if int(os.environ.get("RANK", "0")) == 0:
+        tmp = paths.result.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, default=str))
+        os.replace(tmp, paths.result)
+
+
+def run_captured(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
+    """Run with stdout and stderr going to the run's log; an exception becomes a failed result."""
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    paths.log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with _redirected(paths.log):
+        print(f"run {spec.name} ({spec.run_id})\n{json.dumps(spec.to_dict(), indent=1, default=str)}", flush=True)
+        try:
+            result = execute(spec, paths)
+        except Exception as error:  # a run may fail in any way; the suite goes on
+            traceback.print_exc()
+            sys.stderr.flush()
+            result = {"status": "failed", "error": _one_line(error)}
+    result.setdefault("timing", {})["child_s"] = time.perf_counter() - start
+    result["log"] = paths.relative(paths.log)
+    return result
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}"[:500]
+
+
+@contextlib.contextmanager
+def _redirected(log: Path) -> Iterator[None]:
+    """Point file descriptors 1 and 2 at ``log`` (so native code's output lands there too), then restore."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with log.open("a") as handle:
+        os.dup2(handle.fileno(), 1)
+        os.dup2(handle.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _die_with_parent() -> None:
+    """Linux: end this run when the harness dies (``kill -9``), instead of computing for nobody."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            pr_set_pdeathsig = 1
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+# ------------------------------------------------------------------------------------------------- the run
+
+
+def build_datamodule(spec: RunSpec) -> Any:
+    """The datamodule with the harness's batch sizes, workers and split seed where it accepts them."""
+    cls = import_class(spec.dataset.class_path, "AnomalibDataModule", f"datasets.{spec.dataset.name}.class_path")
+    kwargs = dict(spec.dataset.init_args)
+    accepted = accepted_kwargs(cls)
+    managed = {
+        "train_batch_size": spec.train_batch_size,
+        "eval_batch_size": spec.eval_batch_size,
+        "num_workers": spec.num_workers,
+        "seed": spec.data_seed,
+    }
+    for key, value in managed.items():
+        if key not in kwargs and (accepted is None or key in accepted):
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def build_model(spec: RunSpec) -> Any:
+    """The model, resized through its own ``configure_pre_processor`` (keeping its normalisation)."""
+    cls = import_class(spec.model.class_path, "AnomalibModule", f"models.{spec.model.name}.class_path")
+    kwargs = dict(spec.model.init_args)
+    if spec.image_size is not None:
+        kwargs["pre_processor"] = cls.configure_pre_processor(image_size=tuple(spec.image_size))
+    model = cls(**kwargs)
+    # The harness computes the metrics itself (see metrics.py) and saves its own examples.
+    model.evaluator = None
+    model.visualizer = None
+    return model
+
+
+def execute(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
+    """Fit, test and measure one run in this process; returns the measured part of its record."""
+    start = time.perf_counter()
+    import torch
+    from anomalib.callbacks.checkpoint import ModelCheckpoint
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+
+    from proxyano_plugin.bench.metrics import Collector
+
+    seed_everything(spec.seed, workers=True)
+    datamodule = build_datamodule(spec)
+    model = build_model(spec)
+    collector = Collector(spec.examples, spec.timing.batch_size)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    engine = Engine(
+        # A checkpoint callback that saves nothing: Engine would add one that writes every epoch.
+        callbacks=[collector, ModelCheckpoint(dirpath=paths.run_dir, save_top_k=0, save_last=False)],
+        logger=False,
+        default_root_dir=paths.run_dir,
+        max_epochs=spec.max_epochs,
+        accelerator=spec.accelerator,
+        devices=world_size,
+        strategy="ddp" if world_size > 1 else "auto",
+        precision=spec.precision,
+        deterministic=spec.deterministic,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **spec.trainer_args,
+    )
+    use_cuda = spec.accelerator != "cpu" and torch.cuda.is_available()
+    sync = torch.cuda.synchronize if use_cuda else _no_sync
+    if use_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    setup_s = time.perf_counter() - start
+    fit_s = _timed(lambda: engine.fit(model, datamodule=datamodule), sync)
+    test_s = _timed(lambda: engine.test(model, datamodule=datamodule, verbose=False), sync)
+    trainer = engine.trainer
+    if trainer.global_rank != 0:
+        return {"status": "ok"}
+
+    measure_start = time.perf_counter()
+    device = trainer.strategy.root_device
+    model.to(device).eval()
+    images = torch.stack(collector.timing_images)
+    with torch.inference_mode(), trainer.precision_plugin.test_step_context():
+        speed = measure_speed(model.model, images, spec.timing, device, sync)
+    measure_s = time.perf_counter() - measure_start
+    perf = {
+        **speed,
+        "flops_per_image": count_flops(model.model, images[:1].to(device)),
+        "param_count": sum(p.numel() for p in model.model.parameters()),
+        "state_mb": sum(t.numel() * t.element_size() for t in (*model.model.parameters(), *model.model.buffers()))
+        / 2**20,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_gpu_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+    }
+    examples_start = time.perf_counter()
+    examples = save_examples(model, collector.example_items, paths.examples, device) if spec.examples else None
+    return {
+        "status": "ok",
+        "device": describe_device(device, world_size),
+        "timing": {
+            "setup_s": setup_s,
+            "fit_s": fit_s,
+            "test_s": test_s,
+            "measure_s": measure_s,
+            "examples_s": time.perf_counter() - examples_start,
+        },
+        "perf": perf,
+        "metrics": collector.metrics,
+        "counts": collector.counts,
+        "examples": paths.relative(examples) if examples else None,
+    }
+
+
+def _no_sync() -> None:
+    """CPU work is synchronous."""
+
+
+def _timed(action: Callable[[], Any], sync: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    action()
+    sync()
+    return time.perf_counter() - start
+
+
+def measure_speed(net: Any, images: Any, timing: Any, device: Any, sync: Callable[[], None]) -> dict[str, Any]:
+    """Latency at batch 1 and throughput at ``timing.batch_size`` of the eval-mode torch model (median time).
+
+    The images are the test loop's own pre-processed tensors, repeated when the test set is smaller than a batch.
+    """
+    import torch
+
+    batch = torch.cat([images] * math.ceil(timing.batch_size / len(images)))[: timing.batch_size]
+    single = _median_seconds(net, images[:1].to(device), timing, sync)
+    full = _median_seconds(net, batch.to(device), timing, sync)
+    return {
+        "latency_ms": single * 1e3,
+        "throughput_ips": timing.batch_size / full,
+        "timing_batch_size": timing.batch_size,
+    }
+
+
+def _median_seconds(net: Any, inputs: Any, timing: Any, sync: Callable[[], None]) -> float:
+    for _ in range(timing.warmup):
+        net(inputs)
+    sync()
+    times = []
+    for _ in range(timing.repeats):
+        start = time.perf_counter()
+        net(inputs)
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def count_flops(net: Any, single: Any) -> float | None:
+    """FLOPs of one forward pass on one image, as torch's FlopCounterMode counts them (None if it cannot)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.inference_mode(), counter:
+            net(single)
+    except Exception as error:  # counting is best effort; it must not fail a run that worked
+        print(f"FLOP counting failed: {_one_line(error)}", file=sys.stderr)
+        return None
+    return float(counter.get_total_flops())
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (with process isolation: of this run)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def describe_device(device: Any, world_size: int) -> dict[str, Any]:
+    import torch
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    elif device.type == "mps":
+        name = "Apple MPS"
+    else:
+        name = cpu_name()
+    return {
+        "type": device.type,
+        "name": name,
+        "count": world_size,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "cpu": cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "cpus_available": cpu_count(),
+    }
+
+
+def save_examples(model: Any, items: list[dict[str, Any]], path: Path, device: Any) -> Path | None:
+    """Save the gallery's examples: input, anomaly map, ground truth, and the model's intermediates."""
+    import numpy as np
+    import torch
+
+    if not items:
+        return None
+    arrays: dict[str, Any] = {}
+    for key in ("image", "anomaly_map", "gt_mask", "gt_label", "pred_score"):
+        if all(key in item for item in items):
+            arrays[key] = torch.stack([item[key] for item in items]).float().numpy()
+    try:
+        with torch.inference_mode():
+            extras = intermediates(model, torch.from_numpy(arrays["image"]).to(device))
+    except Exception as error:  # the gallery is an illustration; it must not fail a run that worked
+        print(f"gallery intermediates failed: {_one_line(error)}", file=sys.stderr)
+        extras = {}
+    for name, tensor in extras.items():
+        arrays[f"extra_{name}"] = tensor.detach().float().cpu().numpy()
+    arrays = {k: v.astype(np.float16) if v.ndim > 1 else v for k, v in arrays.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, extra_names=np.array(list(extras), dtype=str), **arrays)
+    return path
+
+
+def intermediates(model: Any, images: Any) -> dict[str, Any]:
+    """Images a model computes on the way to its anomaly map (proxy, reconstruction, ...), for the gallery.
+
+    From the model's ``gallery_images(images) -> {name: tensor}`` when it has one; else from the image-shaped
+    fields of the named tuple its torch model's ``reconstruct(images)`` returns.
+    """
+    import torch
+
+    hook = getattr(model, GALLERY_HOOK, None)
+    if callable(hook):
+        return dict(hook(images))
+    reconstruct = getattr(model.model, "reconstruct", None)
+    output = reconstruct(images) if callable(reconstruct) else None
+    if not hasattr(output, "_asdict"):
+        return {}
+    return {
+        name: value
+        for name, value in output._asdict().items()
+        if name not in {"image", "images", "anomaly_map"}
+        and isinstance(value, torch.Tensor)
+        and value.ndim == 4
+        and value.shape[0] == images.shape[0]
+        and value.shape[-2:] == images.shape[-2:]
+    }

@@ -1,0 +1,58 @@
+"""Datasets: the embedded BrainMRIDemo, and adapters for your own data.
+
+- :class:`BrainMRIDemo`: offline, semi-synthetic brain MRI with tumour-like lesions and exact masks
+  (real ICBM152 template anatomy; generated into a cache on first use).
+- :class:`SplitCSV`: an image folder plus a CSV file giving labels and the train/test split.
+- :class:`CheckedFolder`: anomalib's ``Folder`` with the dataset checked up front
+  (:func:`check_folder_dataset` does the checking and is usable on its own).
+
+The datamodules import anomalib, so they load lazily, on first access; the generator and the checks
+(:mod:`.demo_generator`, :mod:`.validation`) work without it.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+_LAZY_EXPORTS = {
+    "BrainMRIDemo": "proxyano_plugin.data.brain_mri_demo",
+    "CheckedFolder": "proxyano_plugin.data.checked_folder",
+    "SplitCSV": "proxyano_plugin.data.split_csv",
+    "read_split_csv": "proxyano_plugin.data.split_csv",
+    "DemoSpec": "proxyano_plugin.data.demo_generator",
+    "generate_demo": "proxyano_plugin.data.demo_generator",
+    "materialise_demo": "proxyano_plugin.data.demo_generator",
+    "DataProblem": "proxyano_plugin.data.validation",
+    "DatasetError": "proxyano_plugin.data.validation",
+    "check_folder_dataset": "proxyano_plugin.data.validation",
+    "report_problems": "proxyano_plugin.data.validation",
+}
+
+__all__ = [
+    "BrainMRIDemo",
+    "CheckedFolder",
+    "DataProblem",
+    "DatasetError",
+    "DemoSpec",
+    "SplitCSV",
+    "check_folder_dataset",
+    "generate_demo",
+    "materialise_demo",
+    "read_split_csv",
+    "report_problems",
+]
+
+if TYPE_CHECKING:
+    from proxyano_plugin.data.brain_mri_demo import BrainMRIDemo
+    from proxyano_plugin.data.checked_folder import CheckedFolder
+    from proxyano_plugin.data.demo_generator import DemoSpec, generate_demo, materialise_demo
+    from proxyano_plugin.data.split_csv import SplitCSV, read_split_csv
+    from proxyano_plugin.data.validation import DataProblem, DatasetError, check_folder_dataset, report_problems
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_EXPORTS:
+        value = getattr(import_module(_LAZY_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    msg = f"module 'proxyano_plugin.data' has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -1,0 +1,117 @@
+"""BrainMRIDemo: the embedded, offline default dataset, as an anomalib ``Folder`` datamodule.
+
+Semi-synthetic: real anatomy (axial slices of the ICBM152 2009 T1 template, stored in the package),
+synthetic pseudo-subjects and synthetic tumour-like lesions with exact masks. See
+``proxyano_plugin/data/README.md``. The images are generated on first use (a few seconds) into a cache
+directory and reused afterwards; open that directory to look at them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from anomalib.data import Folder
+from anomalib.data.utils import TestSplitMode, ValSplitMode
+from torchvision.transforms.v2 import Transform
+
+from proxyano_plugin.data.demo_generator import FOLDER_LAYOUT, DemoSpec, demo_dir, materialise_demo
+
+logger = logging.getLogger(__name__)
+
+
+class BrainMRIDemo(Folder):
+    """Semi-synthetic brain MRI anomaly detection: normal slices to train on, tumour slices with masks to test.
+
+    The defaults (12 training and 8 test pseudo-subjects, 20 slices each, half of the test slices with a
+    lesion of 1-8 % of the brain area) give 240 training and 80 + 80 test images of 128x128 pixels,
+    sized for CPU demos. Validation images are drawn from the test images, lesions included, as anomalib
+    does by default, so that thresholds are calibrated on anomalies.
+
+    Args:
+        root: directory under which the generated tree is cached, in a sub-folder named after the
+            parameters (see :attr:`dataset_dir`). Defaults to ``$PROXYANO_PLUGIN_CACHE/brain_mri_demo``
+            or ``~/.cache/proxyano_plugin/brain_mri_demo``.
+        train_subjects: number of training pseudo-subjects (normal slices only).
+        test_subjects: number of test pseudo-subjects, all distinct from the training ones.
+        slices_per_subject: axial slices per subject (at most 48, the template slices stored).
+        lesion_fraction: share of test slices that carry a lesion.
+        lesion_area: ``[low, high]`` lesion area as a share of the slice's brain area.
+        seed: seed of the whole generation, also used for the validation split.
+        train_batch_size: training batch size.
+        eval_batch_size: validation and test batch size.
+        num_workers: data-loading workers; the images are tiny, so worker start-up costs more than it saves.
+        train_augmentations: augmentations of training images.
+        val_augmentations: augmentations of validation images.
+        test_augmentations: augmentations of test images.
+        augmentations: augmentations for every subset without its own.
+        val_split_mode: how the validation set is made (anomalib's ``ValSplitMode``).
+        val_split_ratio: share of the test images moved to validation.
+
+    Example:
+        >>> datamodule = BrainMRIDemo(train_batch_size=16)
+        >>> datamodule.prepare_data()  # generates once, then reuses the cached tree
+        >>> datamodule.setup()
+        >>> batch = next(iter(datamodule.test_dataloader()))  # batch.image: [B, 3, 128, 128]
+    """
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        train_subjects: int = 12,
+        test_subjects: int = 8,
+        slices_per_subject: int = 20,
+        lesion_fraction: float = 0.5,
+        lesion_area: tuple[float, float] = (0.01, 0.08),
+        seed: int = 0,
+        train_batch_size: int = 32,
+        eval_batch_size: int = 32,
+        num_workers: int = 0,
+        train_augmentations: Transform | None = None,
+        val_augmentations: Transform | None = None,
+        test_augmentations: Transform | None = None,
+        augmentations: Transform | None = None,
+        val_split_mode: ValSplitMode | str = ValSplitMode.FROM_TEST,
+        val_split_ratio: float = 0.5,
+    ) -> None:
+        self.spec = DemoSpec(
+            train_subjects=train_subjects,
+            test_subjects=test_subjects,
+            slices_per_subject=slices_per_subject,
+            lesion_fraction=lesion_fraction,
+            lesion_area=lesion_area,
+            seed=seed,
+        )
+        self.cache_root = root
+        super().__init__(
+            name="BrainMRIDemo",
+            root=demo_dir(self.spec, root),
+            **FOLDER_LAYOUT,
+            extensions=(".png",),
+            train_batch_size=train_batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            train_augmentations=train_augmentations,
+            val_augmentations=val_augmentations,
+            test_augmentations=test_augmentations,
+            augmentations=augmentations,
+            test_split_mode=TestSplitMode.FROM_DIR,
+            val_split_mode=val_split_mode,
+            val_split_ratio=val_split_ratio,
+            seed=seed,
+        )
+
+    @property
+    def dataset_dir(self) -> Path:
+        """The materialised Folder tree (exists after :meth:`prepare_data` or :meth:`setup`)."""
+        return Path(self.root)
+
+    def prepare_data(self) -> None:
+        """Generate the images into :attr:`dataset_dir` unless a previous run already did."""
+        materialise_demo(self.spec, self.cache_root)
+        logger.info("BrainMRIDemo images: %s", self.dataset_dir)
+
+    def _setup(self, _stage: str | None = None) -> None:
+        # Lightning skips prepare_data on non-zero ranks and users often call setup() alone.
+        materialise_demo(self.spec, self.cache_root)
+        super()._setup(_stage)

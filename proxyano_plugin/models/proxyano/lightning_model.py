@@ -1,0 +1,170 @@
+"""ProxyAno as an anomalib model.
+
+Zhou et al., "Proxy-bridged Image Reconstruction Network for Anomaly Detection in Medical Images",
+IEEE TMI 2021 (arXiv 2110.01761). See README.md in this folder for every choice the paper leaves open.
+"""
+
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torchvision.transforms.v2 import Compose, Resize
+
+from proxyano_plugin.proxies import CachedProxy, create_proxy
+
+from .loss import ProxyAnoLoss
+from .pseudo_anomaly import PatchPaster
+from .torch_model import ProxyAnoModel
+
+__all__ = ["ProxyAno"]
+
+CPU_WIDTHS = (16, 32, 64, 128)
+
+
+class ProxyAno(AnomalibModule):
+    """Proxy-bridged image reconstruction for anomaly detection, trained on normal images only.
+
+    The Proxy Extraction Module (encoder -> MemAE memory -> decoder) predicts the image's proxy
+    (by default its superpixel mean image); the Image Reconstruction Module (a U-Net) maps the proxy
+    back to the image. During training the IRM also sees pseudo-abnormal proxies (image patches pasted
+    on them) and must still output the normal image. The anomaly map is the (smoothed) reconstruction
+    error, and the image score a top-k mean of that map.
+
+    All arguments are plain data so checkpoints load with ``weights_only=True``.
+
+    Args:
+        in_channels: 1 for grayscale (MRI, OCT) or 3 for RGB (fundus).
+        image_size: Square input size the pre-processor resizes to; a multiple of ``2 ** (len(widths) - 1)``.
+        widths: Encoder widths per level for both networks (defaults to ``[16, 32, 64, 128]``, sized for
+            CPUs; the paper-scale preset uses ``[64, 128, 256, 512]``).
+        memory_size: Memory items in the PEM bottleneck (MemAE default 2000); 0 removes the memory.
+        memory_shrink_threshold: Hard-shrinkage threshold of the addressing weights (MemAE: 0.0025).
+        entropy_weight: Weight of the addressing-entropy loss (MemAE: 0.0002).
+        proxy: Name of a registered proxy extractor (``proxyano_plugin.proxies.available_proxies()``).
+        proxy_kwargs: Keyword arguments of that proxy extractor.
+        proxy_cache_dir: Optional folder for an on-disk proxy cache shared across runs.
+        paste_probability: Chance that a training proxy gets a pasted image patch.
+        paste_area_range: Pasted patch area as a fraction of the image.
+        paste_aspect_range: Pasted patch aspect-ratio range.
+        predicted_proxy_weight: Weight of the IRM loss on the PEM's predicted proxies (0 trains the IRM
+            on extracted proxies only, as two fully separate stages would).
+        map_sigma: Gaussian smoothing of the error map, in pixels at ``image_size``; 0 disables it.
+        score_topk: Image score = mean of the top fraction of map values (1.0 = mean error).
+        error: ``"l1"`` or ``"l2"`` pixel error.
+        learning_rate: Adam learning rate for both networks.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 64,
+        widths: list[int] | None = None,
+        memory_size: int = 2000,
+        memory_shrink_threshold: float = 0.0025,
+        entropy_weight: float = 0.0002,
+        proxy: str = "superpixel",
+        proxy_kwargs: dict[str, Any] | None = None,
+        proxy_cache_dir: str | None = None,
+        paste_probability: float = 0.5,
+        paste_area_range: tuple[float, float] = (0.02, 0.15),
+        paste_aspect_range: tuple[float, float] = (0.3, 3.3),
+        predicted_proxy_weight: float = 0.5,
+        map_sigma: float = 1.0,
+        score_topk: float = 0.01,
+        error: str = "l1",
+        learning_rate: float = 1e-3,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        widths = list(widths or CPU_WIDTHS)
+        stride = 2 ** (len(widths) - 1)
+        if image_size < stride or image_size % stride:
+            msg = f"image_size must be a positive multiple of {stride} for {len(widths)} levels, got {image_size}"
+            raise ValueError(msg)
+        if pre_processor is True:
+            pre_processor = self.configure_pre_processor((image_size, image_size))
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.model = ProxyAnoModel(
+            in_channels=in_channels,
+            widths=widths,
+            memory_size=memory_size,
+            memory_shrink_threshold=memory_shrink_threshold,
+            map_sigma=map_sigma,
+            score_topk=score_topk,
+            error=error,
+        )
+        self.proxy_extractor = CachedProxy(create_proxy(proxy, **(proxy_kwargs or {})), cache_dir=proxy_cache_dir)
+        self.paster = PatchPaster(paste_probability, tuple(paste_area_range), tuple(paste_aspect_range))
+        self.loss = ProxyAnoLoss(entropy_weight, predicted_proxy_weight)
+        self.learning_rate = learning_rate
+
+    @classmethod
+    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize only: reconstruction targets must stay in [0, 1], so no ImageNet normalisation."""
+        return PreProcessor(transform=Compose([Resize(image_size or (64, 64), antialias=True)]))
+
+    def _model_images(self, batch: Batch) -> torch.Tensor:
+        """The batch in the model's channels, refusing NaN/inf early with the files that carry them."""
+        images = self.model.to_model_channels(batch.image)
+        finite = torch.isfinite(images).flatten(1).all(dim=1)
+        if not bool(finite.all()):
+            paths = batch.image_path or []
+            bad = [str(paths[i]) if i < len(paths) else f"batch index {i}" for i in (~finite).nonzero().flatten()]
+            msg = f"ProxyAno: input images contain NaN or inf values: {', '.join(bad)}"
+            raise ValueError(msg)
+        return images
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """One joint step of both networks (the IRM sees only detached PEM outputs)."""
+        del args, kwargs
+        images = self._model_images(batch)
+        proxies = self.proxy_extractor(images)
+        predicted, memory_weights = self.model.pem(images)
+        corrupted, _ = self.paster(proxies, images)
+        with_predicted = self.loss.predicted_proxy_weight > 0
+        irm_inputs = torch.cat([corrupted, predicted.detach()]) if with_predicted else corrupted
+        reconstructions = self.model.irm(irm_inputs)
+        from_extracted, from_predicted = reconstructions.chunk(2) if with_predicted else (reconstructions, None)
+        terms = self.loss(images, proxies, predicted, memory_weights, from_extracted, from_predicted)
+        if not torch.isfinite(terms["loss"]):
+            values = ", ".join(f"{name}={value.item():.4g}" for name, value in terms.items())
+            msg = (
+                f"ProxyAno: training loss is not finite at epoch {self.current_epoch}, step {self.global_step} "
+                f"({values}); lower --model.learning_rate or check the input intensities"
+            )
+            raise FloatingPointError(msg)
+        self.log_dict({f"train_{name}": value for name, value in terms.items()}, prog_bar=False, on_epoch=True)
+        self.log("train_loss", terms["loss"], prog_bar=True, on_step=False, on_epoch=True)
+        return terms["loss"]
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Score the validation batch with the exported inference path."""
+        del args, kwargs
+        self._model_images(batch)
+        return batch.update(**self.model(batch.image)._asdict())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.model.parameters(), lr=self.learning_rate)
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """Hard requirements only: anything here silently overrides the user's ``--trainer.*`` values."""
+        return {"num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        return LearningType.ONE_CLASS

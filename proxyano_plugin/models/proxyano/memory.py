@@ -1,0 +1,60 @@
+"""MemAE-style memory for the Proxy Extraction Module's bottleneck.
+
+Gong et al., "Memorizing Normality to Detect Anomaly" (ICCV 2019): every bottleneck feature vector is
+replaced by a sparse convex combination of learned memory items. Trained on normals only, the items can
+only express normal anatomy, so an abnormal input is pulled towards a normal proxy.
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+
+def hard_shrink_relu(weights: torch.Tensor, threshold: float, eps: float = 1e-12) -> torch.Tensor:
+    """Zero addressing weights below ``threshold`` and L1-renormalise (MemAE eq. 7, continuous form).
+
+    ``relu(w - t) * w / (|w - t| + eps)`` keeps back-propagation alive for the surviving weights.
+    """
+    if threshold <= 0:
+        return weights
+    shrunk = F.relu(weights - threshold) * weights / ((weights - threshold).abs() + eps)
+    return shrunk / shrunk.sum(dim=1, keepdim=True).clamp_min(eps)
+
+
+def addressing_entropy(weights: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Mean entropy of the addressing weights; minimising it makes the addressing sparse (MemAE eq. 9)."""
+    return -(weights * torch.log(weights + eps)).sum(dim=1).mean()
+
+
+class MemoryModule(nn.Module):
+    """Per-location memory addressing over ``num_items`` learned items of ``feature_dim`` channels.
+
+    Args:
+        num_items: Number of memory items N.
+        feature_dim: Channels of the bottleneck feature map.
+        shrink_threshold: Hard-shrinkage threshold on the softmax weights (MemAE uses 1/N..3/N scale
+            values; 0 disables shrinkage).
+    """
+
+    def __init__(self, num_items: int, feature_dim: int, shrink_threshold: float) -> None:
+        super().__init__()
+        if num_items < 1:
+            msg = f"memory_size must be >= 1, got {num_items}"
+            raise ValueError(msg)
+        if not 0 <= shrink_threshold < 1:
+            msg = f"memory_shrink_threshold must be in [0, 1), got {shrink_threshold}"
+            raise ValueError(msg)
+        bound = 1.0 / math.sqrt(feature_dim)
+        self.items = nn.Parameter(torch.empty(num_items, feature_dim).uniform_(-bound, bound))
+        self.shrink_threshold = shrink_threshold
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the memory read-out (same shape as ``features``) and the ``[B*H*W, N]`` weights."""
+        batch, channels, height, width = features.shape
+        queries = features.permute(0, 2, 3, 1).reshape(-1, channels)
+        weights = F.softmax(queries @ self.items.t(), dim=1)
+        weights = hard_shrink_relu(weights, self.shrink_threshold)
+        read_out = weights @ self.items
+        return read_out.reshape(batch, height, width, channels).permute(0, 3, 1, 2), weights

@@ -1,0 +1,217 @@
+"""PyTorch networks of ProxyAno: the Proxy Extraction Module (PEM) and the Image Reconstruction Module (IRM).
+
+Inference is pure torch (no proxy extractor, no numpy): image -> PEM -> predicted proxy -> IRM ->
+reconstruction -> error map. Proxies (superpixel images) are only training targets, so the exported graph
+never needs scikit-image.
+"""
+
+from collections.abc import Sequence
+from itertools import pairwise
+from typing import NamedTuple
+
+import torch
+from anomalib.data import InferenceBatch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+from .memory import MemoryModule
+
+
+class ConvBlock(nn.Sequential):
+    """Two 3x3 conv + BatchNorm + ReLU layers (the P-Net convention)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class Encoder(nn.Module):
+    """Conv blocks with 2x max-pooling between them; returns every level's features (finest first)."""
+
+    def __init__(self, in_channels: int, widths: Sequence[int]) -> None:
+        super().__init__()
+        channels = [in_channels, *widths]
+        self.blocks = nn.ModuleList(ConvBlock(cin, cout) for cin, cout in pairwise(channels))
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        x = images
+        for index, block in enumerate(self.blocks):
+            if index > 0:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            features.append(x)
+        return features
+
+
+class Decoder(nn.Module):
+    """Bilinear 2x upsampling + conv blocks back to full resolution, with optional U-Net skips.
+
+    The PEM decoder runs without skips (they would bypass the memory); the IRM decoder uses them, since
+    its input, a proxy, is already information-poor.
+    """
+
+    def __init__(self, widths: Sequence[int], out_channels: int, skips: bool) -> None:
+        super().__init__()
+        self.skips = skips
+        reversed_widths = list(reversed(widths))
+        self.blocks = nn.ModuleList(
+            ConvBlock(cin + (cout if skips else 0), cout) for cin, cout in pairwise(reversed_widths)
+        )
+        self.head = nn.Conv2d(widths[0], out_channels, 1)
+
+    def forward(self, bottleneck: torch.Tensor, skip_features: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        x = bottleneck
+        for level, block in enumerate(self.blocks):
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            if self.skips:
+                x = torch.cat([x, skip_features[-(level + 2)]], dim=1)
+            x = block(x)
+        return torch.sigmoid(self.head(x))
+
+
+class ProxyExtractionModule(nn.Module):
+    """Encoder -> memory -> decoder: predicts the proxy (superpixel image) of an image."""
+
+    def __init__(
+        self,
+        channels: int,
+        widths: Sequence[int],
+        memory_size: int,
+        shrink_threshold: float,
+    ) -> None:
+        super().__init__()
+        self.encoder = Encoder(channels, widths)
+        self.memory = MemoryModule(memory_size, widths[-1], shrink_threshold) if memory_size > 0 else None
+        self.decoder = Decoder(widths, channels, skips=False)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return the predicted proxy and the memory addressing weights (``None`` without memory)."""
+        bottleneck = self.encoder(images)[-1]
+        weights = None
+        if self.memory is not None:
+            bottleneck, weights = self.memory(bottleneck)
+        return self.decoder(bottleneck), weights
+
+
+class ImageReconstructionModule(nn.Module):
+    """U-Net mapping a proxy back to the image it came from."""
+
+    def __init__(self, channels: int, widths: Sequence[int]) -> None:
+        super().__init__()
+        self.encoder = Encoder(channels, widths)
+        self.decoder = Decoder(widths, channels, skips=True)
+
+    def forward(self, proxies: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(proxies)
+        return self.decoder(features[-1], features)
+
+
+class ProxyAnoOutput(NamedTuple):
+    """Everything the inference path computes, for figures and galleries."""
+
+    image: torch.Tensor
+    proxy: torch.Tensor
+    reconstruction: torch.Tensor
+    anomaly_map: torch.Tensor
+    pred_score: torch.Tensor
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """Normalised 1D Gaussian covering +-3 sigma."""
+    radius = max(1, round(3 * sigma))
+    coords = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(coords**2) / (2 * sigma**2))
+    return kernel / kernel.sum()
+
+
+class ProxyAnoModel(nn.Module):
+    """ProxyAno's two networks plus the scoring head.
+
+    Args:
+        in_channels: 1 (grayscale; anomalib's 3-channel batches are averaged) or 3 (RGB).
+        widths: Encoder widths per level (decoders mirror them); ``len(widths) - 1`` poolings.
+        memory_size: Number of memory items (0 disables the memory: an ablation).
+        memory_shrink_threshold: Hard-shrinkage threshold of the memory addressing.
+        map_sigma: Gaussian smoothing (pixels) of the error map; 0 disables it.
+        score_topk: Image score = mean of the top ``score_topk`` fraction of the map (1.0 = mean error).
+        error: Pixel error, ``"l1"`` (|x - x_hat|) or ``"l2"`` ((x - x_hat)^2), averaged over channels.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        widths: Sequence[int],
+        memory_size: int,
+        memory_shrink_threshold: float,
+        map_sigma: float,
+        score_topk: float,
+        error: str,
+    ) -> None:
+        super().__init__()
+        if in_channels not in {1, 3}:
+            msg = f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels}"
+            raise ValueError(msg)
+        if not 0 < score_topk <= 1:
+            msg = f"score_topk must be in (0, 1], got {score_topk}"
+            raise ValueError(msg)
+        if error not in {"l1", "l2"}:
+            msg = f"error must be 'l1' or 'l2', got {error!r}"
+            raise ValueError(msg)
+        self.in_channels = in_channels
+        self.score_topk = score_topk
+        self.error = error
+        self.pem = ProxyExtractionModule(in_channels, widths, memory_size, memory_shrink_threshold)
+        self.irm = ImageReconstructionModule(in_channels, widths)
+        self.register_buffer("smoothing_kernel", gaussian_kernel(map_sigma) if map_sigma > 0 else None, False)
+
+    def to_model_channels(self, images: torch.Tensor) -> torch.Tensor:
+        """Reduce anomalib's always-3-channel batch to the model's channels."""
+        channels = images.shape[1]
+        if channels == self.in_channels:
+            return images
+        if self.in_channels == 1 and channels == 3:
+            return images.mean(dim=1, keepdim=True)
+        msg = (
+            f"ProxyAno(in_channels={self.in_channels}) got images with {channels} channels; "
+            "expected 1 or 3 (grayscale is averaged from RGB, RGB needs 3)"
+        )
+        raise ValueError(msg)
+
+    def error_map(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+        """Per-pixel reconstruction error ``[B, 1, H, W]``, smoothed."""
+        difference = images - reconstructions
+        error = difference.abs() if self.error == "l1" else difference.square()
+        error = error.mean(dim=1, keepdim=True)
+        if self.smoothing_kernel is None:
+            return error
+        kernel = self.smoothing_kernel
+        radius = kernel.numel() // 2
+        error = F.pad(error, (radius, radius, radius, radius), mode="reflect")
+        error = F.conv2d(error, kernel.view(1, 1, 1, -1))
+        return F.conv2d(error, kernel.view(1, 1, -1, 1))
+
+    def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """Mean of the ``score_topk`` highest map values per image (top-k, unlike quantile, exports to ONNX)."""
+        flat = anomaly_map.flatten(1)
+        k = max(1, round(self.score_topk * flat.shape[1]))
+        return flat.topk(k, dim=1).values.mean(dim=1)
+
+    def reconstruct(self, images: torch.Tensor) -> ProxyAnoOutput:
+        """Run the full inference path and keep the intermediates."""
+        images = self.to_model_channels(images)
+        proxy, _ = self.pem(images)
+        reconstruction = self.irm(proxy)
+        anomaly_map = self.error_map(images, reconstruction)
+        return ProxyAnoOutput(images, proxy, reconstruction, anomaly_map, self.image_score(anomaly_map))
+
+    def forward(self, images: torch.Tensor) -> InferenceBatch:
+        """Score a batch of images in ``[0, 1]``: ``pred_score`` ``[B]`` and ``anomaly_map`` ``[B, 1, H, W]``."""
+        output = self.reconstruct(images)
+        return InferenceBatch(pred_score=output.pred_score, anomaly_map=output.anomaly_map)

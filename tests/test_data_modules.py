@@ -1,0 +1,246 @@
+"""The anomalib datamodules: BrainMRIDemo, SplitCSV and CheckedFolder, from Python and from CLI configs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from anomalib.data import AnomalibDataModule
+from jsonargparse import ActionConfigFile, ArgumentParser
+from PIL import Image
+
+from proxyano_plugin.data import BrainMRIDemo, CheckedFolder, DatasetError, SplitCSV, read_split_csv
+
+REPO = Path(__file__).parents[1]
+SHARED_DATA = Path(os.environ.get("PROXYANO_SHARED_DATA") or Path(__file__).parents[2] / "shared" / "data")
+BRAIN_TUMOR_MRI = SHARED_DATA / "brain_tumor_mri"
+TINY = {"train_subjects": 2, "test_subjects": 2, "slices_per_subject": 4}
+
+
+def write_png(path: Path, value: int = 100, size: int = 24) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size), value, dtype=np.uint8)).save(path)
+
+
+def parse_data(*args: str) -> AnomalibDataModule:
+    """Build the datamodule the way ``anomalib train --config ... --data ...`` does."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_subclass_arguments(AnomalibDataModule, "data")
+    return parser.instantiate_classes(parser.parse_args(list(args))).data
+
+
+# BrainMRIDemo ---------------------------------------------------------------------------------------
+
+
+def test_demo_setup_without_prepare_data_gives_anomalib_batches(tmp_path: Path) -> None:
+    datamodule = BrainMRIDemo(root=tmp_path, **TINY, train_batch_size=4, eval_batch_size=16)
+    datamodule.setup()  # prepare_data skipped, as on non-zero ranks
+    assert (datamodule.dataset_dir / "manifest.json").is_file()
+    assert datamodule.dataset_dir.parent == tmp_path
+    assert len(datamodule.train_data) == 8
+    assert len(datamodule.val_data) + len(datamodule.test_data) == 8
+    for subset in (datamodule.val_data, datamodule.test_data):
+        assert subset.has_anomalous
+        assert subset.has_normal
+
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch.image.shape == (4, 3, 128, 128)
+    assert batch.image.dtype == torch.float32
+    assert torch.equal(batch.image[:, 0], batch.image[:, 2])  # grayscale replicated, as anomalib does
+    assert not batch.gt_label.any()
+
+    batch = next(iter(datamodule.test_dataloader()))
+    assert batch.gt_mask.shape == (len(batch.image), 128, 128)
+    for label, mask in zip(batch.gt_label, batch.gt_mask, strict=True):
+        assert bool(mask.any()) == bool(label)
+    assert set(torch.unique(batch.gt_mask).tolist()) <= {0, 1}
+
+
+def test_demo_reuses_its_tree_and_keys_it_by_parameters(tmp_path: Path) -> None:
+    first = BrainMRIDemo(root=tmp_path, **TINY)
+    first.prepare_data()
+    stamp = (first.dataset_dir / "manifest.json").stat().st_mtime_ns
+    second = BrainMRIDemo(root=tmp_path, **TINY)
+    second.prepare_data()
+    assert second.dataset_dir == first.dataset_dir
+    assert (second.dataset_dir / "manifest.json").stat().st_mtime_ns == stamp
+    assert BrainMRIDemo(root=tmp_path, **{**TINY, "lesion_fraction": 0.25}).dataset_dir != first.dataset_dir
+
+
+def test_demo_from_the_shipped_config_and_by_bare_name(tmp_path: Path) -> None:
+    config = REPO / "configs" / "data" / "brain_mri_demo.yaml"
+    from_config = parse_data("--config", str(config), "--data.root", str(tmp_path), "--data.seed", "3")
+    assert isinstance(from_config, BrainMRIDemo)
+    assert from_config.spec.seed == 3
+    assert from_config.spec.lesion_area == (0.01, 0.08)
+    by_name = parse_data("--data", "BrainMRIDemo", "--data.root", str(tmp_path), "--data.lesion_area", "[0.02, 0.05]")
+    assert by_name.spec.lesion_area == (0.02, 0.05)
+
+
+# SplitCSV -------------------------------------------------------------------------------------------
+
+HEADER = "file,label,split,class\n"
+
+
+@pytest.fixture
+def csv_tree(tmp_path: Path) -> Path:
+    """6 normal and 4 abnormal images; splits/basic.csv trains on 4 normals and tests on the rest."""
+    rows = []
+    for index in range(6):
+        write_png(tmp_path / "normal" / f"n{index}.png", value=60)
+        rows.append(f"normal/n{index}.png,0,{'train' if index < 4 else 'test'},healthy")
+    for index in range(4):
+        write_png(tmp_path / "abnormal" / f"a{index}.png", value=200)
+        rows.append(f"abnormal/a{index}.png,1,test,tumour")
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "basic.csv").write_text(HEADER + "\n".join(rows) + "\n")
+    return tmp_path
+
+
+def test_split_csv_builds_the_splits(csv_tree: Path) -> None:
+    datamodule = SplitCSV(root=csv_tree, split_csv="basic", num_workers=0, eval_batch_size=16, seed=0)
+    assert datamodule.name == csv_tree.name
+    assert datamodule.category == "basic"
+    datamodule.setup()
+    assert len(datamodule.train_data) == 4
+    assert len(datamodule.val_data) + len(datamodule.test_data) == 6
+    assert datamodule.val_data.has_anomalous
+    batch = next(iter(datamodule.test_dataloader()))
+    assert batch.image.shape[1:] == (3, 24, 24)
+    assert batch.gt_mask is None  # image-level labels only
+    assert batch.gt_label.any()
+
+
+def test_split_csv_with_masks_is_a_segmentation_dataset(csv_tree: Path) -> None:
+    lines = (csv_tree / "splits" / "basic.csv").read_text().splitlines()
+    rows = [
+        line + ("," + line.split(",")[0].replace("abnormal/", "masks/") if ",1," in line else ",") for line in lines[1:]
+    ]
+    for index in range(4):
+        write_png(csv_tree / "masks" / f"a{index}.png", value=255)
+    (csv_tree / "masks.csv").write_text(lines[0] + ",mask\n" + "\n".join(rows) + "\n")
+    datamodule = SplitCSV(root=csv_tree, split_csv=csv_tree / "masks.csv", num_workers=0)
+    datamodule.setup()
+    assert datamodule.task == "segmentation"
+
+
+def test_split_csv_from_the_shipped_config(csv_tree: Path) -> None:
+    config = REPO / "configs" / "data" / "brain_tumor_mri.yaml"
+    datamodule = parse_data("--config", str(config), "--data.root", str(csv_tree), "--data.split_csv", "basic")
+    assert isinstance(datamodule, SplitCSV)
+    assert datamodule.split_csv == csv_tree / "splits" / "basic.csv"
+
+
+def edit_csv(tree: Path, old: str, new: str) -> Path:
+    path = tree / "splits" / "basic.csv"
+    path.write_text(path.read_text().replace(old, new, 1))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("normal/n1.png,0,train", "normal/gone.png,0,train", "line 3: file normal/gone.png not found under"),
+        (
+            "normal/n1.png,0,train",
+            "normal/n1.png,1,train",
+            "line 3: normal/n1.png is abnormal (label 1) but in the train",
+        ),
+        ("normal/n1.png,0,train", "normal/n1.png,2,train", "line 3: label '2' must be 0 (normal) or 1 (abnormal)"),
+        ("normal/n1.png,0,train", "normal/n1.png,0,valid", "line 3: split 'valid' must be one of train, test"),
+        ("normal/n1.png,0,train", "normal/n0.png,0,train", "line 3: normal/n0.png is listed twice (first on line 2)"),
+        ("file,label,split", "path,label,split", "missing column(s) file"),
+    ],
+)
+def test_split_csv_errors_name_the_file_and_line(csv_tree: Path, old: str, new: str, expected: str) -> None:
+    path = edit_csv(csv_tree, old, new)
+    with pytest.raises(DatasetError) as error:
+        read_split_csv(csv_tree, "basic")
+    assert str(error.value).startswith(str(path))
+    assert expected in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_split_csv_reports_every_bad_line(csv_tree: Path) -> None:
+    edit_csv(csv_tree, "normal/n1.png", "normal/x1.png")
+    edit_csv(csv_tree, "normal/n2.png", "normal/x2.png")
+    with pytest.raises(DatasetError) as error:
+        read_split_csv(csv_tree, "basic")
+    assert [problem.kind for problem in error.value.problems] == ["missing_file", "missing_file"]
+    assert "line 4: file normal/x2.png" in str(error.value).splitlines()[1]
+
+
+def test_split_csv_missing_root_or_csv(csv_tree: Path) -> None:
+    with pytest.raises(DatasetError, match=f"dataset root {csv_tree / 'nope'} does not exist"):
+        SplitCSV(root=csv_tree / "nope", split_csv="basic")
+    with pytest.raises(DatasetError, match=r"split CSV other not found .*; available in .*splits: basic\.csv"):
+        SplitCSV(root=csv_tree, split_csv="other")
+
+
+@pytest.mark.skipif(not BRAIN_TUMOR_MRI.is_dir(), reason=f"{BRAIN_TUMOR_MRI} absent (set PROXYANO_SHARED_DATA)")
+@pytest.mark.parametrize(("split_csv", "train", "test"), [("medianomaly", 1000, 1200), ("dedup_seed0", 566, 939)])
+def test_split_csv_on_brain_tumor_mri(split_csv: str, train: int, test: int) -> None:
+    datamodule = SplitCSV(root=BRAIN_TUMOR_MRI, split_csv=split_csv, num_workers=0, eval_batch_size=4, seed=0)
+    datamodule.setup()
+    assert len(datamodule.train_data) == train
+    assert len(datamodule.val_data) + len(datamodule.test_data) == test
+    assert datamodule.val_data.has_anomalous
+    assert next(iter(datamodule.val_dataloader())).image.shape == (4, 3, 224, 224)
+
+
+# CheckedFolder --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def folder_tree(tmp_path: Path) -> Path:
+    for index in range(4):
+        write_png(tmp_path / "good" / f"g{index}.png")
+    for index in range(2):
+        write_png(tmp_path / "bad" / f"b{index}.png", value=220)
+        write_png(tmp_path / "mask" / f"b{index}.png", value=255)
+    (tmp_path / "good" / "g1.png").write_bytes((tmp_path / "good" / "g0.png").read_bytes()[:40])  # truncated
+    return tmp_path
+
+
+def checked_folder(root: Path, **overrides: object) -> CheckedFolder:
+    arguments = {"name": "tiny", "root": root, "normal_dir": "good", "abnormal_dir": "bad", "mask_dir": "mask"}
+    return CheckedFolder(**{**arguments, "num_workers": 0, "train_batch_size": 8, **overrides})
+
+
+def test_checked_folder_skips_unreadable_images_once(folder_tree: Path, caplog: pytest.LogCaptureFixture) -> None:
+    datamodule = checked_folder(folder_tree)
+    with caplog.at_level(logging.WARNING, logger="proxyano_plugin"):
+        datamodule.setup()
+        datamodule.setup()
+    warnings = [record.getMessage() for record in caplog.records if record.name.startswith("proxyano_plugin")]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"normal image {folder_tree / 'good' / 'g1.png'} cannot be read")
+    assert str(folder_tree / "good" / "g1.png") not in set(datamodule.train_data.samples.image_path)
+    assert len(next(iter(datamodule.train_dataloader())).image) == 3
+
+
+def test_checked_folder_strict_raises_on_unreadable_images(folder_tree: Path) -> None:
+    with pytest.raises(DatasetError, match=str(folder_tree / "good" / "g1.png")):
+        checked_folder(folder_tree, strict=True).setup()
+
+
+def test_checked_folder_names_a_missing_folder_and_a_missing_mask(folder_tree: Path) -> None:
+    with pytest.raises(DatasetError, match=f"normal_dir {folder_tree / 'normals'} does not exist"):
+        checked_folder(folder_tree, normal_dir="normals").setup()
+    (folder_tree / "mask" / "b1.png").unlink()
+    with pytest.raises(DatasetError, match=f"abnormal image {folder_tree / 'bad' / 'b1.png'} has no mask"):
+        checked_folder(folder_tree).setup()
+
+
+def test_checked_folder_by_bare_name(folder_tree: Path) -> None:
+    datamodule = parse_data(
+        "--data", "CheckedFolder", "--data.name", "tiny", "--data.root", str(folder_tree),
+        "--data.normal_dir", "good", "--data.strict", "true",
+    )  # fmt: skip
+    assert isinstance(datamodule, CheckedFolder)
+    assert datamodule.strict

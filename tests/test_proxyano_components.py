@@ -1,0 +1,139 @@
+"""Unit tests of ProxyAno's building blocks: memory, pseudo anomalies, networks, loss."""
+
+import pytest
+import torch
+
+from proxyano_plugin.models.proxyano.loss import ProxyAnoLoss
+from proxyano_plugin.models.proxyano.memory import MemoryModule, addressing_entropy, hard_shrink_relu
+from proxyano_plugin.models.proxyano.pseudo_anomaly import PatchPaster
+from proxyano_plugin.models.proxyano.torch_model import ProxyAnoModel
+
+WIDTHS = [8, 16, 32]
+
+
+def _softmax_weights(rows: int = 64, items: int = 50, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.softmax(3 * torch.randn(rows, items, generator=generator), dim=1)
+
+
+def test_hard_shrinkage_keeps_weights_normalised():
+    weights = hard_shrink_relu(_softmax_weights(), threshold=0.02)
+    assert torch.all(weights >= 0)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(weights.shape[0]))
+
+
+def test_sparsity_grows_with_threshold():
+    weights = _softmax_weights()
+    zeros = [(hard_shrink_relu(weights, threshold) == 0).float().mean().item() for threshold in (0, 0.01, 0.02, 0.05)]
+    assert zeros[0] == 0
+    assert zeros == sorted(zeros)
+    assert zeros[-1] > zeros[1] > 0
+
+
+def test_addressing_entropy_is_zero_for_one_hot_and_log_n_for_uniform():
+    items = 16
+    one_hot = torch.eye(items)
+    uniform = torch.full((4, items), 1 / items)
+    assert addressing_entropy(one_hot).item() == pytest.approx(0, abs=1e-6)
+    assert addressing_entropy(uniform).item() == pytest.approx(torch.log(torch.tensor(items)).item(), rel=1e-5)
+
+
+def test_memory_read_out_is_a_convex_combination_of_items():
+    torch.manual_seed(0)
+    memory = MemoryModule(num_items=10, feature_dim=4, shrink_threshold=0.05)
+    features = torch.randn(2, 4, 3, 3)
+    read_out, weights = memory(features)
+    assert read_out.shape == features.shape
+    assert weights.shape == (2 * 3 * 3, 10)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(18))
+    expected = (weights @ memory.items).reshape(2, 3, 3, 4).permute(0, 3, 1, 2)
+    torch.testing.assert_close(read_out, expected)
+
+
+@pytest.mark.parametrize("bad", [-1.0, 1.0])
+def test_memory_rejects_bad_threshold(bad):
+    with pytest.raises(ValueError, match="memory_shrink_threshold"):
+        MemoryModule(4, 4, bad)
+
+
+def test_paste_area_within_bounds_and_target_untouched():
+    torch.manual_seed(0)
+    images = torch.rand(64, 1, 32, 32)
+    proxies = torch.rand(64, 1, 32, 32)
+    images_before, proxies_before = images.clone(), proxies.clone()
+    paster = PatchPaster(probability=1.0, area_range=(0.05, 0.1), aspect_range=(0.5, 2.0))
+    corrupted, mask = paster(proxies, images)
+    torch.testing.assert_close(images, images_before)
+    torch.testing.assert_close(proxies, proxies_before)
+    areas = mask.flatten(1).mean(dim=1)
+    # Rounding of the patch sides moves the area a little around the requested range.
+    assert torch.all(areas >= 0.04)
+    assert torch.all(areas <= 0.12)
+    outside = mask.expand_as(proxies) == 0
+    torch.testing.assert_close(corrupted[outside], proxies[outside])
+    assert not torch.equal(corrupted, proxies)
+
+
+def test_paste_pixels_come_from_the_same_image():
+    torch.manual_seed(1)
+    images = torch.arange(2 * 16 * 16, dtype=torch.float32).reshape(2, 1, 16, 16)
+    proxies = torch.full_like(images, -1.0)
+    corrupted, mask = PatchPaster(probability=1.0)(proxies, images)
+    for index in range(2):
+        pasted = corrupted[index][mask[index].bool()]
+        assert set(pasted.tolist()) <= set(images[index].flatten().tolist())
+
+
+def test_paste_probability_zero_is_identity():
+    proxies = torch.rand(8, 1, 16, 16)
+    corrupted, mask = PatchPaster(probability=0.0)(proxies, torch.rand(8, 1, 16, 16))
+    torch.testing.assert_close(corrupted, proxies)
+    assert mask.sum() == 0
+
+
+@pytest.mark.parametrize(("in_channels", "reduced"), [(1, 1), (3, 3)])
+def test_model_shapes(in_channels, reduced):
+    model = ProxyAnoModel(in_channels, WIDTHS, 20, 0.01, 1.0, 0.05, "l1").eval()
+    images = torch.rand(2, 3, 32, 32)
+    output = model.reconstruct(images)
+    assert output.image.shape == (2, reduced, 32, 32)
+    assert output.proxy.shape == (2, reduced, 32, 32)
+    assert output.reconstruction.shape == (2, reduced, 32, 32)
+    assert output.anomaly_map.shape == (2, 1, 32, 32)
+    assert output.pred_score.shape == (2,)
+    batch = model(images)
+    torch.testing.assert_close(batch.pred_score, output.pred_score)
+
+
+def test_model_rejects_bad_channels():
+    with pytest.raises(ValueError, match="in_channels must be 1"):
+        ProxyAnoModel(2, WIDTHS, 20, 0.01, 1.0, 0.05, "l1")
+    model = ProxyAnoModel(3, WIDTHS, 20, 0.01, 1.0, 0.05, "l1")
+    with pytest.raises(ValueError, match="got images with 4 channels"):
+        model.to_model_channels(torch.rand(1, 4, 32, 32))
+
+
+def test_image_score_is_top_k_mean():
+    model = ProxyAnoModel(1, WIDTHS, 0, 0.0, 0.0, 0.25, "l1")
+    anomaly_map = torch.arange(16, dtype=torch.float32).reshape(1, 1, 4, 4)
+    assert model.image_score(anomaly_map).item() == pytest.approx((15 + 14 + 13 + 12) / 4)
+
+
+def test_smoothing_preserves_constant_maps():
+    model = ProxyAnoModel(1, WIDTHS, 0, 0.0, 2.0, 1.0, "l2")
+    images = torch.full((1, 1, 16, 16), 0.75)
+    error = model.error_map(images, torch.full_like(images, 0.25))
+    torch.testing.assert_close(error, torch.full_like(error, 0.25))
+
+
+def test_loss_terms_and_total():
+    images = torch.rand(2, 1, 8, 8)
+    loss = ProxyAnoLoss(entropy_weight=0.5, predicted_proxy_weight=0.25)
+    weights = torch.full((4, 4), 0.25)
+    terms = loss(images, images, images + 0.1, weights, images, images + 0.2)
+    assert terms["pem"].item() == pytest.approx(0.01, rel=1e-4)
+    assert terms["irm"].item() == pytest.approx(0.0)
+    assert terms["irm_predicted"].item() == pytest.approx(0.25 * 0.04, rel=1e-4)
+    assert terms["entropy"].item() == pytest.approx(0.5 * torch.log(torch.tensor(4.0)).item(), rel=1e-5)
+    expected_total = sum(value for name, value in terms.items() if name != "loss")
+    assert terms["loss"].item() == pytest.approx(expected_total.item())

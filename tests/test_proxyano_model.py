@@ -1,0 +1,115 @@
+"""ProxyAno as a Lightning/anomalib module: training steps, determinism, errors, checkpoints."""
+
+import lightning
+import pytest
+import torch
+from anomalib.data import ImageBatch
+
+from proxyano_plugin import ProxyAno
+
+TINY = {"image_size": 32, "widths": [8, 16, 32], "memory_size": 50, "memory_shrink_threshold": 0.01}
+
+
+def _batch(size: int = 8, seed: int = 0) -> ImageBatch:
+    """Smooth blobs replicated to 3 channels, as anomalib delivers grayscale images."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(size, 1, 4, 4, generator=generator)
+    images = torch.nn.functional.interpolate(coarse, size=32, mode="bilinear", align_corners=False)
+    return ImageBatch(image=images.expand(-1, 3, -1, -1).contiguous(), image_path=[f"img{i}.png" for i in range(size)])
+
+
+def _train(model: ProxyAno, batch: ImageBatch, steps: int) -> list[float]:
+    optimizer = model.configure_optimizers()
+    model.train()
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = model.training_step(batch)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_a_few_steps_reduce_the_loss():
+    lightning.seed_everything(0)
+    model = ProxyAno(**TINY, proxy="blur")
+    losses = _train(model, _batch(), steps=15)
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_training_is_deterministic_for_a_seed():
+    runs = []
+    for _ in range(2):
+        lightning.seed_everything(3)
+        model = ProxyAno(**TINY, proxy="superpixel")
+        _train(model, _batch(), steps=3)
+        runs.append(torch.cat([parameter.detach().flatten() for parameter in model.model.parameters()]))
+    torch.testing.assert_close(runs[0], runs[1])
+
+
+def test_superpixel_proxies_are_cached_across_epochs():
+    model = ProxyAno(**TINY, proxy="superpixel")
+    batch = _batch()
+    _train(model, batch, steps=2)
+    assert model.proxy_extractor.misses == 8
+    assert model.proxy_extractor.hits == 8
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_eval_forward_gives_scores_and_maps(in_channels):
+    model = ProxyAno(**TINY, in_channels=in_channels).eval()
+    with torch.no_grad():
+        output = model.model(_batch(4).image)
+    assert output.pred_score.shape == (4,)
+    assert output.anomaly_map.shape == (4, 1, 32, 32)
+
+
+def test_nan_input_names_the_file():
+    model = ProxyAno(**TINY, proxy="identity")
+    batch = _batch(3)
+    batch.image[1, :, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or inf values: img1\.png"):
+        model.training_step(batch)
+
+
+def test_nan_loss_stops_training_with_a_clear_message():
+    model = ProxyAno(**TINY, proxy="identity")
+    with torch.no_grad():
+        model.model.irm.decoder.head.bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="training loss is not finite"):
+        model.training_step(_batch(2))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"in_channels": 2}, "in_channels must be 1"),
+        ({"image_size": 30}, "image_size must be a positive multiple of 4"),
+        ({"proxy": "no-such-proxy"}, "no-such-proxy"),
+        ({"score_topk": 0.0}, "score_topk"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        ProxyAno(**{**TINY, **kwargs})
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path):
+    lightning.seed_everything(0)
+    model = ProxyAno(**TINY, proxy="blur", proxy_kwargs={"sigma": 2.0})
+    _train(model, _batch(), steps=2)
+    model.eval()
+    path = tmp_path / "proxyano.ckpt"
+    checkpoint = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+    }
+    model.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    restored = ProxyAno.load_from_checkpoint(path, weights_only=True).eval()
+    assert restored.hparams["proxy_kwargs"] == {"sigma": 2.0}
+    images = _batch(4, seed=1).image
+    with torch.no_grad():
+        torch.testing.assert_close(restored(images).pred_score, model(images).pred_score)
