@@ -4,8 +4,7 @@ Heavy modules (torch, anomalib) are imported lazily, on first attribute access, 
 ``import proxyano_plugin`` stays cheap for tools that only need the proxy registry or the version.
 """
 
-from importlib import import_module
-from typing import Any
+from proxyano_plugin.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -14,6 +13,8 @@ _LAZY_EXPORTS = {
     "Autoencoder": "proxyano_plugin.models.autoencoder",
     "FAnoGAN": "proxyano_plugin.models.fanogan",
     "BrainMRIDemo": "proxyano_plugin.data",
+    "CheckedFolder": "proxyano_plugin.data",
+    "SplitCSV": "proxyano_plugin.data",
     "available_proxies": "proxyano_plugin.proxies",
     "create_proxy": "proxyano_plugin.proxies",
 }
@@ -21,10 +22,4 @@ _LAZY_EXPORTS = {
 __all__ = ["__version__", *_LAZY_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_EXPORTS:
-        value = getattr(import_module(_LAZY_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    msg = f"module 'proxyano_plugin' has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__ = lazy_exports(__name__, _LAZY_EXPORTS)

@@ -4,9 +4,9 @@ jsonargparse (behind ``anomalib train --model X``) and ``anomalib.models.get_mod
 class name only among subclasses that are already imported; importing this module imports them.
 """
 
-from proxyano_plugin.data import BrainMRIDemo
+from proxyano_plugin.data import BrainMRIDemo, CheckedFolder, SplitCSV
 from proxyano_plugin.models.autoencoder import Autoencoder
 from proxyano_plugin.models.fanogan import FAnoGAN
 from proxyano_plugin.models.proxyano import ProxyAno
 
-__all__ = ["Autoencoder", "BrainMRIDemo", "FAnoGAN", "ProxyAno"]
+__all__ = ["Autoencoder", "BrainMRIDemo", "CheckedFolder", "FAnoGAN", "ProxyAno", "SplitCSV"]

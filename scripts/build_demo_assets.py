@@ -18,6 +18,7 @@ left (neurological convention), and area-resampled to 128x128 (1.5 mm pixels). T
 from __future__ import annotations
 
 import argparse
+from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -37,13 +38,16 @@ SOURCE = (
 
 
 def load_volumes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Load the T1 template, its WM map and its affine from the files inside the nilearn wheel."""
-    import nibabel as nib
-    from nilearn.datasets import struct
+    """Load the T1 template, its WM map and its affine from the files inside the nilearn wheel.
 
-    t1_img = nib.load(struct.MNI152_FILE_PATH)
+    The files are read directly: nilearn's ``load_mni152_*`` helpers rescale the intensities.
+    """
+    import nibabel as nib
+
+    data = resources.files("nilearn.datasets.data")
+    t1_img = nib.load(data / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
     t1 = np.asarray(t1_img.dataobj, dtype=np.float32)
-    wm = np.asarray(nib.load(struct.WM_MNI152_FILE_PATH).dataobj, dtype=np.float32)
+    wm = np.asarray(nib.load(data / "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz").dataobj, dtype=np.float32)
     return t1, wm, t1_img.affine
 
 

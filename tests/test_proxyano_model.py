@@ -113,3 +113,10 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
     images = _batch(4, seed=1).image
     with torch.no_grad():
         torch.testing.assert_close(restored(images).pred_score, model(images).pred_score)
+
+
+def test_get_model_resolves_the_bare_name_after_import():
+    from anomalib.models import get_model
+
+    model = get_model("ProxyAno", **TINY)
+    assert isinstance(model, ProxyAno)

@@ -10,8 +10,9 @@ The datamodules import anomalib, so they load lazily, on first access; the gener
 (:mod:`.demo_generator`, :mod:`.validation`) work without it.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from proxyano_plugin.lazy import lazy_exports
 
 _LAZY_EXPORTS = {
     "BrainMRIDemo": "proxyano_plugin.data.brain_mri_demo",
@@ -49,10 +50,4 @@ if TYPE_CHECKING:
     from proxyano_plugin.data.validation import DataProblem, DatasetError, check_folder_dataset, report_problems
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_EXPORTS:
-        value = getattr(import_module(_LAZY_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    msg = f"module 'proxyano_plugin.data' has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__ = lazy_exports(__name__, _LAZY_EXPORTS)

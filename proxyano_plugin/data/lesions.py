@@ -70,8 +70,11 @@ def add_tumour(
     if not 0 < lo <= hi < 1:
         msg = f"area_range must satisfy 0 < low <= high < 1, got {area_range}"
         raise ValueError(msg)
+    brain_area = int(brain.sum())
+    if brain_area == 0:
+        msg = "the slice has no brain pixel to place a lesion in"
+        raise ValueError(msg)
     kind = str(rng.choice(LESION_KINDS, p=_KIND_PROBABILITIES))
-    brain_area = max(int(brain.sum()), 1)
     depth = ndimage.distance_transform_edt(brain)
     smooth_wm = ndimage.gaussian_filter(wm, 1.5)
     best: tuple[float, tuple] | None = None

@@ -29,7 +29,7 @@ def resolve_split_csv(root: str | Path, split_csv: str | Path) -> Path:
         message = f"dataset root {root} does not exist or is not a folder: pass the folder the CSV paths start from"
         raise DatasetError([DataProblem("missing_folder", root, message, True)])
     name = Path(split_csv).expanduser()
-    candidates = [name, root / "splits" / name, root / "splits" / name.with_suffix(".csv"), root / name]
+    candidates = [name, root / "splits" / name, root / "splits" / f"{name}.csv", root / name]
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()

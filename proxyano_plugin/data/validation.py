@@ -1,10 +1,11 @@
 """Check an anomalib Folder dataset before training, with one actionable line per problem.
 
-anomalib's own ``Folder`` reports a missing folder or a mask-count mismatch with generic messages (for
-masks, a NumPy indexing error), pairs masks with images by sorted position (so a naming slip can pair an
-image with the wrong mask silently), and only meets an unreadable image when a data loader reaches it,
-mid-epoch. :func:`check_folder_dataset` finds all of these up front, so a benchmark harness can call it
-too; :class:`~proxyano_plugin.data.CheckedFolder` runs it before setting up.
+anomalib's own ``Folder`` (2.7) reports a missing folder as ``Path does not exist``, a missing or extra
+mask as a NumPy indexing error and a misnamed mask as a generic ``MisMatchError``, none naming the image
+concerned (it pairs masks with images by sorted position, then checks the names); and it only meets an
+unreadable image when a data loader reaches it, mid-epoch (``OSError: image file is truncated``).
+:func:`check_folder_dataset` finds all of these up front and names the file; a benchmark harness can
+call it directly, and :class:`~proxyano_plugin.data.CheckedFolder` runs it before setting up.
 """
 
 from __future__ import annotations

@@ -13,8 +13,7 @@ import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from multiprocessing import current_process, get_all_start_methods, get_context
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -119,11 +118,8 @@ class Proxy(ABC):
 class PerImageProxy(Proxy):
     """Base for proxies computed one image at a time on NumPy arrays (OpenCV, scikit-image, ...).
 
-    Implement :meth:`apply`. The batch is mapped over threads when ``releases_gil`` is true (OpenCV does
-    release it), else over a process pool, so several CPU cores work on one batch.
+    Implement :meth:`apply`; the batch is spread over threads (see :func:`map_images`).
     """
-
-    releases_gil: ClassVar[bool] = True
 
     @abstractmethod
     def apply(self, image: np.ndarray) -> np.ndarray:
@@ -136,35 +132,23 @@ class PerImageProxy(Proxy):
 
         check_images(images, self.name)
         arrays = images.detach().to("cpu", torch.float32).permute(0, 2, 3, 1).numpy()
-        outputs = map_images(self.apply, list(arrays), releases_gil=self.releases_gil)
+        outputs = map_images(self.apply, list(arrays))
         result = torch.from_numpy(np.stack(outputs).astype(np.float32, copy=False)).permute(0, 3, 1, 2)
         return result.to(images.device, images.dtype).contiguous()
 
 
-def map_images(function: Callable[[np.ndarray], Any], images: Sequence[np.ndarray], *, releases_gil: bool) -> list[Any]:
-    """``[function(image) for image in images]``, spread over the available CPU cores.
+def map_images(function: Callable[[np.ndarray], Any], images: Sequence[np.ndarray]) -> list[Any]:
+    """``[function(image) for image in images]``, spread over the available CPU cores with threads.
 
-    Threads when ``function`` releases the GIL; otherwise a process pool, shared and started on first use
-    (``function`` must then be picklable, i.e. defined at module level). Runs serially for one image, on
-    one core, or inside a daemonic process (e.g. a DataLoader worker), which may not have children.
+    Threads suffice because the per-image work of the built-ins runs without the GIL: OpenCV releases it,
+    and so does scikit-image's SLIC in its Cython loops (``benchmarks/proxy_speed.py`` measures this). A
+    process pool would also re-run an unguarded ``__main__`` under the "spawn"/"forkserver" start methods.
     """
     workers = min(len(images), _cpu_count())
-    if workers <= 1 or (not releases_gil and current_process().daemon):
+    if workers <= 1:
         return [function(image) for image in images]
-    executor = ThreadPoolExecutor(workers) if releases_gil else _process_pool()
-    # One chunk per worker: a per-image task costs more to ship than many OpenCV calls take.
-    chunks = [images[start::workers] for start in range(workers)]
-    results = list(executor.map(_apply_all, [function] * workers, chunks))
-    if releases_gil:
-        executor.shutdown()
-    ordered: list[Any] = [None] * len(images)
-    for start, chunk in enumerate(results):
-        ordered[start::workers] = chunk
-    return ordered
-
-
-def _apply_all(function: Callable[[np.ndarray], Any], images: Sequence[np.ndarray]) -> list[Any]:
-    return [function(image) for image in images]
+    with ThreadPoolExecutor(workers) as executor:
+        return list(executor.map(function, images))
 
 
 def _cpu_count() -> int:
@@ -172,17 +156,6 @@ def _cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-_POOL: list[Executor] = []
-
-
-def _process_pool() -> Executor:
-    """The shared process pool; "forkserver" where available, as forking a threaded process (torch) is unsafe."""
-    if not _POOL:
-        method = "forkserver" if "forkserver" in get_all_start_methods() else "spawn"
-        _POOL.append(ProcessPoolExecutor(_cpu_count(), mp_context=get_context(method)))
-    return _POOL[0]
 
 
 def positive(name: str, value: float, *, integer: bool = False) -> Any:

@@ -18,6 +18,7 @@ mean image coarse.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -66,45 +67,53 @@ def slic_labels(features: torch.Tensor, n_segments: int, compactness: float, ite
     step = float(max(block_h, block_w))
     top, left = (rows * block_h - height) // 2, (cols * block_w - width) // 2
     pad = (left, cols * block_w - width - left, top, rows * block_h - height - top)
-    cells = rows * cols
+    grid = _Grid(rows, cols, block_h, block_w)
 
-    # Pixels in block layout [batch, channels, rows, block_h, cols, block_w]: a view of the padded image.
-    colour = F.pad(features.to(dtype) / compactness, pad).view(batch, channels, rows, block_h, cols, block_w)
-    ys = torch.arange(-top, rows * block_h - top, device=device, dtype=dtype).view(rows, block_h, 1, 1) / step
-    xs = torch.arange(-left, cols * block_w - left, device=device, dtype=dtype).view(1, 1, cols, block_w) / step
-    valid = F.pad(torch.ones(height, width, device=device, dtype=dtype), pad).view(rows, block_h, cols, block_w)
+    # Pixels as [batch, channels, rows, block_h, padded width]: a view of the padded image. Positions are
+    # in grid steps; y relative to the middle of the pixel's block row, which keeps the numbers small.
+    colour = F.pad(features.to(dtype) / compactness, pad).view(batch, channels, rows, block_h, -1)
+    local_y = (torch.arange(block_h, device=device, dtype=dtype).view(1, block_h, 1) - (block_h - 1) / 2) / step
+    row_middle = (torch.arange(rows, device=device, dtype=dtype) * block_h + (block_h - 1) / 2 - top) / step
+    xs = (torch.arange(cols * block_w, device=device, dtype=dtype) - left) / step
+    valid = F.pad(torch.ones(height, width, device=device, dtype=dtype), pad).view(rows, block_h, -1)
     # What a superpixel sums over its pixels (padding counts zero): count, y, x, colour channels.
+    ys = row_middle.view(rows, 1, 1) + local_y
     sources = [valid, valid * ys, valid * xs, *(valid * colour).unbind(1)]
-    sources = [s.expand(batch, rows, block_h, cols, block_w).reshape(-1) for s in sources]
+    sources = [s.expand(batch, rows, block_h, cols * block_w).reshape(-1) for s in sources]
+    # Added to every distance so that all are non-negative (see _nearest_slot).
+    offset = float(local_y.max() ** 2 + (colour**2).sum(1).max())
 
     # Sums go to (cell, slot) bins, cell being the pixel's own block; slot 4 is that block's own centre.
-    own_bin = (torch.arange(batch * cells, device=device) * 9).view(batch, rows, 1, cols, 1)
+    own_bin = (torch.arange(batch * rows * cols, device=device) * 9).view(batch, rows, 1, cols, 1)
     own_bin = own_bin.expand(batch, rows, block_h, cols, block_w).reshape(-1)
     slots = torch.full_like(own_bin, 4)
     centres = None
     for _ in range(iterations):
-        centres = _centres(sources, own_bin + slots, batch, rows, cols, centres)
-        slots = _nearest_slot(centres, ys, xs, colour).view(-1)
+        centres = _centres(sources, own_bin + slots, grid, batch, centres)
+        slots = _nearest_slot(centres, grid, local_y, row_middle, xs, colour, offset).view(-1)
 
-    grid = torch.arange(cells, device=device).view(rows, cols)
-    labels = (
-        grid.view(1, rows, 1, cols, 1)
-        + torch.tensor([dy * cols + dx for dy, dx in _OFFSETS], device=device)[
-            slots.view(batch, rows, block_h, cols, block_w)
-        ]
-    ).reshape(batch, rows * block_h, cols * block_w)
+    shifts = torch.tensor([dy * cols + dx for dy, dx in _OFFSETS], device=device)
+    cell = torch.arange(rows * cols, device=device).view(1, rows, 1, cols, 1)
+    labels = (cell + shifts[slots.view(batch, rows, block_h, cols, block_w)]).view(batch, rows * block_h, -1)
     return labels[:, top : top + height, left : left + width].contiguous()
 
 
+class _Grid(NamedTuple):
+    rows: int
+    cols: int
+    block_h: int
+    block_w: int
+
+
 def _centres(
-    sources: list[torch.Tensor], bins: torch.Tensor, batch: int, rows: int, cols: int, previous: torch.Tensor | None
+    sources: list[torch.Tensor], bins: torch.Tensor, grid: _Grid, batch: int, previous: torch.Tensor | None
 ) -> torch.Tensor:
     """Mean position and colour of every centre's pixels, ``[3 + channels, batch, rows, cols]`` (count first).
 
     An empty centre keeps its previous position and colour.
     """
-    size = batch * rows * cols * 9
-    sums = torch.stack([s.new_zeros(size).scatter_add_(0, bins, s) for s in sources])
+    rows, cols = grid.rows, grid.cols
+    sums = torch.stack([s.new_zeros(batch * rows * cols * 9).scatter_add_(0, bins, s) for s in sources])
     sums = F.pad(sums.view(-1, batch, rows, cols, 3, 3), (0, 0, 0, 0, 1, 1, 1, 1))
     # A pixel of block (i, j) in slot (dy, dx) belongs to centre (i + dy, j + dx).
     totals = sum(sums[:, :, 1 - dy : 1 - dy + rows, 1 - dx : 1 - dx + cols, dy + 1, dx + 1] for dy, dx in _OFFSETS)
@@ -113,23 +122,41 @@ def _centres(
     return centres if previous is None else torch.where(counts > 0, centres, previous)
 
 
-def _nearest_slot(centres: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
-    """Slot (0-8, into ``_OFFSETS``) of each pixel's nearest candidate centre, ``[batch, rows, bh, cols, bw]``."""
-    _, batch, rows, cols = centres.shape
+def _nearest_slot(
+    centres: torch.Tensor,
+    grid: _Grid,
+    local_y: torch.Tensor,
+    row_middle: torch.Tensor,
+    xs: torch.Tensor,
+    colour: torch.Tensor,
+    offset: float,
+) -> torch.Tensor:
+    """Slot (0-8, into ``_OFFSETS``) of each pixel's nearest candidate centre, ``[batch, rows, bh, width]``.
+
+    Per candidate, ``|y - cy|^2 + |x - cx|^2 + |v - c|^2`` is evaluated without the pixel's own ``y^2 + |v|^2``
+    (a per-pixel constant cannot change the argmin) as ``A + y * B + v.C``, where ``A``, ``B``, ``C`` vary only
+    along the image row: two broadcast passes. ``offset >= max(y^2 + |v|^2)`` keeps the results non-negative,
+    so that their int32 bit patterns order like the floats, and the winner's slot can ride in the 4 lowest
+    mantissa bits: one int32 minimum per candidate finds both.
+    """
+    rows, cols, block_w = grid.rows, grid.cols, grid.block_w
     padded = F.pad(centres[1:], (1, 1, 1, 1))
     padded[:2, :, [0, -1]] = _FAR
     padded[:2, :, :, [0, -1]] = _FAR
-    shape = (batch, rows, colour.shape[3], cols, colour.shape[5])
+    batch = centres.shape[1]
+    shape = (batch, rows, local_y.shape[1], cols * block_w)
     best = torch.empty(shape, dtype=torch.int32, device=colour.device)
     distance = torch.empty(shape, dtype=colour.dtype, device=colour.device)
-    difference = torch.empty_like(distance)
     for slot, (dy, dx) in enumerate(_OFFSETS):
-        cy, cx, *cc = padded[:, :, 1 + dy : 1 + dy + rows, 1 + dx : 1 + dx + cols].unsqueeze(-1).unsqueeze(3)
-        torch.add((ys - cy) ** 2, (xs - cx) ** 2, out=distance)
+        # Candidate centre parameters per image row position: [batch, rows, 1, width].
+        cy, cx, *cc = (
+            padded[:, :, 1 + dy : 1 + dy + rows, 1 + dx : 1 + dx + cols].repeat_interleave(block_w, -1).unsqueeze(3)
+        )
+        cy = cy - row_middle.view(rows, 1, 1)
+        constant = cy**2 + (xs - cx) ** 2 + sum(c**2 for c in cc) + offset
+        torch.addcmul(constant, local_y, cy, value=-2, out=distance)
         for channel, centre in zip(colour.unbind(1), cc, strict=True):
-            torch.sub(channel, centre, out=difference)
-            distance.addcmul_(difference, difference)
-        # Non-negative floats order like their int32 bit patterns.
+            distance.addcmul_(channel, centre, value=-2)
         packed = distance.view(torch.int32).bitwise_and_(~_SLOT_BITS).bitwise_or_(slot)
         if slot == 0:
             best.copy_(packed)
@@ -154,18 +181,36 @@ def _connected(labels: np.ndarray, min_size: int) -> np.ndarray:
     parts = connected_parts(labels, connectivity=1, background=-1) - 1
     sizes = np.bincount(parts.ravel())
     small = sizes < min(min_size, sizes.max())
-    count = len(sizes)
-    # Directed pairs (part, neighbour) over all 4-adjacent pixel pairs with different parts.
-    first = np.concatenate([parts[:, :-1].ravel(), parts[:-1].ravel()])
-    second = np.concatenate([parts[:, 1:].ravel(), parts[1:].ravel()])
-    differ = first != second
-    first, second = np.concatenate([first[differ], second[differ]]), np.concatenate([second[differ], first[differ]])
-    target = np.arange(count)
-    # Parts whose neighbours are all small wait a round, until one of those has joined a large part.
+    target = np.arange(len(sizes))
+    if small.any():
+        # Directed (part, neighbour) pairs over 4-adjacent pixels of different parts, one of them small.
+        near_small = small[parts]
+        pairs = []
+        for here, there, flag_here, flag_there in (
+            (parts[:, :-1], parts[:, 1:], near_small[:, :-1], near_small[:, 1:]),
+            (parts[:-1], parts[1:], near_small[:-1], near_small[1:]),
+        ):
+            touching = (flag_here | flag_there) & (here != there)
+            pairs += [(here[touching], there[touching]), (there[touching], here[touching])]
+        first = np.concatenate([pair[0] for pair in pairs])
+        second = np.concatenate([pair[1] for pair in pairs])
+        _merge_small(first, second, small, target)
+    # Renumber the surviving parts 0..n-1, in order of first appearance (raster order).
+    survivors = np.zeros(len(sizes), dtype=bool)
+    survivors[target] = True
+    return (np.cumsum(survivors) - 1)[target][parts]
+
+
+def _merge_small(first: np.ndarray, second: np.ndarray, small: np.ndarray, target: np.ndarray) -> None:
+    """Point ``target`` of every small part at the large neighbour it shares the longest border with.
+
+    Parts whose neighbours are all small wait a round, until one of those has joined a large part.
+    """
+    count = len(target)
     while (joining := small[first] & ~small[second]).any():
         pairs, border = np.unique(first[joining] * count + second[joining], return_counts=True)
         source, neighbour = np.divmod(pairs, count)
-        # Per source the neighbour with the longest border (ties: the lowest number), found by sorting.
+        # Per source, the neighbour with the longest border (ties: the lowest number) sorts last.
         order = np.lexsort((-neighbour, border, source))
         last = np.r_[source[order][1:] != source[order][:-1], True]
         winners, chosen = source[order][last], neighbour[order][last]
@@ -174,4 +219,3 @@ def _connected(labels: np.ndarray, min_size: int) -> np.ndarray:
         first, second = target[first], target[second]
         kept = first != second
         first, second = first[kept], second[kept]
-    return np.unique(target[parts], return_inverse=True)[1].reshape(parts.shape)

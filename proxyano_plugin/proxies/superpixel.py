@@ -4,7 +4,7 @@ SLIC superpixels follow strong edges (the outline of the brain, ventricles, lesi
 erases the texture inside them: the proxy keeps coarse anatomy and drops detail, which is what makes the
 PEM -> IRM bridge work. Two backends give the same output by the measures in ``benchmarks/proxy_speed.py``:
 ``"torch"`` (batched, vectorised, default; see :mod:`.slic`) and ``"skimage"`` (scikit-image's ``slic``,
-the reference, one image per process).
+the reference, one image per thread).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class SuperpixelProxy(Proxy):
         return images / math.sqrt(images.shape[1])
 
     def _skimage_labels(self, images: torch.Tensor) -> torch.Tensor:
-        """scikit-image's ``slic`` per image, over a process pool (it holds the GIL)."""
+        """scikit-image's ``slic`` per image, over threads (it releases the GIL)."""
         arrays = images.detach().to("cpu", torch.float32).permute(0, 2, 3, 1).numpy()
         gray = arrays.shape[-1] == 1
         scale = 1.0 if gray else (_LAB_SCALE if self.colour == "lab" else math.sqrt(arrays.shape[-1]))
@@ -123,12 +123,11 @@ class SuperpixelProxy(Proxy):
             start_label=0,
         )
         inputs = [array[..., 0] if gray else array for array in arrays]
-        labels = np.stack(map_images(run, inputs, releases_gil=False))
+        labels = np.stack(map_images(run, inputs))
         return torch.from_numpy(labels.astype(np.int64)).to(images.device)
 
 
 def _skimage_slic(image: np.ndarray, **kwargs: object) -> np.ndarray:
-    """Module-level (picklable) call of scikit-image's ``slic`` for the process pool."""
-    from skimage.segmentation import slic  # imported in the worker only
+    from skimage.segmentation import slic  # heavy import, needed by this backend only
 
     return slic(image, **kwargs)

@@ -147,8 +147,12 @@ class ProxyAno(AnomalibModule):
                 f"({values}); lower --model.learning_rate or check the input intensities"
             )
             raise FloatingPointError(msg)
-        self.log_dict({f"train_{name}": value for name, value in terms.items()}, prog_bar=False, on_epoch=True)
-        self.log("train_loss", terms["loss"], prog_bar=True, on_step=False, on_epoch=True)
+        self.log_dict(
+            {f"train_{name}": value for name, value in terms.items()},
+            on_step=False,
+            on_epoch=True,
+            batch_size=images.shape[0],
+        )
         return terms["loss"]
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:

@@ -1,0 +1,128 @@
+"""End to end through the real ``anomalib`` console script: train, predict and export ProxyAno.
+
+These run as subprocesses of the installed CLI, so they also test the bare-name autoload
+(``--model ProxyAno --data BrainMRIDemo``), which needs a real (non-editable or editable) install.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ANOMALIB = Path(sys.executable).with_name("anomalib")
+TINY_MODEL = ["--model.image_size", "32", "--model.widths", "[8, 16, 32]", "--model.memory_size", "50"]
+TINY_DATA = ["--data.train_subjects", "2", "--data.test_subjects", "2", "--data.slices_per_subject", "6"]
+
+pytestmark = pytest.mark.slow
+
+
+def anomalib_cli(*args: str, cwd: Path, autoload: bool = True) -> subprocess.CompletedProcess:
+    """Run the installed ``anomalib`` script on this checkout's code (PYTHONPATH), as a user would."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "PROXYANO_PLUGIN_AUTOLOAD": "1" if autoload else "0",
+        "PROXYANO_PLUGIN_CACHE": str(cwd / "cache"),
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        [str(ANOMALIB), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+
+
+def _ok(result: subprocess.CompletedProcess) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """Train once with the bare names; the tests below reuse the checkpoint."""
+    workdir = tmp_path_factory.mktemp("cli")
+    output = _ok(
+        anomalib_cli(
+            "train", "--model", "ProxyAno", *TINY_MODEL, "--data", "BrainMRIDemo", *TINY_DATA,
+            "--data.root", str(workdir / "demo"), "--trainer.max_epochs", "1",
+            "--default_root_dir", str(workdir / "results"), "--seed_everything", "0",
+            cwd=workdir,
+        )
+    )  # fmt: skip
+    checkpoints = sorted((workdir / "results").rglob("*.ckpt"))
+    assert checkpoints, output[-2000:]
+    return workdir, checkpoints[-1], output
+
+
+def test_train_with_bare_names_reports_image_and_pixel_metrics(trained):
+    _, _, output = trained
+    assert "image_AUROC" in output
+    assert "pixel_AUROC" in output
+
+
+def test_predict_from_checkpoint_writes_visualisations(trained):
+    workdir, checkpoint, _ = trained
+    lesions = next((workdir / "demo").rglob("test/lesion"))
+    _ok(
+        anomalib_cli(
+            "predict", "--model", "ProxyAno", *TINY_MODEL, "--ckpt_path", str(checkpoint),
+            "--data", str(lesions), "--default_root_dir", str(workdir / "predict"),
+            cwd=workdir,
+        )
+    )  # fmt: skip
+    written = list((workdir / "predict").rglob("*.png"))
+    assert len(written) == len(list(lesions.glob("*.png")))
+
+
+def test_onnx_export_is_pure_and_matches_lightning(trained):
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from proxyano_plugin import ProxyAno
+
+    workdir, checkpoint, _ = trained
+    _ok(
+        anomalib_cli(
+            "export", "--model", "proxyano_plugin.ProxyAno", *TINY_MODEL, "--ckpt_path", str(checkpoint),
+            "--export_type", "onnx", "--export_root", str(workdir / "export"),
+            cwd=workdir,
+        )
+    )  # fmt: skip
+    (model_file,) = (workdir / "export").rglob("*.onnx")
+    graph = onnx.load(str(model_file)).graph
+    assert {node.domain for node in graph.node} <= {"", "ai.onnx"}, "custom ops in the exported graph"
+
+    images = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    exported = dict(zip(names, session.run(None, {session.get_inputs()[0].name: images.numpy()}), strict=True))
+    model = ProxyAno.load_from_checkpoint(checkpoint).eval()
+    with torch.no_grad():
+        expected = model(images)
+    np.testing.assert_allclose(exported["pred_score"], expected.pred_score.numpy(), atol=1e-4)
+    np.testing.assert_allclose(exported["anomaly_map"], expected.anomaly_map.numpy(), atol=1e-4)
+
+
+def test_torch_export_loads_and_scores(trained):
+    workdir, checkpoint, _ = trained
+    _ok(
+        anomalib_cli(
+            "export", "--model", "ProxyAno", *TINY_MODEL, "--ckpt_path", str(checkpoint),
+            "--export_type", "torch", "--export_root", str(workdir / "export_torch"),
+            cwd=workdir,
+        )
+    )  # fmt: skip
+    (model_file,) = (workdir / "export_torch").rglob("*.pt")
+    assert model_file.stat().st_size > 0
+
+
+def test_autoload_can_be_switched_off(tmp_path):
+    result = anomalib_cli(
+        "train", "--model", "ProxyAno", "--data", "BrainMRIDemo", "--trainer.max_epochs", "1",
+        cwd=tmp_path, autoload=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "ProxyAno" in result.stdout + result.stderr
