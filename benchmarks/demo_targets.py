@@ -42,6 +42,7 @@ def throughput(model_kwargs: dict, image_size: int, batch: int, repeats: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=Path("configs/model/proxyano.yaml"))
+    parser.add_argument("--data-config", type=Path, default=Path("configs/data/brain_mri_demo.yaml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-epochs", type=int, default=None, help="default: the config's trainer.max_epochs")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=YAML", help="override model init args")
@@ -54,15 +55,21 @@ def main() -> None:
     for item in args.set:
         key, value = item.split("=", 1)
         model_kwargs[key] = yaml.safe_load(value)
+    data_kwargs = yaml.safe_load(args.data_config.read_text())["data"].get("init_args", {})
     max_epochs = args.max_epochs or config["trainer"]["max_epochs"]
     check_every = config["trainer"].get("check_val_every_n_epoch", 1)
 
     for seed in args.seeds:
         lightning.seed_everything(seed)
         model = ProxyAno(**model_kwargs)
-        engine = Engine(max_epochs=max_epochs, check_val_every_n_epoch=check_every, logger=False,
-                        default_root_dir=Path("results/demo_targets"), enable_progress_bar=False)
-        datamodule = BrainMRIDemo()
+        engine = Engine(
+            max_epochs=max_epochs,
+            check_val_every_n_epoch=check_every,
+            logger=False,
+            default_root_dir=Path("results/demo_targets"),
+            enable_progress_bar=False,
+        )
+        datamodule = BrainMRIDemo(**data_kwargs)
         start = time.perf_counter()
         engine.fit(model, datamodule=datamodule)
         fit_s = time.perf_counter() - start

@@ -171,5 +171,4 @@ def test_cache_root_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setenv("PROXYANO_PLUGIN_CACHE", str(tmp_path))
     assert default_cache_root() == tmp_path / "brain_mri_demo"
     monkeypatch.delenv("PROXYANO_PLUGIN_CACHE")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert default_cache_root() == tmp_path / "xdg" / "proxyano_plugin" / "brain_mri_demo"
+    assert default_cache_root() == Path("datasets") / "brain_mri_demo"

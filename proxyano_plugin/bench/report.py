@@ -23,8 +23,17 @@ class Column:
     title: str
     get: Callable[[dict[str, Any]], float | None]
     higher_is_better: bool
-    fmt: str
+    # Fixed decimals (metrics in %), or None: three significant digits, no exponent.
+    decimals: int | None = None
     scale: float = 1.0
+
+    def format(self, mean: float, std: float | None) -> str:
+        decimals = self.decimals
+        if decimals is None:
+            magnitude = math.floor(math.log10(abs(mean))) if mean else 0
+            decimals = min(max(2 - magnitude, 0), 4)
+        text = f"{mean:.{decimals}f}"
+        return text if std is None else f"{text} ± {std:.{decimals}f}"
 
 
 def _metric(name: str) -> Callable[[dict[str, Any]], float | None]:
@@ -36,16 +45,17 @@ def _section(section: str, name: str) -> Callable[[dict[str, Any]], float | None
 
 
 COLUMNS = (
-    Column("image_auroc", "Image AUROC", _metric("image_auroc"), True, "{:.1f}", 100),
-    Column("image_aupr", "Image AUPR", _metric("image_aupr"), True, "{:.1f}", 100),
-    Column("image_f1max", "Image F1Max", _metric("image_f1max"), True, "{:.1f}", 100),
-    Column("pixel_auroc", "Pixel AUROC", _metric("pixel_auroc"), True, "{:.1f}", 100),
-    Column("pixel_aupro", "Pixel AUPRO", _metric("pixel_aupro"), True, "{:.1f}", 100),
-    Column("pixel_dice_oracle", "Pixel Dice (oracle)", _metric("pixel_dice_oracle"), True, "{:.1f}", 100),
-    Column("throughput_ips", "Throughput (img/s)", _section("perf", "throughput_ips"), True, "{:.4g}"),
-    Column("latency_ms", "Latency b1 (ms)", _section("perf", "latency_ms"), False, "{:.3g}"),
-    Column("fit_s", "Fit (s)", _section("timing", "fit_s"), False, "{:.4g}"),
-    Column("peak_rss_mb", "Peak RSS (MB)", _section("perf", "peak_rss_mb"), False, "{:.0f}"),
+    Column("image_auroc", "Image AUROC", _metric("image_auroc"), True, 1, 100),
+    Column("image_aupr", "Image AUPR", _metric("image_aupr"), True, 1, 100),
+    Column("image_f1max", "Image F1Max", _metric("image_f1max"), True, 1, 100),
+    Column("pixel_auroc", "Pixel AUROC", _metric("pixel_auroc"), True, 1, 100),
+    Column("pixel_aupro", "Pixel AUPRO", _metric("pixel_aupro"), True, 1, 100),
+    Column("pixel_aupr", "Pixel AUPR", _metric("pixel_aupr"), True, 1, 100),
+    Column("pixel_dice_oracle", "Pixel Dice (oracle)", _metric("pixel_dice_oracle"), True, 1, 100),
+    Column("throughput_ips", "Throughput (img/s)", _section("perf", "throughput_ips"), True),
+    Column("latency_ms", "Latency b1 (ms)", _section("perf", "latency_ms"), False),
+    Column("fit_s", "Fit (s)", _section("timing", "fit_s"), False),
+    Column("peak_rss_mb", "Peak RSS (MB)", _section("perf", "peak_rss_mb"), False, 0),
 )
 PLOTS = ("auroc.png", "accuracy_vs_throughput.png")
 
@@ -80,12 +90,9 @@ def write_report(directory: Path) -> list[Path]:
     latest = loaded.latest()
     groups = group_runs(latest)
     sessions = records_io.read_records(directory / records_io.SESSIONS_NAME).records
-    written = [
-        _write(directory / "report.md", render_markdown(latest, groups, sessions, loaded.problems)),
-        write_summary_csv(directory / "summary.csv", groups),
-    ]
-    written += write_plots(directory, groups)
-    return written
+    plots = write_plots(directory, groups)
+    markdown = render_markdown(latest, groups, sessions, loaded.problems, [p.name for p in plots])
+    return [_write(directory / "report.md", markdown), write_summary_csv(directory / "summary.csv", groups), *plots]
 
 
 def _write(path: Path, text: str) -> Path:
@@ -111,7 +118,11 @@ def group_runs(latest: list[dict[str, Any]]) -> list[Group]:
 
 
 def render_markdown(
-    latest: list[dict[str, Any]], groups: list[Group], sessions: list[dict[str, Any]], problems: list[str]
+    latest: list[dict[str, Any]],
+    groups: list[Group],
+    sessions: list[dict[str, Any]],
+    problems: list[str],
+    images: list[str],
 ) -> str:
     suites = sorted({r.get("suite", "?") for r in latest})
     lines = [f"# Benchmark results: {', '.join(suites)}", ""]
@@ -126,8 +137,7 @@ def render_markdown(
     for dataset in dict.fromkeys(g.dataset for g in groups):
         lines += ["", *_dataset_table(dataset, [g for g in groups if g.dataset == dataset])]
     lines += ["", "## Plots", ""]
-    lines += [f"![{name[:-4]}]({name})" for name in PLOTS]
-    lines += [f"![gallery {model}](gallery_{model}.png)" for model in dict.fromkeys(g.model for g in groups)]
+    lines += [f"![{Path(name).stem}]({name})" for name in images]
     not_ok = [r for r in latest if r.get("status") != "ok"]
     if not_ok or problems:
         lines += ["", "## Failed and skipped runs", ""]
@@ -194,7 +204,7 @@ def _dataset_table(dataset: str, groups: list[Group]) -> list[str]:
             if mean is None:
                 cells.append("–")
                 continue
-            text = column.fmt.format(mean) + (f" ± {column.fmt.format(std)}" if std is not None else "")
+            text = column.format(mean, std)
             cells.append(f"**{text}**" if best[column.key] is not None and mean == best[column.key] else text)
         lines.append(f"| {group.model} | {len(group.runs)} | " + " | ".join(cells) + " |")
     return lines
@@ -243,13 +253,13 @@ def _plot_auroc(path: Path, groups: list[Group]) -> Path:
     import matplotlib.pyplot as plt
 
     levels = [c for c in COLUMNS if c.key in ("image_auroc", "pixel_auroc") and any(g.values(c) for g in groups)]
-    datasets = list(dict.fromkeys(g.dataset for g in groups))
     models = list(dict.fromkeys(g.model for g in groups))
-    size = (max(5.0, 1.6 * len(datasets) * len(models)), 4.0)
+    size = (max(5.0, 1.6 * len({g.dataset for g in groups}) * len(models)), 4.0)
     figure, axes = plt.subplots(1, max(len(levels), 1), figsize=size, squeeze=False)
     axes = axes[0]
     width = 0.8 / max(len(models), 1)
     for axis, column in zip(axes, levels, strict=False):
+        datasets = list(dict.fromkeys(g.dataset for g in groups if g.values(column)))
         for index, model in enumerate(models):
             found = {g.dataset: g for g in groups if g.model == model}
             means = [(found[d].mean(column) if d in found else None) or math.nan for d in datasets]
@@ -319,11 +329,20 @@ def _plot_gallery(directory: Path, model: str, runs: list[dict[str, Any]]) -> Pa
         columns.append(("gt_mask", "ground truth"))
     columns = [(key, title) for key, title in columns if key in arrays]
     rows = len(arrays["image"])
+    # One colour scale for all maps of the run, so a normal image's map looks as cold as it is.
+    map_range = (float(arrays["anomaly_map"].min()), float(arrays["anomaly_map"].max()))
     figure, axes = plt.subplots(rows, len(columns), figsize=(2 * len(columns), 2 * rows), squeeze=False)
     for row in range(rows):
         for col, (key, title) in enumerate(columns):
             axis = axes[row][col]
-            axis.imshow(_displayable(arrays[key][row]), cmap="gray" if key != "anomaly_map" else "jet")
+            if key == "anomaly_map":
+                axis.imshow(
+                    np.squeeze(arrays[key][row]).astype(np.float32), cmap="jet", vmin=map_range[0], vmax=map_range[1]
+                )
+            elif key == "gt_mask":
+                axis.imshow(np.squeeze(arrays[key][row]).astype(np.float32), cmap="gray", vmin=0, vmax=1)
+            else:
+                axis.imshow(_displayable(arrays[key][row]), cmap="gray")
             axis.set_xticks([])
             axis.set_yticks([])
             if row == 0:
@@ -339,11 +358,15 @@ def _plot_gallery(directory: Path, model: str, runs: list[dict[str, Any]]) -> Pa
 
 
 def _displayable(array: Any) -> Any:
-    """``[C, H, W]`` or ``[H, W]`` to an image matplotlib shows: channels last, scaled to [0, 1]."""
+    """``[C, H, W]`` or ``[H, W]`` to an image matplotlib shows: channels last, each scaled to [0, 1].
+
+    Scaling each channel undoes a per-channel normalisation (ImageNet's), so grayscale stays gray.
+    """
     import numpy as np
 
     array = np.asarray(array, dtype=np.float32)
     if array.ndim == 3:
         array = array[0] if array.shape[0] == 1 else np.moveaxis(array[:3], 0, -1)
-    low, high = float(array.min()), float(array.max())
-    return (array - low) / (high - low) if high > low else np.zeros_like(array)
+    axes = (0, 1)
+    low, high = array.min(axis=axes, keepdims=True), array.max(axis=axes, keepdims=True)
+    return np.where(high > low, (array - low) / np.where(high > low, high - low, 1), 0.0)

@@ -157,7 +157,9 @@ class Runner:
     def launch(self, spec: RunSpec, gpus: list[str] | None) -> list[Any]:
         """Start the process(es) of one run: one, or one per device under DDP."""
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        RunPaths(self.output, spec.run_id).run_dir.mkdir(parents=True, exist_ok=True)
+        paths = RunPaths(self.output, spec.run_id)
+        paths.run_dir.mkdir(parents=True, exist_ok=True)
+        paths.result.unlink(missing_ok=True)  # left by a harness killed before it could collect it
         env: dict[str, str] = {}
         if gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)

@@ -448,7 +448,8 @@ class _Validator:
             raise SuiteError(f"{where}: expected a path string, got {value!r}")
         declared = self._declared(where)
         if not value:
-            return "", f"{where}: empty path (declared as {declared!r}; set the variable or --set {set_key}=PATH)"
+            unset = ", ".join(m.group(1) for m in _ENV_PATTERN.finditer(str(declared))) or "its variable"
+            return "", f"{where}: no path (declared as {declared!r}); set {unset} or pass --set {set_key}=PATH"
         path = Path(value).expanduser().resolve()
         if not path.exists():
             hint = f" (declared as {declared!r})" if declared != value else ""

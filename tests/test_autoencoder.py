@@ -1,0 +1,77 @@
+"""The MedIAnomaly autoencoder baseline: shapes, training, errors, pre-processing."""
+
+import lightning
+import pytest
+import torch
+from anomalib.data import ImageBatch
+from torchvision.transforms.v2 import Normalize
+
+from proxyano_plugin.models.autoencoder import Autoencoder
+
+TINY = {"image_size": 32, "base_width": 4, "hidden_size": 32, "latent_size": 8}
+
+
+def _batch(size: int = 8, image_size: int = 32, seed: int = 0) -> ImageBatch:
+    """Smooth random images replicated to 3 channels, as anomalib delivers grayscale files."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(size, 1, 4, 4, generator=generator)
+    images = torch.nn.functional.interpolate(coarse, size=image_size, mode="bilinear", align_corners=False)
+    return ImageBatch(image=images.expand(-1, 3, -1, -1).contiguous())
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_eval_forward_gives_scores_and_maps(in_channels):
+    model = Autoencoder(**TINY, in_channels=in_channels).eval()
+    with torch.no_grad():
+        output = model.model(_batch(4).image)
+    assert output.pred_score.shape == (4,)
+    assert output.anomaly_map.shape == (4, 1, 32, 32)
+    torch.testing.assert_close(output.pred_score, output.anomaly_map.mean(dim=(1, 2, 3)))
+
+
+def test_default_architecture_is_the_medianomaly_one():
+    model = Autoencoder().model
+    convs = [module for module in model.encoder.modules() if isinstance(module, torch.nn.Conv2d)]
+    assert [conv.out_channels for conv in convs] == [16, 32, 64, 64]
+    assert all(conv.kernel_size == (4, 4) and conv.stride == (2, 2) for conv in convs)
+    assert model.bottleneck_in[-1].out_features == 16
+    assert model.bottleneck_in[0].out_features == 1024
+
+
+def test_a_few_steps_reduce_the_loss():
+    lightning.seed_everything(0)
+    model = Autoencoder(**TINY)
+    optimizer = model.configure_optimizers()
+    batch = _batch()
+    losses = []
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss = model.training_step(batch)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_image_size_must_be_a_multiple_of_16():
+    with pytest.raises(ValueError, match="multiple of 16, got 40"):
+        Autoencoder(image_size=40)
+
+
+def test_nan_loss_stops_training_with_a_clear_message():
+    model = Autoencoder(**TINY)
+    with torch.no_grad():
+        model.model.bottleneck_out[-1].bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="Autoencoder: training loss is nan"):
+        model.training_step(_batch())
+
+
+def test_pre_processor_only_resizes_to_image_size():
+    model = Autoencoder(image_size=48)
+    transform = model.pre_processor.transform
+    assert not any(isinstance(step, Normalize) for step in transform.transforms)
+    assert tuple(model.input_size) == (48, 48)
+
+
+def test_trainer_arguments_leave_the_epoch_count_to_the_user():
+    assert "max_epochs" not in Autoencoder(**TINY).trainer_arguments

@@ -1,0 +1,453 @@
+"""The benchmark harness end to end, on tiny models and a tiny Folder tree (32 px PNGs with masks).
+
+The toy models below are referenced by class path (``test_bench.MeanScore``), as a suite would; runs fork
+from the test process, so they find this module already imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from anomalib import LearningType
+from anomalib.data import InferenceBatch
+from anomalib.models import AnomalibModule
+from PIL import Image
+from torch import nn
+
+from proxyano_plugin.bench import records
+from proxyano_plugin.bench.cli import main
+from proxyano_plugin.bench.metrics import compute_metrics
+from proxyano_plugin.bench.runner import device_slots, run_suite
+from proxyano_plugin.bench.suite import SuiteError, load_suite
+
+HERE = Path(__file__).parent
+TOYS = __name__  # class paths below: f"{TOYS}.MeanScore"
+
+
+# ------------------------------------------------------------------------------------------------ toy models
+
+
+class _IntensityNet(nn.Module):
+    """Anomaly map = pixel intensity: the test lesions are bright, so this detects them."""
+
+    def __init__(self, reduce: str) -> None:
+        super().__init__()
+        self.reduce = reduce
+        self.gain = nn.Parameter(torch.ones(1))
+
+    def forward(self, image: torch.Tensor) -> InferenceBatch:
+        anomaly_map = image.mean(dim=1, keepdim=True) * self.gain
+        flat = anomaly_map.flatten(1)
+        score = flat.mean(dim=1) if self.reduce == "mean" else flat.amax(dim=1)
+        return InferenceBatch(pred_score=score, anomaly_map=anomaly_map)
+
+
+class MeanScore(AnomalibModule):
+    """Scores an image by its mean intensity; trains a gain that stays at 1, so training is cheap."""
+
+    def __init__(
+        self,
+        reduce: str = "mean",
+        sleep_s: float = 0.0,
+        pre_processor: nn.Module | bool = True,
+        post_processor: nn.Module | bool = True,
+        evaluator: Any = True,
+        visualizer: Any = True,
+    ) -> None:
+        super().__init__(pre_processor, post_processor, evaluator, visualizer)
+        self.model = _IntensityNet(reduce)
+        self.sleep_s = sleep_s
+
+    def training_step(self, batch: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        time.sleep(self.sleep_s)
+        return (self.model.gain - 1).square().sum()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        return {"num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        return LearningType.ONE_CLASS
+
+    def gallery_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"reconstruction": images * 0.5}
+
+
+class Failing(MeanScore):
+    """Raises during training, as a broken model would."""
+
+    def training_step(self, batch: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        msg = "boom: this model always fails"
+        raise RuntimeError(msg)
+
+
+class Crashing(MeanScore):
+    """Dies without a Python exception, as an out-of-memory kill would."""
+
+    def training_step(self, batch: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError  # not reached
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """normal/ (10), abnormal/ (4, a bright square each) and masks/ of 32 px grayscale PNGs."""
+    root = tmp_path_factory.mktemp("tiny_folder")
+    rng = np.random.default_rng(0)
+    for sub in ("normal", "abnormal", "masks"):
+        (root / sub).mkdir()
+    for index in range(10):
+        image = rng.uniform(40, 120, (32, 32)).astype(np.uint8)
+        Image.fromarray(image).save(root / "normal" / f"n{index}.png")
+    for index in range(4):
+        image = rng.uniform(40, 120, (32, 32))
+        mask = np.zeros((32, 32), np.uint8)
+        top, left = rng.integers(2, 22, size=2)
+        image[top : top + 8, left : left + 8] = 230
+        mask[top : top + 8, left : left + 8] = 255
+        Image.fromarray(image.astype(np.uint8)).save(root / "abnormal" / f"a{index}.png")
+        Image.fromarray(mask).save(root / "masks" / f"a{index}.png")
+    return root
+
+
+def make_suite(directory: Path, folder: Path, models: list[dict[str, Any]], **top: Any) -> Path:
+    """Write a suite YAML for ``models`` on the tiny folder and return its path."""
+    suite = {
+        "name": "toy",
+        "seeds": [0, 1],
+        "image_size": 32,
+        "max_epochs": 1,
+        "train_batch_size": 4,
+        "eval_batch_size": 4,
+        "timing": {"batch_size": 4, "warmup": 1, "repeats": 2},
+        "examples": 2,
+        "models": models,
+        "datasets": [
+            {
+                "name": "tiny",
+                "folder": {
+                    "root": str(folder),
+                    "normal_dir": "normal",
+                    "abnormal_dir": "abnormal",
+                    "mask_dir": "masks",
+                    "normal_split_ratio": 0.3,
+                    "val_split_mode": "same_as_test",
+                },
+            }
+        ],
+        **top,
+    }
+    path = directory / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+def model(name: str, cls: str = "MeanScore", **init_args: Any) -> dict[str, Any]:
+    return {"name": name, "class_path": f"{TOYS}.{cls}", "init_args": init_args}
+
+
+def read(output: Path) -> list[dict[str, Any]]:
+    loaded = records.read_records(output / records.RECORDS_NAME)
+    assert not loaded.problems
+    return loaded.records
+
+
+# ----------------------------------------------------------------------------------------------------- runs
+
+
+def test_suite_runs_records_and_reports(tmp_path: Path, folder: Path) -> None:
+    suite = make_suite(tmp_path, folder, [model("mean"), model("max", reduce="max")])
+    output = tmp_path / "out"
+
+    assert main(["run", str(suite), "--output", str(output)]) == 0
+
+    runs = read(output)
+    assert sorted(r["name"] for r in runs) == ["max/tiny/seed0", "max/tiny/seed1", "mean/tiny/seed0", "mean/tiny/seed1"]
+    assert len({r["run_id"] for r in runs}) == 4
+    for record in runs:
+        assert record["status"] == "ok"
+        assert record["metrics"]["image_auroc"] == pytest.approx(1.0)
+        assert 0.5 < record["metrics"]["pixel_auroc"] <= 1.0 + 1e-6
+        assert record["metrics"]["pixel_dice_oracle"] is not None
+        assert record["counts"]["test_with_masks"] == record["counts"]["test_images"] > 0
+        assert record["perf"]["throughput_ips"] > 0
+        assert record["perf"]["latency_ms"] > 0
+        assert record["perf"]["param_count"] == 1
+        assert record["perf"]["peak_rss_mb"] > 0
+        assert record["device"]["type"] == "cpu"
+        assert record["versions"]["anomalib"]
+        assert record["timing"]["fit_s"] > 0
+        assert (output / record["log"]).exists()
+        with np.load(output / record["examples"]) as examples:
+            assert examples["image"].shape == (2, 3, 32, 32)
+            assert examples["extra_reconstruction"].shape == (2, 3, 32, 32)
+            assert sorted(examples["gt_label"].tolist()) == [0.0, 1.0]
+    for name in ("report.md", "summary.csv", "auroc.png", "accuracy_vs_throughput.png", "gallery_mean.png"):
+        assert (output / name).stat().st_size > 0
+    assert "| mean | 2 |" in (output / "report.md").read_text()
+    session = records.read_records(output / records.SESSIONS_NAME).records[-1]
+    assert session["runs"] == 4
+    assert 0 < session["measured_s"] < session["wall_s"]
+
+    # The same output again without --resume is refused; with --resume nothing reruns.
+    assert main(["run", str(suite), "--output", str(output)]) == 2
+    assert main(["run", str(suite), "--output", str(output), "--resume", "--no-report"]) == 0
+    assert len(read(output)) == 4
+
+
+def test_failure_is_isolated(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    suite = make_suite(
+        tmp_path, folder, [model("fails", "Failing"), model("crashes", "Crashing"), model("mean")], seeds=[0]
+    )
+    output = tmp_path / "out"
+
+    assert main(["run", str(suite), "--output", str(output), "--no-report"]) == 1
+
+    by_model = {r["model"]["name"]: r for r in read(output)}
+    assert by_model["mean"]["status"] == "ok"
+    failed = by_model["fails"]
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith("RuntimeError: boom")
+    log = (output / failed["log"]).read_text()
+    assert "Traceback (most recent call last)" in log
+    assert "boom: this model always fails" in log
+    assert by_model["crashes"]["status"] == "failed"
+    assert "SIGKILL" in by_model["crashes"]["error"]
+    assert "2 of 3 runs failed" in capsys.readouterr().out
+
+
+def test_resume_after_kill_loses_only_the_run_in_flight(tmp_path: Path, folder: Path) -> None:
+    suite = make_suite(tmp_path, folder, [model("slow", sleep_s=0.5)], seeds=[0, 1, 2])
+    output = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "proxyano_plugin.bench.cli", "run", str(suite), "--output", str(output)]
+    process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
+    records_path = output / records.RECORDS_NAME
+    deadline = time.monotonic() + 120
+    while not (records_path.exists() and records_path.read_text().count("\n") >= 1):
+        assert process.poll() is None, "the suite ended before it could be killed"
+        assert time.monotonic() < deadline, "no record within 120 s"
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)  # the harness only: its run dies with it (PR_SET_PDEATHSIG)
+    process.wait()
+    first = read(output)
+    assert len(first) in (1, 2)
+    with records_path.open("a") as handle:  # what a write cut short by kill -9 would leave
+        handle.write('{"run_id": "abc", "status": "o')
+
+    assert main(["run", str(suite), "--output", str(output), "--resume", "--no-report"]) == 0
+
+    final = read(output)
+    assert final[: len(first)] == first
+    assert sorted(r["seed"] for r in final) == [0, 1, 2]
+    assert all(r["status"] == "ok" for r in final)
+    assert (output / "records.jsonl.corrupt").exists()
+
+
+def test_parallel_runs_one_per_gpu(tmp_path: Path, folder: Path) -> None:
+    """Scheduling over a fake list of two GPUs (the runs themselves compute on the CPU here)."""
+    suite = load_suite(str(make_suite(tmp_path, folder, [model("slow", sleep_s=1.0)], parallel=True)))
+    output = tmp_path / "out"
+    start = time.perf_counter()
+
+    assert run_suite(suite, output, gpus=["0", "1"], log=lambda _: None) == 0
+
+    wall = time.perf_counter() - start
+    runs = read(output)
+    assert sorted(r["device"]["cuda_visible_devices"] for r in runs) == ["0", "1"]
+    assert sorted(tuple(r["device"]["gpus"]) for r in runs) == [("0",), ("1",)]
+    assert wall < sum(r["timing"]["wall_s"] for r in runs)  # they overlapped
+
+
+def test_device_slots() -> None:
+    assert device_slots([], 1, True, "auto") == [None]
+    assert device_slots(["0", "1", "2", "3"], 1, False, "auto") == [["0"]]
+    assert device_slots(["0", "1", "2", "3"], 1, True, "auto") == [["0"], ["1"], ["2"], ["3"]]
+    assert device_slots(["0", "1", "2", "3", "4"], 2, True, "gpu") == [["0", "1"], ["2", "3"]]
+    assert device_slots(["0", "1"], 1, True, "cpu") == [None]
+    with pytest.raises(SuiteError, match="devices: each run spans 4 GPUs but only 2"):
+        device_slots(["0", "1"], 4, True, "auto")
+
+
+@pytest.mark.slow
+def test_ddp_run_spans_two_processes(tmp_path: Path, folder: Path) -> None:
+    """``devices: 2`` trains one run with DDP (two CPU processes, gloo) and gathers the test set."""
+    suite = make_suite(tmp_path, folder, [model("mean")], seeds=[0], devices=2, accelerator="cpu")
+    output = tmp_path / "out"
+
+    assert main(["run", str(suite), "--output", str(output), "--no-report"]) == 0
+
+    (record,) = read(output)
+    assert record["device"]["count"] == 2
+    assert record["metrics"]["image_auroc"] == pytest.approx(1.0)
+
+
+def test_lock_prevents_two_writers(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    suite = make_suite(tmp_path, folder, [model("mean")], seeds=[0])
+    output = tmp_path / "out"
+    output.mkdir()
+    with records.locked(output):
+        assert main(["run", str(suite), "--output", str(output)]) == 2
+    assert "in use by another proxyano-bench" in capsys.readouterr().err
+
+
+def test_missing_optional_data_is_skipped(tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TOY_DATA", raising=False)
+    path = make_suite(tmp_path, folder, [model("mean")], seeds=[0])
+    raw = yaml.safe_load(path.read_text())
+    raw["datasets"].append(
+        {"name": "absent", "skip_if_missing": True, "folder": {"root": "${TOY_DATA}", "normal_dir": "normal"}}
+    )
+    path.write_text(yaml.safe_dump(raw))
+    output = tmp_path / "out"
+
+    assert main(["run", str(path), "--output", str(output), "--no-report"]) == 0
+
+    by_dataset = {r["dataset"]["name"]: r for r in read(output)}
+    assert by_dataset["tiny"]["status"] == "ok"
+    assert by_dataset["absent"]["status"] == "skipped"
+    assert "${TOY_DATA}" in by_dataset["absent"]["error"]
+
+    # The variable, or --set, points the same suite at the data.
+    monkeypatch.setenv("TOY_DATA", str(folder))
+    suite = load_suite(str(path), ["datasets.absent.folder.abnormal_dir=abnormal"])
+    absent = next(r for r in suite.runs if r.dataset.name == "absent")
+    assert absent.dataset.skip_reason is None
+    assert absent.dataset.init_args["root"] == str(folder.resolve())
+    assert absent.dataset.init_args["abnormal_dir"] == "abnormal"
+
+
+def test_only_and_dry_run(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    suite = make_suite(tmp_path, folder, [model("mean"), model("max", reduce="max")])
+    output = tmp_path / "out"
+
+    assert main(["run", str(suite), "--output", str(output), "--only", "max/*/seed1", "--dry-run"]) == 0
+
+    lines = [line for line in capsys.readouterr().out.splitlines() if " run " in f" {line} "]
+    assert len(lines) == 1
+    assert "max/tiny/seed1" in lines[0]
+    assert not output.exists()
+    assert main(["run", str(suite), "--output", str(output), "--only", "nothing*"]) == 2
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"models": [{"name": "m", "class_path": "proxyano_plugin.NoSuchModel"}]}, r"^models\[0\]\.class_path: "),
+        ({"models": [{"name": "m", "class_path": "torch.nn.Linear"}]}, r"^models\[0\]\.class_path: .*AnomalibModule"),
+        ({"models": [model("m", bogus=1)]}, r"^models\[0\]\.init_args\.bogus: MeanScore.__init__ has no param"),
+        ({"models": [model("m"), model("m")]}, r"^models\[1\]\.name: duplicate name 'm'"),
+        ({"max_epochs": 0}, r"^max_epochs: expected an int >= 1"),
+        ({"precision": "8-bit"}, r"^precision: '8-bit' is not one of"),
+        ({"seeds": [0, "one"]}, r"^seeds: expected a non-empty list of ints"),
+        ({"max_epoch": 3}, r"^max_epoch: unknown key \(did you mean 'max_epochs'\?\)"),
+        ({"image_size": [32]}, r"^image_size: expected a positive int or \[height, width\]"),
+        ({"trainer_args": {"max_epochs": 3}}, r"^trainer_args\.max_epochs: set by the harness"),
+    ],
+)
+def test_invalid_suites_name_the_key(tmp_path: Path, folder: Path, change: dict[str, Any], message: str) -> None:
+    path = make_suite(tmp_path, folder, [model("mean")])
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), **change}))
+    with pytest.raises(SuiteError, match=message):
+        load_suite(str(path))
+
+
+def test_invalid_dataset_path_names_the_key(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_suite(tmp_path, folder, [model("mean")])
+    raw = yaml.safe_load(path.read_text())
+    raw["datasets"][0]["folder"]["root"] = str(tmp_path / "nowhere")
+    path.write_text(yaml.safe_dump(raw))
+
+    assert main(["run", str(path), "--output", str(tmp_path / "out")]) == 2
+
+    error = capsys.readouterr().err
+    assert "datasets[0].folder.root: path does not exist" in error
+    assert "--set datasets.tiny.folder.root=PATH" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_shipped_suites_are_valid_yaml_with_known_keys() -> None:
+    """Shipped suites parse and use only known keys (their classes are checked where they are importable)."""
+    from proxyano_plugin.bench.suite import _TOP_KEYS, SUITES_DIR
+
+    names = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+    assert names == ["brain-tumor", "paper", "proxy-ablation", "quick"]
+    for name in names:
+        raw = yaml.safe_load((SUITES_DIR / f"{name}.yaml").read_text())
+        assert set(raw) <= set(_TOP_KEYS), name
+
+
+# ---------------------------------------------------------------------------------------- records and report
+
+
+def test_corrupt_records_are_reported_with_line_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "records.jsonl"
+    good = {"run_id": "a1", "status": "ok", "name": "m/d/seed0"}
+    path.write_text(json.dumps(good) + "\nthis is not json\n" + '{"no_run_id": 1}\n' + '{"run_id": "b2", "sta')
+
+    loaded = records.read_records(path)
+
+    assert loaded.records == [good]
+    assert [p.split(": ")[0] for p in loaded.problems] == [f"{path}:2", f"{path}:3", f"{path}:4"]
+    assert "truncated last line" in loaded.problems[2]
+    assert loaded.finished_ids() == {"a1"}
+
+
+def test_metrics_match_anomalib_and_ignore_the_score_scale() -> None:
+    from anomalib.metrics import AUROC, F1Max
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0] * 30 + [1] * 20)
+    scores = torch.rand(50, generator=generator) + 0.3 * labels
+    auroc = AUROC(fields=["pred_score", "gt_label"])
+    f1max = F1Max(fields=["pred_score", "gt_label"])
+    batch = type("Batch", (), {"pred_score": scores, "gt_label": labels})()
+    auroc.update(batch)
+    f1max.update(batch)
+
+    ours = compute_metrics(scores, labels)
+
+    assert ours["image_auroc"] == pytest.approx(float(auroc.compute()))
+    assert ours["image_f1max"] == pytest.approx(float(f1max.compute()))
+    # Raw scores far above 1 (distances, energies): a sigmoid would tie them all at 1.0; ours does not.
+    assert compute_metrics(scores * 100 + 50, labels) == pytest.approx(ours)
+    assert compute_metrics(scores, torch.zeros(50, dtype=torch.int))["image_auroc"] is None
+
+
+def test_report_matches_golden(tmp_path: Path) -> None:
+    """report.md from a fixed records file; regenerate the golden file with PROXYANO_BENCH_GOLDEN=1."""
+    data = HERE / "data"
+    (tmp_path / records.RECORDS_NAME).write_text((data / "bench_records.jsonl").read_text())
+
+    from proxyano_plugin.bench.report import write_report
+
+    written = {p.name for p in write_report(tmp_path)}
+
+    report = (tmp_path / "report.md").read_text()
+    if os.environ.get("PROXYANO_BENCH_GOLDEN"):
+        (data / "bench_report.md").write_text(report)
+    assert report == (data / "bench_report.md").read_text()
+    assert written == {"report.md", "summary.csv", "auroc.png", "accuracy_vs_throughput.png"}
+    header = (tmp_path / "summary.csv").read_text().splitlines()[0]
+    assert header.startswith("dataset,model,n,image_auroc_mean,image_auroc_std")
