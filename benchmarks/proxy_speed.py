@@ -16,11 +16,13 @@ Quality is measured against the reference's labels and superpixel mean image (SI
   within one reference superpixel (two equally fine segmentations score well above 0).
 "Same output" means the differences are no larger than the reference's own variability, shown by the
 row "skimage, mirrored input" (scikit-image on the left-right mirrored image, mirrored back).
+Speed is given as wall-clock throughput and as CPU time per image (process time, all threads): on a
+shared machine the CPU time is the steadier measure of the work done.
 
 A last section measures whether the per-image backends release the GIL, which decides threads against
-processes for spreading images over cores: the progress a pure-Python loop keeps while the call runs
-repeatedly in a second thread, between a call that releases the GIL (sleep) and a long C call that holds
-it (sorting a list); machine load lowers every row alike.
+processes for spreading images over cores: how long a sleeping thread waits for the GIL while the call
+runs in another thread, next to a call that releases it (sleep) and a long C call that holds it (sorting a
+list). Unlike a throughput comparison, this does not need idle cores.
 """
 
 from __future__ import annotations
@@ -134,16 +136,12 @@ def quality(images: np.ndarray, labels: np.ndarray, means: np.ndarray, reference
     }
 
 
-def gil_retained(call: Callable[[], object], seconds: float = 0.6) -> float:
-    """Share of a pure-Python loop's progress kept while ``call`` runs repeatedly in another thread."""
+def gil_wait(call: Callable[[], object], seconds: float = 1.0) -> tuple[float, float]:
+    """Median and 90th-percentile delay (s) for the main thread to get the GIL back while ``call`` runs.
 
-    def spin() -> int:
-        count, end = 0, time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            count += 1
-        return count
-
-    alone = spin()
+    The main thread sleeps 1 ms at a time while another thread runs ``call`` over and over; waking up needs
+    the GIL, so the delay beyond the 1 ms is ~0 when ``call`` releases it and up to a whole call when not.
+    """
     stop = threading.Event()
 
     def work() -> None:
@@ -152,10 +150,15 @@ def gil_retained(call: Callable[[], object], seconds: float = 0.6) -> float:
 
     worker = threading.Thread(target=work)
     worker.start()
-    together = spin()
+    delays, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        time.sleep(0.001)
+        delays.append(time.perf_counter() - start - 0.001)
     stop.set()
     worker.join()
-    return together / alone
+    delays.sort()
+    return statistics.median(delays), delays[int(0.9 * len(delays))]
 
 
 def main() -> None:
@@ -164,6 +167,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mri-dir", type=Path, default=DEFAULT_MRI_DIR)
     parser.add_argument("--mri-count", type=int, default=16)
+    parser.add_argument(
+        "--torch-threads", type=int, nargs="+", default=[1], help="intra-op thread counts to run the torch backend with"
+    )
     parser.add_argument("--fast-slic-compactness", type=float, default=5.0)
     args = parser.parse_args()
 
@@ -172,10 +178,10 @@ def main() -> None:
     threads = torch.get_num_threads()
     proxy = SuperpixelProxy()
     print(f"Images: {description}; {count} in all. Proxy: {proxy.cache_key}")
-    print(f"torch {torch.__version__}, {threads} intra-op threads; median of {args.repeats} repeats\n")
+    print(f"torch {torch.__version__} (default {threads} intra-op threads); median of {args.repeats} repeats\n")
 
     def with_threads(n: int, run: Callable) -> Callable:
-        def call(images: torch.Tensor):
+        def call(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
             torch.set_num_threads(n)
             try:
                 return run(images)
@@ -188,9 +194,9 @@ def main() -> None:
     methods: dict[str, Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]] = {
         "skimage slic + mean, per image (reference)": lambda x: skimage_reference(x, proxy),
         "ours, backend='skimage' (threads)": lambda x: ours(x, skimage_backend),
-        "ours, backend='torch', 1 thread": with_threads(1, lambda x: ours(x, proxy)),
-        f"ours, backend='torch', {threads} threads": lambda x: ours(x, proxy),
     }
+    for n in args.torch_threads:
+        methods[f"ours, backend='torch', {n} thread{'s' * (n > 1)}"] = with_threads(n, lambda x: ours(x, proxy))
     if importlib.util.find_spec("fast_slic") is not None:  # optional: installed in a throwaway environment
         name = f"fast-slic 0.4 (compactness {args.fast_slic_compactness:g}), 1 thread"
         methods[name] = lambda x: run_fast_slic(x, proxy, args.fast_slic_compactness)
@@ -198,13 +204,15 @@ def main() -> None:
         print("(fast-slic not installed: its row is skipped)\n")
 
     outputs = {name: [run(gray), run(rgb)] for name, run in methods.items()}  # warm-up, and quality inputs
-    times: dict[str, list[float]] = {name: [] for name in methods}
+    wall: dict[str, list[float]] = {name: [] for name in methods}
+    cpu: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(args.repeats):
         for name, run in methods.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             run(gray)
             run(rgb)
-            times[name].append(time.perf_counter() - start)
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
 
     reference_name = next(iter(methods))
     references = outputs[reference_name]
@@ -213,8 +221,11 @@ def main() -> None:
         mirrored_reference(gray, proxy),
         mirrored_reference(rgb, proxy),
     ]
-    base = statistics.median(times[reference_name])
-    header = f"| {'method':<46} | img/s | speed-up | detail | SI diff | BR    | UE    | segments |"
+    base, base_cpu = statistics.median(wall[reference_name]), statistics.median(cpu[reference_name])
+    header = (
+        f"| {'method':<46} | img/s | speed-up | CPU ms/img | CPU speed-up | detail | SI diff | BR    | UE    "
+        "| segments |"
+    )
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
     for name, (gray_out, rgb_out) in rows.items():
@@ -223,27 +234,31 @@ def main() -> None:
             for images, output, reference in ((gray, gray_out, references[0]), (rgb, rgb_out, references[1]))
         ]
         merged = {key: (scores[0][key] * len(gray) + scores[1][key] * len(rgb)) / count for key in scores[0]}
-        if name in times:
-            median = statistics.median(times[name])
-            speed = f"{count / median:5.1f} | {base / median:7.2f}x"
+        if name in wall:
+            median, median_cpu = statistics.median(wall[name]), statistics.median(cpu[name])
+            speed = (
+                f"{count / median:5.1f} | {base / median:7.2f}x | {1000 * median_cpu / count:10.1f} | "
+                f"{base_cpu / median_cpu:11.2f}x"
+            )
         else:
-            speed = f"{'-':>5} | {'-':>8}"
+            speed = f"{'-':>5} | {'-':>8} | {'-':>10} | {'-':>12}"
         print(
             f"| {name:<46} | {speed} | {merged['detail']:6.2f} | {merged['SI diff']:7.2f} | "
             f"{merged['BR']:.3f} | {merged['UE']:.3f} | {merged['segments']:8.1f} |"
         )
 
     image = gray[0, 0].numpy()
-    numbers = np.random.default_rng(0).random(200_000).tolist()
-    print("\nGIL check (share of a Python loop's progress kept while the call runs in another thread):")
+    numbers = np.random.default_rng(0).random(300_000).tolist()
+    print("\nGIL check: delay for another thread to get the GIL while the call runs (median / 90th percentile):")
     checks = {
-        "time.sleep (GIL released: the ceiling)": lambda: time.sleep(0.005),
-        "skimage slic, one image": lambda: slic(image, n_segments=proxy.n_segments, compactness=0.1, channel_axis=None),
+        "time.sleep (releases the GIL)": lambda: time.sleep(0.005),
+        "skimage slic, one image": lambda: slic(image, n_segments=proxy.n_segments, channel_axis=None),
         "cv2.GaussianBlur, one image": lambda: cv2.GaussianBlur(image, (0, 0), 2.0),
-        "sorted(list) (GIL held: the floor)": lambda: sorted(numbers),
+        "sorted(list) (holds the GIL)": lambda: sorted(numbers),
     }
     for name, call in checks.items():
-        print(f"  {name:<40} {100 * gil_retained(call):5.1f}%")
+        median, slow = gil_wait(call)
+        print(f"  {name:<32} {1000 * median:7.2f} ms / {1000 * slow:7.2f} ms")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -173,6 +174,7 @@ def read(output: Path) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------------------------------- runs
 
 
+@pytest.mark.slow
 def test_suite_runs_records_and_reports(tmp_path: Path, folder: Path) -> None:
     suite = make_suite(tmp_path, folder, [model("mean"), model("max", reduce="max")])
     output = tmp_path / "out"
@@ -234,6 +236,7 @@ def test_failure_is_isolated(tmp_path: Path, folder: Path, capsys: pytest.Captur
     assert "2 of 3 runs failed" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_resume_after_kill_loses_only_the_run_in_flight(tmp_path: Path, folder: Path) -> None:
     suite = make_suite(tmp_path, folder, [model("slow", sleep_s=0.5)], seeds=[0, 1, 2])
     output = tmp_path / "out"
@@ -289,15 +292,22 @@ def test_device_slots() -> None:
 
 @pytest.mark.slow
 def test_ddp_run_spans_two_processes(tmp_path: Path, folder: Path) -> None:
-    """``devices: 2`` trains one run with DDP (two CPU processes, gloo) and gathers the test set."""
-    suite = make_suite(tmp_path, folder, [model("mean")], seeds=[0], devices=2, accelerator="cpu")
-    output = tmp_path / "out"
+    """``devices: 2`` trains one run with DDP (two CPU processes, gloo); its metrics equal a one-device run's."""
+    odd = tmp_path / "odd"  # 5 test images, so that DDP's sampler repeats one to give both ranks 3
+    shutil.copytree(folder, odd)
+    for sub in ("abnormal", "masks"):
+        (odd / sub / "a3.png").unlink()
+    suite = str(make_suite(tmp_path, odd, [model("mean")], seeds=[0], accelerator="cpu"))
 
-    assert main(["run", str(suite), "--output", str(output), "--no-report"]) == 0
+    assert main(["run", suite, "--output", str(tmp_path / "one"), "--no-report"]) == 0
+    assert main(["run", suite, "--output", str(tmp_path / "ddp"), "--set", "devices=2", "--no-report"]) == 0
 
-    (record,) = read(output)
-    assert record["device"]["count"] == 2
-    assert record["metrics"]["image_auroc"] == pytest.approx(1.0)
+    (single,) = read(tmp_path / "one")
+    (ddp,) = read(tmp_path / "ddp")
+    assert ddp["device"]["count"] == 2
+    assert (tmp_path / "ddp" / "logs" / f"{ddp['run_id']}.rank1.log").exists()
+    assert single["counts"]["test_images"] == ddp["counts"]["test_images"] == 5
+    assert ddp["metrics"] == pytest.approx(single["metrics"])
 
 
 def test_lock_prevents_two_writers(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -387,15 +397,28 @@ def test_invalid_dataset_path_names_the_key(tmp_path: Path, folder: Path, capsys
     assert not (tmp_path / "out").exists()
 
 
-def test_shipped_suites_are_valid_yaml_with_known_keys() -> None:
-    """Shipped suites parse and use only known keys (their classes are checked where they are importable)."""
-    from proxyano_plugin.bench.suite import _TOP_KEYS, SUITES_DIR
+@pytest.mark.slow
+def test_quick_suite_smoke(tmp_path: Path) -> None:
+    """The shipped quick suite end to end: all four models train, test and report (minutes on 2 CPU cores)."""
+    output = tmp_path / "quick"
+    timing = ["--set", "timing.warmup=1", "--set", "timing.repeats=2"]
 
-    names = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
-    assert names == ["brain-tumor", "paper", "proxy-ablation", "quick"]
-    for name in names:
-        raw = yaml.safe_load((SUITES_DIR / f"{name}.yaml").read_text())
-        assert set(raw) <= set(_TOP_KEYS), name
+    assert main(["run", "quick", "--output", str(output), *timing]) == 0
+
+    runs = read(output)
+    assert len(runs) == 4
+    for record in runs:
+        assert record["status"] == "ok", record.get("error")
+        assert all(record["metrics"][key] is not None for key in ("image_auroc", "pixel_auroc", "pixel_aupro"))
+        assert (output / f"gallery_{record['model']['name']}.png").exists()
+
+
+@pytest.mark.parametrize(("name", "runs"), [("quick", 4), ("brain-tumor", 24), ("proxy-ablation", 24), ("paper", 36)])
+def test_shipped_suites_validate(name: str, runs: int) -> None:
+    """Every shipped suite validates against the real classes (missing data only skips)."""
+    suite = load_suite(name)
+    assert len(suite.runs) == runs
+    assert len({r.run_id for r in suite.runs}) == runs
 
 
 # ---------------------------------------------------------------------------------------- records and report

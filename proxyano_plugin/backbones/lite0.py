@@ -146,11 +146,14 @@ def load_lite0_weights(model: nn.Module, cache_dir: str | Path | None = None) ->
     from safetensors.torch import load_file
 
     weights = prepare_lite0_weights(cache_dir)
-    result = model.load_state_dict(load_file(weights.safetensors), strict=False)
-    if result.missing_keys:
-        shown = ", ".join(result.missing_keys[:5])
+    state = load_file(weights.safetensors)
+    target = model.state_dict()
+    unfit = [key for key, tensor in target.items() if key not in state or state[key].shape != tensor.shape]
+    if unfit:
+        shown = ", ".join(unfit[:5])
         msg = f"{type(model).__name__} is not a timm {TIMM_ARCHITECTURE}: no pretrained tensor for {shown}"
         raise ValueError(msg)
+    model.load_state_dict({key: state[key] for key in target})
     logger.info("Loaded %s", weights.describe())
     return weights
 

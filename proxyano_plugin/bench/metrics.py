@@ -15,6 +15,7 @@ set at the best threshold, a threshold chosen with the ground truth (an oracle, 
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -39,9 +40,14 @@ class Collector(Callback):
         self.labels: list[torch.Tensor] = []
         self.maps: list[torch.Tensor] = []
         self.masks: list[torch.Tensor] = []
+        # Image paths of the scored images and of the mapped ones: DDP's sampler repeats a few images to
+        # give every rank as many; the paths let the gathered test set drop the repeats.
+        self.paths: list[str] = []
+        self.map_paths: list[str] = []
         self.example_items: list[dict[str, torch.Tensor]] = []
         self.timing_images: list[torch.Tensor] = []
         self.metrics: dict[str, float | None] = {}
+        self.metrics_s = 0.0  # part of the test time: sorting every test pixel, four times, costs seconds
         self.counts: dict[str, int] = {}
 
     def on_test_batch_end(
@@ -62,6 +68,8 @@ class Collector(Callback):
         labels = result.gt_label.detach().reshape(-1).int().cpu()
         self.scores.append(scores)
         self.labels.append(labels)
+        paths = _paths(result, len(scores), len(self.paths))
+        self.paths.extend(paths)
         maps = _maps(result.anomaly_map)
         if maps is not None and result.gt_mask is not None:
             if result.gt_mask.numel() != maps.numel():
@@ -69,6 +77,7 @@ class Collector(Callback):
                 raise RuntimeError(msg)
             self.maps.append(maps)
             self.masks.append(result.gt_mask.detach().reshape(maps.shape).int().cpu())
+            self.map_paths.extend(paths)
         images = result.image.detach()
         if len(self.timing_images) < self.timing_batch:
             self.timing_images.extend(images[: self.timing_batch - len(self.timing_images)].cpu())
@@ -101,24 +110,49 @@ class Collector(Callback):
         del pl_module
         if trainer.world_size > 1:
             self._gather()
-        scores, labels = torch.cat(self.scores), torch.cat(self.labels)
-        maps = torch.cat(self.maps) if self.maps else None
-        masks = torch.cat(self.masks) if self.masks else None
+        if not self.scores:
+            msg = "the test set is empty: check the datamodule's test split"
+            raise RuntimeError(msg)
+        keep = _first_occurrences(self.paths)
+        scores, labels = torch.cat(self.scores)[keep], torch.cat(self.labels)[keep]
+        maps = masks = None
+        if self.maps:
+            keep = _first_occurrences(self.map_paths)
+            maps, masks = torch.cat(self.maps)[keep], torch.cat(self.masks)[keep]
         self.counts = {
             "test_images": len(scores),
             "test_anomalous": int(labels.sum()),
             "test_with_masks": 0 if masks is None else len(masks),
         }
+        start = time.perf_counter()
         self.metrics = compute_metrics(scores, labels, maps, masks)
+        self.metrics_s = time.perf_counter() - start
 
     def _gather(self) -> None:
         """Under DDP every rank saw part of the test set; metrics need all of it."""
         gathered: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, (self.scores, self.labels, self.maps, self.masks))
-        self.scores = [t for part in gathered for t in part[0]]
-        self.labels = [t for part in gathered for t in part[1]]
-        self.maps = [t for part in gathered for t in part[2]]
-        self.masks = [t for part in gathered for t in part[3]]
+        state = (self.scores, self.labels, self.maps, self.masks, self.paths, self.map_paths)
+        torch.distributed.all_gather_object(gathered, state)
+        self.scores, self.labels, self.maps, self.masks, self.paths, self.map_paths = (
+            [item for part in gathered for item in part[field]] for field in range(len(state))
+        )
+
+
+def _paths(result: Any, count: int, offset: int) -> list[str]:
+    """The batch's image paths, or unique placeholders when the batch has none (then nothing is dropped)."""
+    paths = getattr(result, "image_path", None)
+    if isinstance(paths, list | tuple) and len(paths) == count:
+        return [str(path) for path in paths]
+    return [f"#{offset + index}" for index in range(count)]
+
+
+def _first_occurrences(paths: list[str]) -> torch.Tensor:
+    seen: set[str] = set()
+    keep = []
+    for path in paths:
+        keep.append(path not in seen)
+        seen.add(path)
+    return torch.tensor(keep, dtype=torch.bool)
 
 
 def _maps(anomaly_map: torch.Tensor | None) -> torch.Tensor | None:

@@ -164,15 +164,30 @@ def _header(latest: list[dict[str, Any]], sessions: list[dict[str, Any]]) -> lis
         f"- Commit: {', '.join(commits) or 'unknown'}",
         f"- Runs: {ok} ok of {len(latest)}",
     ]
-    if sessions:
-        wall = sum(s.get("wall_s") or 0.0 for s in sessions)
-        overhead = sum(s.get("overhead_s") or 0.0 for s in sessions)
-        if wall > 0:
-            lines.append(
-                f"- Harness overhead: {100 * overhead / wall:.1f}% of {wall:.0f} s wall time over "
-                f"{len(sessions)} session(s) (everything but fit, test and speed measurement)"
-            )
+    busy = [r for r in latest if _busy(r)]
+    if busy:
+        worst = max((r["perf"]["load_avg_1m"], r["device"]["cpus_available"]) for r in busy)
+        lines.append(
+            f"- Warning: {len(busy)} run(s) measured their speed on a busy machine (1-min load average up to "
+            f"{worst[0]:.1f} on {worst[1]} CPUs): their latency and throughput are not reliable"
+        )
+    # An interrupted session's run in flight is neither measured nor overhead: count finished sessions only.
+    finished = [s for s in sessions if s.get("status") == "finished"]
+    wall = sum(s.get("wall_s") or 0.0 for s in finished)
+    if wall > 0:
+        overhead = sum(s.get("overhead_s") or 0.0 for s in finished)
+        lines.append(
+            f"- Harness overhead: {100 * overhead / wall:.1f}% of {wall:.0f} s wall time over "
+            f"{len(finished)} finished session(s) (everything but fit, test and speed measurement)"
+        )
     return lines
+
+
+def _busy(record: dict[str, Any]) -> bool:
+    """Speed measured on the CPU while other processes wanted more CPUs than there are."""
+    load = (record.get("perf") or {}).get("load_avg_1m")
+    device = record.get("device") or {}
+    return device.get("type") == "cpu" and load is not None and load > device.get("cpus_available", 1) + 0.5
 
 
 def _device_label(device: dict[str, Any]) -> str:
@@ -240,6 +255,8 @@ def write_summary_csv(path: Path, groups: list[Group]) -> Path:
 def write_plots(directory: Path, groups: list[Group]) -> list[Path]:
     import matplotlib
 
+    if not groups:  # nothing succeeded: tables and plots would be empty
+        return []
     matplotlib.use("Agg")
     written = [_plot_auroc(directory / PLOTS[0], groups), _plot_tradeoff(directory / PLOTS[1], groups)]
     for model in dict.fromkeys(g.model for g in groups):

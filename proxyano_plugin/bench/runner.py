@@ -25,7 +25,7 @@ from typing import Any
 from proxyano_plugin.bench import records
 from proxyano_plugin.bench.suite import RunSpec, Suite, SuiteError
 from proxyano_plugin.bench.system import git_commit, versions
-from proxyano_plugin.bench.worker import RunPaths, child_main, run_captured
+from proxyano_plugin.bench.worker import RunPaths, child_main, run_captured, warm_imports
 
 SCHEMA_VERSION = 1
 EXIT_OK, EXIT_FAILED_RUNS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -94,7 +94,7 @@ class _Job:
 
 @dataclass
 class Runner:
-    """Executes runs and appends their records; ``launch`` is replaceable so scheduling can be tested."""
+    """Executes runs (one process each, over ``slots``) and appends their records as they end."""
 
     suite: Suite
     output: Path
@@ -128,6 +128,7 @@ class Runner:
                 result = run_captured(spec, RunPaths(self.output, spec.run_id))
                 self._finish(spec, result, None, started_at, time.perf_counter() - started)
             return
+        warm_imports()
         self._run_parallel(todo)
 
     def _run_parallel(self, todo: list[RunSpec]) -> None:
@@ -210,6 +211,8 @@ class Runner:
         self, spec: RunSpec, result: dict[str, Any], gpus: list[str] | None, started_at: str, elapsed: float
     ) -> None:
         record = {**base_record(spec), **result, "started_at": started_at, "finished_at": now()}
+        # Under "inline" isolation peak RSS is the harness process's, not the run's alone.
+        record["isolation"] = self.suite.isolation
         timing = record.setdefault("timing", {})
         timing["wall_s"] = elapsed
         measured = sum(timing.get(k) or 0.0 for k in ("fit_s", "test_s", "measure_s"))
@@ -310,8 +313,8 @@ def run_suite(
         done = existing.finished_ids()
         todo = [spec for spec in runs if spec.run_id not in done]
         log(
-            f"suite {suite.name}: {len(runs)} runs, {len(runs) - len(todo)} already recorded, {len(todo)} to run, "
-            f"{len(slots)} at a time; results in {output}"
+            f"suite {suite.name} ({suite.description or 'no description'}): {len(runs)} runs, "
+            f"{len(runs) - len(todo)} already recorded, {len(todo)} to run, {len(slots)} at a time; results in {output}"
         )
         runner = Runner(suite, output, slots, log=log)
         interrupted = True

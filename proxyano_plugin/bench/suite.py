@@ -13,7 +13,7 @@ import inspect
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ ISOLATION_MODES = ("process", "inline")
 # Datamodule arguments the harness owns, so that batch sizes are set in one place (suite or model).
 DATAMODULE_MANAGED = ("train_batch_size", "eval_batch_size", "num_workers")
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# No '.' or '/': names are addressed with dots in --set and joined with '/' into run names.
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
 class SuiteError(ValueError):
@@ -113,14 +114,12 @@ class RunSpec:
 class Suite:
     name: str
     description: str
-    path: str
     runs: list[RunSpec]
     accelerator: str = "auto"
     parallel: bool = False
     devices: int = 1
     isolation: str = "process"
     run_timeout_s: float | None = None
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -157,7 +156,7 @@ def load_suite(name_or_path: str, overrides: list[str] | None = None) -> Suite:
     for override in overrides or []:
         apply_override(raw, override)
     raw.setdefault("name", path.stem)
-    return _Validator(raw, str(path)).suite()
+    return _Validator(raw).suite()
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
@@ -251,31 +250,39 @@ def accepted_kwargs(cls: type) -> set[str] | None:
 
 # --------------------------------------------------------------------------------------------- validation
 
-_TOP_KEYS = {
-    "name": "suite name (defaults to the file name)",
-    "description": "free text",
-    "seeds": "list of ints",
-    "data_seed": "int seed of the datamodule's splits, the same for every run",
-    "image_size": "int or [height, width]; passed to the model's configure_pre_processor",
-    "max_epochs": "int >= 1",
-    "accelerator": f"one of {ACCELERATORS}",
-    "devices": "int >= 1, devices per run; more than 1 trains each run with DDP",
-    "parallel": "true: run as many runs at once as there are groups of `devices` visible GPUs",
-    "precision": f"one of {PRECISIONS}",
-    "deterministic": "true, false or 'warn'",
-    "train_batch_size": "int >= 1",
-    "eval_batch_size": "int >= 1",
-    "num_workers": "int >= 0",
-    "trainer_args": "extra lightning.Trainer arguments",
-    "timing": "{batch_size, warmup, repeats}",
-    "examples": "int >= 0, test images saved per run for the gallery",
-    "run_timeout_s": "seconds, or null",
-    "isolation": f"one of {ISOLATION_MODES}",
-    "models": "list of models",
-    "datasets": "list of datasets",
-}
-_MODEL_KEYS = ("name", "class_path", "init_args", "image_size", "max_epochs", "train_batch_size", "eval_batch_size")
-_MODEL_KEYS_ALL = (*_MODEL_KEYS, "trainer_args")
+_TOP_KEYS = (
+    "name",
+    "description",
+    "seeds",
+    "data_seed",
+    "image_size",
+    "max_epochs",
+    "accelerator",
+    "devices",
+    "parallel",
+    "precision",
+    "deterministic",
+    "train_batch_size",
+    "eval_batch_size",
+    "num_workers",
+    "trainer_args",
+    "timing",
+    "examples",
+    "run_timeout_s",
+    "isolation",
+    "models",
+    "datasets",
+)
+_MODEL_KEYS = (
+    "name",
+    "class_path",
+    "init_args",
+    "image_size",
+    "max_epochs",
+    "train_batch_size",
+    "eval_batch_size",
+    "trainer_args",
+)
 _DATASET_KEYS = ("name", "class_path", "init_args", "folder", "paths", "split", "skip_if_missing")
 # Trainer arguments the harness sets itself; a suite sets them through their own keys.
 _TRAINER_MANAGED = (
@@ -295,9 +302,8 @@ _TRAINER_MANAGED = (
 class _Validator:
     """Turns a raw suite mapping into a :class:`Suite`, raising :class:`SuiteError` on the first problem."""
 
-    def __init__(self, raw: dict[str, Any], path: str) -> None:
+    def __init__(self, raw: dict[str, Any]) -> None:
         self.raw = raw
-        self.path = path
         self.data = expand_env(raw)
 
     def suite(self) -> Suite:
@@ -349,14 +355,12 @@ class _Validator:
         return Suite(
             name=name,
             description=str(data.get("description", "")),
-            path=self.path,
             runs=runs,
             accelerator=common["accelerator"],
             parallel=parallel,
             devices=devices,
             isolation=isolation,
             run_timeout_s=timeout,
-            raw=self.raw,
         )
 
     # -- sections
@@ -367,7 +371,7 @@ class _Validator:
         where = f"models[{index}]"
         if not isinstance(item, dict):
             raise SuiteError(f"{where}: expected a mapping with name, class_path, init_args")
-        _check_keys(item, dict.fromkeys(_MODEL_KEYS_ALL, ""), f"{where}.")
+        _check_keys(item, _MODEL_KEYS, f"{where}.")
         name = self._name(item, "name", f"{where}.")
         class_path = self._str(item, "class_path", f"{where}.")
         cls = import_class(class_path, "AnomalibModule", f"{where}.class_path")
@@ -395,7 +399,7 @@ class _Validator:
         where = f"datasets[{index}]"
         if not isinstance(item, dict):
             raise SuiteError(f"{where}: expected a mapping with name and class_path or folder")
-        _check_keys(item, dict.fromkeys(_DATASET_KEYS, ""), f"{where}.")
+        _check_keys(item, _DATASET_KEYS, f"{where}.")
         name = self._name(item, "name", f"{where}.")
         skip_if_missing = item.get("skip_if_missing", False)
         if not isinstance(skip_if_missing, bool):
@@ -482,7 +486,7 @@ class _Validator:
     def _name(self, data: dict[str, Any], key: str, prefix: str) -> str:
         value = self._str(data, key, prefix)
         if not _NAME_PATTERN.match(value):
-            raise SuiteError(f"{prefix}{key}: {value!r} must be letters, digits, '_', '-', '.' (no '/' or spaces)")
+            raise SuiteError(f"{prefix}{key}: {value!r} must be letters, digits, '_' and '-'")
         return value
 
     @staticmethod
@@ -535,7 +539,7 @@ class _Validator:
 
     def _timing(self, value: Any) -> Timing:
         value = self._mapping(value, "timing")
-        _check_keys(value, dict.fromkeys(("batch_size", "warmup", "repeats"), ""), "timing.")
+        _check_keys(value, ("batch_size", "warmup", "repeats"), "timing.")
         defaults = Timing()
         return Timing(
             batch_size=self._int(value, "batch_size", defaults.batch_size, 1, "timing."),
@@ -555,7 +559,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_keys(data: dict[str, Any], allowed: dict[str, str], prefix: str) -> None:
+def _check_keys(data: dict[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
     for key in data:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), list(allowed), n=1)

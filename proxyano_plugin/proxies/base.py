@@ -131,7 +131,7 @@ class PerImageProxy(Proxy):
         import torch
 
         check_images(images, self.name)
-        arrays = images.detach().to("cpu", torch.float32).permute(0, 2, 3, 1).numpy()
+        arrays = images.detach().to("cpu", torch.float32).permute(0, 2, 3, 1).contiguous().numpy()
         outputs = map_images(self.apply, list(arrays))
         result = torch.from_numpy(np.stack(outputs).astype(np.float32, copy=False)).permute(0, 3, 1, 2)
         return result.to(images.device, images.dtype).contiguous()
@@ -158,10 +158,13 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def positive(name: str, value: float, *, integer: bool = False) -> Any:
-    """``value`` as float (or int), refusing non-positive or non-finite values with a one-line error."""
-    number = int(value) if integer else float(value)
-    if not (math.isfinite(number) and number > 0) or (integer and number != value):
+def positive(name: str, value: object, *, integer: bool = False) -> Any:
+    """``value`` as float (or int), refusing non-positive, non-finite or non-numeric values in one line."""
+    try:
+        number = int(value) if integer else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if isinstance(value, bool) or not (math.isfinite(number) and number > 0) or (integer and number != value):
         kind = "a positive integer" if integer else "a positive number"
         msg = f"{name} must be {kind}, got {value!r}"
         raise ValueError(msg)

@@ -70,6 +70,9 @@ class CachedProxy:
         """Proxies of ``images``, computing only those not cached yet."""
         check_images(images, self.name)
         cpu = images.detach().to("cpu").contiguous()
+        if not bool(torch.isfinite(cpu).all()):
+            msg = f"proxy {self.cache_key}: the input images contain NaN or inf values"
+            raise ValueError(msg)
         key = self.proxy.cache_key
         digests = [_digest(image) for image in cpu]
         results = [self._lookup(key, digest, image.shape) for digest, image in zip(digests, cpu, strict=True)]

@@ -82,7 +82,8 @@ class EdgesProxy(PerImageProxy):
     def _sobel(channel: np.ndarray) -> np.ndarray:
         gx = cv2.Sobel(channel, cv2.CV_32F, 1, 0, ksize=3)
         gy = cv2.Sobel(channel, cv2.CV_32F, 0, 1, ksize=3)
-        return np.clip(cv2.magnitude(gx, gy) / _STEP_RESPONSE, 0.0, 1.0)
+        # Not cv2.magnitude: in OpenCV 5.0.0 it returns varying results for the same input.
+        return np.clip(np.sqrt(gx * gx + gy * gy) / _STEP_RESPONSE, 0.0, 1.0)
 
     def _canny(self, channel: np.ndarray) -> np.ndarray:
         # Canny works on 8-bit images, whose full-contrast step has a gradient of 255 * _STEP_RESPONSE.

@@ -82,7 +82,7 @@ def _registered() -> dict[str, list[EntryPoint]]:
 
 def _single(name: str, candidates: list[EntryPoint]) -> EntryPoint:
     if len(candidates) > 1:
-        providers = " and ".join(f"{_provider(entry)} ({entry.value})" for entry in candidates)
+        providers = " and ".join(sorted(f"{_provider(entry)} ({entry.value})" for entry in candidates))
         msg = f"proxy name {name!r} is registered by {providers}; uninstall one of them"
         raise DuplicateProxyError(msg)
     return candidates[0]

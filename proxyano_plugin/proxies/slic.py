@@ -1,18 +1,18 @@
-"""Batched, vectorised SLIC superpixels in torch.
+"""Batched, vectorised SLIC superpixels in torch, following scikit-image's ``slic`` closely.
 
-Why not scikit-image's ``slic``: it runs one image at a time and does not get faster with threads
-(~60-90 ms per 256 px image here). This version runs a whole batch through a few dense tensor operations
-per iteration, on any device.
+Why: scikit-image's ``slic`` takes ~60-90 ms per 256 px image here, one image at a time. This version runs
+a whole batch through dense tensor operations, on any device, with the same grid, initialisation
+(centres on the grid with colour 0), distance and connectivity rule, so its output matches scikit-image's
+about as well as scikit-image matches itself on a mirrored image (``benchmarks/proxy_speed.py``).
 
-How: the image is cut into a regular grid of equal blocks (padded at the borders), one cluster centre
-per block. A pixel may join only the centres of its own block and of the 8 neighbouring blocks (SLIC's
-local search window), so one iteration is 9 broadcast distance evaluations and a running minimum, then
-per-superpixel sums (``scatter_add``). The squared spatial distance splits into a per-row and a per-column
-term, so each candidate costs a few fused passes over the pixels. The running minimum carries the
-winning candidate's index in the 4 lowest mantissa bits of the (non-negative) float distance, compared as
-int32, which keeps it to one pass per candidate. Connectivity is enforced afterwards as in scikit-image
-(fragments below half the expected superpixel size join a neighbour), which is what keeps the superpixel
-mean image coarse.
+How: the image is cut into a regular grid of equal blocks (padded at the borders), one centre per block.
+A pixel may join only the centres of its own block and of the 8 neighbouring ones (SLIC's local search
+window), so an iteration is 9 broadcast distance evaluations with a running minimum, then per-centre sums.
+The distance splits into terms varying along image rows and per pixel, so each candidate costs a few
+fused passes; the running minimum carries the winner's index in the low mantissa bits of the distance
+(see :func:`_nearest_slot`); the sums use one packed-integer ``index_add`` (see :class:`_CentreSums`).
+Connectivity is then enforced as in scikit-image: parts smaller than half the expected superpixel join a
+neighbour, which is what keeps the superpixel mean image coarse.
 """
 
 from __future__ import annotations
@@ -30,7 +30,15 @@ __all__ = ["Grid", "enforce_connectivity", "rgb_to_lab", "slic_grid", "slic_labe
 _FAR = 1e6
 # (dy, dx) of the 9 candidate centres; slot 4 is the pixel's own block.
 _OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+# The low mantissa bits of a distance that carry the candidate's slot (0-8) in the running minimum.
 _SLOT_BITS = 15
+# sRGB (linear) -> XYZ, divided by the D65 white point; and f(XYZ) -> Lab (before L's offset of -16).
+_RGB_TO_XYZ = [
+    [0.412453 / 0.95047, 0.357580 / 0.95047, 0.180423 / 0.95047],
+    [0.212671, 0.715160, 0.072169],
+    [0.019334 / 1.08883, 0.119193 / 1.08883, 0.950227 / 1.08883],
+]
+_XYZ_TO_LAB = [[0.0, 116.0, 0.0], [500.0, -500.0, 0.0], [0.0, 200.0, -200.0]]
 # Colours are summed as integers with this many levels over their range (see _CentreSums).
 _COLOUR_LEVELS = 2**15 - 1
 
@@ -53,16 +61,13 @@ def slic_grid(height: int, width: int, n_segments: int) -> Grid:
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """CIELAB (D65, 2 degree observer) of sRGB values in [0, 1], ``[B, 3, H, W]``; matches ``skimage.color.rgb2lab``."""
-    # Powers as exp(log(.) * k): twice as fast as torch.pow on CPU.
+    # Powers as exp(log(.) * k): about twice as fast as torch.pow on CPU.
     linear = torch.where(rgb > 0.04045, torch.exp(torch.log((rgb + 0.055) / 1.055) * 2.4), rgb / 12.92)
-    to_xyz = rgb.new_tensor(
-        [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
-    )
-    white = rgb.new_tensor([0.95047, 1.0, 1.08883]).view(1, 3, 1, 1)
-    xyz = torch.einsum("ij,bjhw->bihw", to_xyz, linear) / white
+    xyz = torch.einsum("ij,bjhw->bihw", rgb.new_tensor(_RGB_TO_XYZ), linear).contiguous()
     f = torch.where(xyz > 0.008856, torch.exp(torch.log(xyz.clamp_min(0.008856)) / 3), 7.787 * xyz + 16 / 116)
-    fx, fy, fz = f.unbind(1)
-    return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=1)
+    lab = torch.einsum("ij,bjhw->bihw", rgb.new_tensor(_XYZ_TO_LAB), f).contiguous()
+    lab[:, 0] -= 16
+    return lab
 
 
 def slic_labels(features: torch.Tensor, n_segments: int, compactness: float, iterations: int) -> torch.Tensor:
@@ -82,15 +87,14 @@ def slic_labels(features: torch.Tensor, n_segments: int, compactness: float, ite
     # Pixels as [batch, channels, rows, block height, padded width]: a view of the padded image. Positions
     # are in grid steps, y relative to the middle of the pixel's block row (keeps the numbers small).
     colour = F.pad(features.to(dtype) / compactness, pad).view(batch, channels, rows, blocks.height, -1)
-    local_y = torch.arange(blocks.height, device=device, dtype=dtype).view(1, -1, 1)
-    row_middle = (torch.arange(rows, device=device, dtype=dtype) * blocks.height - top) / step
-    row_middle += (blocks.height - 1) / 2 / step
-    local_y = (local_y - (blocks.height - 1) / 2) / step
+    middle = (blocks.height - 1) / 2
+    local_y = (torch.arange(blocks.height, device=device, dtype=dtype).view(1, -1, 1) - middle) / step
+    row_middle = (torch.arange(rows, device=device, dtype=dtype) * blocks.height - top + middle) / step
     xs = (torch.arange(cols * blocks.width, device=device, dtype=dtype) - left) / step
     valid = F.pad(torch.ones(height, width, device=device, dtype=torch.bool), pad).view(rows, blocks.height, -1)
-    # Added to every distance so that all are non-negative (see _nearest_slot).
-    offset = float(local_y.max() ** 2 + (colour**2).sum(1).max())
     sums = _CentreSums(colour, valid, blocks, top, left, step)
+    # Added to every distance so that all are non-negative (see _nearest_slot): >= max(y^2 + |colour|^2).
+    offset = float(local_y.max() ** 2 + torch.maximum(sums.low**2, (sums.low + sums.span) ** 2).sum())
 
     # As in scikit-image, centres start on the grid with colour 0, so the first assignment is spatial only,
     # the same for every image: computed once.
@@ -103,11 +107,11 @@ def slic_labels(features: torch.Tensor, n_segments: int, compactness: float, ite
         centres = sums.centres(slots, centres)
         slots = _nearest_slot(centres, blocks, local_y, row_middle, xs, colour, offset)
 
-    shifts = torch.tensor([dy * cols + dx for dy, dx in _OFFSETS], device=device)
-    cell = torch.arange(rows * cols, device=device).view(1, rows, 1, cols, 1)
-    slots = slots.expand(batch, -1, -1, -1).reshape(batch, rows, blocks.height, cols, blocks.width)
-    labels = (cell + shifts[slots.long()]).view(batch, rows * blocks.height, -1)
-    return labels[:, top : top + height, left : left + width].contiguous()
+    # Slot (dy, dx) of block (i, j) is centre (i + dy) * cols + j + dx.
+    cell = torch.arange(rows * cols, device=device, dtype=torch.int32).view(1, rows, 1, cols, 1)
+    slots = slots.expand(batch, -1, -1, -1).view(batch, rows, blocks.height, cols, blocks.width)
+    labels = (cell + (slots // 3 - 1) * cols + slots % 3 - 1).view(batch, rows * blocks.height, -1)
+    return labels[:, top : top + height, left : left + width].long()
 
 
 class _Blocks(NamedTuple):
@@ -118,9 +122,9 @@ class _Blocks(NamedTuple):
 
 
 class _CentreSums:
-    """Per-centre pixel count, position and colour sums, with one or two int64 ``scatter_add`` per iteration.
+    """Per-centre pixel count, position and colour sums, with one or two int64 ``index_add`` per iteration.
 
-    Why: ``scatter_add`` costs ~2-3 ns per element on CPU, more than any other pass, and SLIC needs
+    Why: ``index_add``/``scatter_add`` cost ~2-3 ns per element on CPU, more than any other pass, and SLIC needs
     3 + channels sums. So every pixel contributes small integers instead (1, its row and column inside its
     block, its colour quantised to 15 bits), packed into bit fields of int64 words wide enough that the sum
     over a whole block cannot carry into the next field; one scatter then sums all fields of a word.
@@ -131,8 +135,10 @@ class _CentreSums:
         batch, channels = colour.shape[:2]
         device = colour.device
         self.blocks, self.step = blocks, step
-        self.low = colour.amin(dim=(0, 2, 3, 4)).view(channels, 1, 1, 1, 1)
-        self.span = (colour.amax(dim=(0, 2, 3, 4)).view(channels, 1, 1, 1, 1) - self.low).clamp_min(1e-12)
+        low = colour.amin(dim=(0, 2, 3, 4))
+        span = (colour.amax(dim=(0, 2, 3, 4)) - low).clamp_min(1e-12)
+        # Shaped for the per-slot sums [channels, batch, rows, cols, 9].
+        self.low, self.span = low.view(channels, 1, 1, 1, 1), span.view(channels, 1, 1, 1, 1)
         # Where each block starts, in pixels of the unpadded image.
         self.origin_y = (torch.arange(blocks.rows, device=device) * blocks.height - top).view(-1, 1, 1)
         self.origin_x = (torch.arange(blocks.cols, device=device) * blocks.width - left).view(-1, 1)
@@ -140,8 +146,10 @@ class _CentreSums:
         mask = valid.long()
         row = torch.arange(blocks.height, device=device).view(-1, 1)
         column = torch.arange(blocks.cols * blocks.width, device=device) % blocks.width
-        quantised = ((colour - self.low.squeeze(1)) / self.span.squeeze(1) * _COLOUR_LEVELS).round().long()
-        fields = [mask, mask * row, mask * column, *(quantised * mask).unbind(1)]
+        scale = _COLOUR_LEVELS / span.view(1, channels, 1, 1, 1)
+        # Rounded (+0.5, then truncated: values are non-negative); padding pixels contribute 0.
+        quantised = (((colour - low.view(1, channels, 1, 1, 1)) * scale + 0.5) * valid).long()
+        fields = [mask, mask * row, mask * column, *quantised.unbind(1)]
         block_pixels = blocks.height * blocks.width
         largest = [block_pixels, block_pixels * (blocks.height - 1), block_pixels * (blocks.width - 1)]
         largest += [block_pixels * _COLOUR_LEVELS] * channels
@@ -161,7 +169,8 @@ class _CentreSums:
             .reshape(-1)
             for index in range(word + 1)
         ]
-        cells = torch.arange(batch * blocks.rows * blocks.cols, device=device) * 9
+        # int32 bins: index_add_ accepts them, and int32 arithmetic is several times faster than int64.
+        cells = torch.arange(batch * blocks.rows * blocks.cols, device=device, dtype=torch.int32) * 9
         cells = cells.view(batch, blocks.rows, 1, blocks.cols, 1).expand(*shape[:3], blocks.cols, blocks.width)
         self.own_bin = cells.reshape(shape)
         self.bins = torch.empty_like(self.own_bin)
@@ -173,7 +182,8 @@ class _CentreSums:
         """
         rows, cols = self.blocks.rows, self.blocks.cols
         bins = torch.add(self.own_bin, slots, out=self.bins).view(-1)
-        sums = [bins.new_zeros(len(self.own_bin) * rows * cols * 9).scatter_add_(0, bins, w) for w in self.words]
+        size = len(self.own_bin) * rows * cols * 9
+        sums = [word.new_zeros(size).index_add_(0, bins, word) for word in self.words]
         count, row_sum, column_sum, *colour_sums = (
             ((sums[word] >> shift) & ((1 << bits) - 1)).view(-1, rows, cols, 9).float()
             for word, shift, bits in self.layout

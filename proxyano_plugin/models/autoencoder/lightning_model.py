@@ -81,7 +81,7 @@ class Autoencoder(AnomalibModule):
                 "lower --model.learning_rate or check the input intensities"
             )
             raise FloatingPointError(msg)
-        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
+        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=images.shape[0])
         return loss
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:

@@ -35,6 +35,7 @@ class FAnoGAN(AnomalibModule):
     generator step after every ``critic_iterations`` critic steps), an encoder step in stage 2. Training
     stops itself once both stages are done, so ``--trainer.max_epochs`` only needs to be large enough
     (``-1`` is fine); a value too small for the requested stage lengths is refused when training starts.
+    Keep ``check_val_every_n_epoch`` at 1: the validation run after the last step sets anomalib's thresholds.
 
     All arguments are plain data so checkpoints load with ``weights_only=True``.
 
@@ -155,6 +156,12 @@ class FAnoGAN(AnomalibModule):
                     "--model.gan_iterations / --model.encoder_iterations"
                 )
                 raise ValueError(msg)
+        if trainer.check_val_every_n_epoch not in (None, 1):
+            logger.warning(
+                "FAnoGAN stops itself when both stages are done, in whatever epoch that is; with "
+                "check_val_every_n_epoch=%d the validation that sets anomalib's thresholds may not run after it",
+                trainer.check_val_every_n_epoch,
+            )
         # Every optimizer.step() counts as a Lightning step under manual optimisation.
         remaining_steps = remaining_batches + remaining_generator
         if trainer.max_steps >= 0 and trainer.max_steps - trainer.global_step < remaining_steps:
@@ -201,6 +208,7 @@ class FAnoGAN(AnomalibModule):
             prog_bar=True,
             on_step=False,
             on_epoch=True,
+            batch_size=images.shape[0],
         )
         if int(self.critic_steps) % self.critic_iterations == 0:
             self.toggle_optimizer(optimizer_generator)
@@ -210,7 +218,7 @@ class FAnoGAN(AnomalibModule):
             self.manual_backward(loss)
             optimizer_generator.step()
             self.untoggle_optimizer(optimizer_generator)
-            self.log("train_generator_loss", loss.detach(), on_step=False, on_epoch=True)
+            self.log("train_generator_loss", loss.detach(), on_step=False, on_epoch=True, batch_size=images.shape[0])
             if self.gan_finished:
                 logger.info(
                     "FAnoGAN: GAN stage done after %d generator iterations; training the encoder.", self.gan_iterations
@@ -236,6 +244,7 @@ class FAnoGAN(AnomalibModule):
             prog_bar=True,
             on_step=False,
             on_epoch=True,
+            batch_size=images.shape[0],
         )
         return loss.detach()
 

