@@ -18,8 +18,6 @@ from typing import Any
 RECORDS_NAME = "records.jsonl"
 SESSIONS_NAME = "sessions.jsonl"
 LOCK_NAME = ".lock"
-# Descriptors of the locks this process holds; a forked run closes its copies (see ``close_inherited_locks``).
-_HELD_LOCKS: set[int] = set()
 
 
 class ResultsError(RuntimeError):
@@ -110,19 +108,7 @@ def locked(directory: Path) -> Iterator[None]:
     handle.truncate()
     handle.write(str(os.getpid()))
     handle.flush()
-    _HELD_LOCKS.add(handle.fileno())
     try:
         yield
     finally:
-        _HELD_LOCKS.discard(handle.fileno())
         handle.close()
-
-
-def close_inherited_locks() -> None:
-    """In a forked child: close the copies of the parent's lock descriptors (closing, not unlocking).
-
-    Otherwise a run outliving a killed parent would keep the results directory locked.
-    """
-    for fd in _HELD_LOCKS:
-        os.close(fd)
-    _HELD_LOCKS.clear()

@@ -1,9 +1,10 @@
 """Run a suite: schedule its runs on devices, one process per run, and record each one as it ends.
 
-Each run executes in a child process (forked from the harness, which has already imported anomalib, so a
-run does not pay the import again): its peak memory is its own, and a crash, ``os._exit`` or an
-out-of-memory kill fails that run only. The parent never initialises CUDA (CUDA does not survive a fork);
-each child gets its GPUs through ``CUDA_VISIBLE_DEVICES``.
+Each run executes in a child process: its peak memory is its own, and a crash, ``os._exit`` or an
+out-of-memory kill fails that run only. Children come from a ``forkserver`` that has imported anomalib once
+(so a run does not pay the import again) but never computed anything: forking the harness itself deadlocks
+as soon as the harness has used torch's OpenMP thread pool (seen under pytest, where earlier tests train).
+Each child gets the harness's environment and its GPUs through ``CUDA_VISIBLE_DEVICES``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import multiprocessing.connection
+import os
 import platform
 import signal
 import socket
@@ -25,7 +27,7 @@ from typing import Any
 from proxyano_plugin.bench import records
 from proxyano_plugin.bench.suite import RunSpec, Suite, SuiteError
 from proxyano_plugin.bench.system import git_commit, versions
-from proxyano_plugin.bench.worker import RunPaths, child_main, run_captured, warm_imports
+from proxyano_plugin.bench.worker import WARM_MODULES, RunPaths, child_main, run_captured
 
 SCHEMA_VERSION = 1
 EXIT_OK, EXIT_FAILED_RUNS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -33,6 +35,15 @@ EXIT_OK, EXIT_FAILED_RUNS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _process_context() -> Any:
+    """A ``forkserver`` preloaded with what every run imports; ``spawn`` where there is none (Windows)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(WARM_MODULES))
+    return context
 
 
 def select_runs(suite: Suite, only: str | None) -> list[RunSpec]:
@@ -128,7 +139,6 @@ class Runner:
                 result = run_captured(spec, RunPaths(self.output, spec.run_id))
                 self._finish(spec, result, None, started_at, time.perf_counter() - started)
             return
-        warm_imports()
         self._run_parallel(todo)
 
     def _run_parallel(self, todo: list[RunSpec]) -> None:
@@ -157,11 +167,11 @@ class Runner:
 
     def launch(self, spec: RunSpec, gpus: list[str] | None) -> list[Any]:
         """Start the process(es) of one run: one, or one per device under DDP."""
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        context = _process_context()
         paths = RunPaths(self.output, spec.run_id)
         paths.run_dir.mkdir(parents=True, exist_ok=True)
         paths.result.unlink(missing_ok=True)  # left by a harness killed before it could collect it
-        env: dict[str, str] = {}
+        env = dict(os.environ)  # the forkserver's own environment dates from its start
         if gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         world = self.suite.devices

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib
 import json
 import math
 import os
@@ -23,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from proxyano_plugin.bench import records
 from proxyano_plugin.bench.suite import RunSpec, accepted_kwargs, import_class
 from proxyano_plugin.bench.system import cpu_count, cpu_name
 
 GALLERY_HOOK = "gallery_images"
+# Imported once by the forkserver that starts the runs, so that each run inherits them.
 WARM_MODULES = (
     "anomalib.engine",
     "anomalib.callbacks.checkpoint",
@@ -72,7 +71,6 @@ class RunPaths:
 def child_main(spec: dict[str, Any], output: str, env: dict[str, str]) -> None:
     """Entry point of a forked (or spawned) run process: its result goes to ``result.json``, its output to a log."""
     os.environ.update(env)
-    records.close_inherited_locks()
     _die_with_parent()
     # Ctrl-C reaches the whole process group; the parent decides what an interrupted run means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -136,13 +134,6 @@ def _die_with_parent() -> None:
         with contextlib.suppress(OSError, AttributeError):
             pr_set_pdeathsig = 1
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
-def warm_imports() -> None:
-    """Import what every run needs once, in the harness, so that forked runs inherit it instead of each
-    importing it again (importing never initialises CUDA, so forking stays safe)."""
-    for name in WARM_MODULES:
-        importlib.import_module(name)
 
 
 # ------------------------------------------------------------------------------------------------- the run
