@@ -12,6 +12,7 @@ _LAZY_EXPORTS = {
     "ProxyAno": "proxyano_plugin.models.proxyano",
     "Autoencoder": "proxyano_plugin.models.autoencoder",
     "FAnoGAN": "proxyano_plugin.models.fanogan",
+    "PatchcoreLite0": "proxyano_plugin.models.patchcore",
     "BrainMRIDemo": "proxyano_plugin.data",
     "CheckedFolder": "proxyano_plugin.data",
     "SplitCSV": "proxyano_plugin.data",

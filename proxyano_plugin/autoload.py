@@ -7,6 +7,7 @@ class name only among subclasses that are already imported; importing this modul
 from proxyano_plugin.data import BrainMRIDemo, CheckedFolder, SplitCSV
 from proxyano_plugin.models.autoencoder import Autoencoder
 from proxyano_plugin.models.fanogan import FAnoGAN
+from proxyano_plugin.models.patchcore import PatchcoreLite0
 from proxyano_plugin.models.proxyano import ProxyAno
 
-__all__ = ["Autoencoder", "BrainMRIDemo", "CheckedFolder", "FAnoGAN", "ProxyAno", "SplitCSV"]
+__all__ = ["Autoencoder", "BrainMRIDemo", "CheckedFolder", "FAnoGAN", "PatchcoreLite0", "ProxyAno", "SplitCSV"]

@@ -21,11 +21,14 @@ TINY_DATA = ["--data.train_subjects", "2", "--data.test_subjects", "2", "--data.
 pytestmark = pytest.mark.slow
 
 
-def anomalib_cli(*args: str, cwd: Path, autoload: bool = True) -> subprocess.CompletedProcess:
+def anomalib_cli(
+    *args: str, cwd: Path, autoload: bool = True, extra_path: Path | None = None
+) -> subprocess.CompletedProcess:
     """Run the installed ``anomalib`` script on this checkout's code (PYTHONPATH), as a user would."""
+    paths = [str(REPO), str(extra_path or ""), os.environ.get("PYTHONPATH")]
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, paths)),
         "PROXYANO_PLUGIN_AUTOLOAD": "1" if autoload else "0",
         "PROXYANO_PLUGIN_CACHE": str(cwd / "cache"),
         "COLUMNS": "200",
@@ -106,6 +109,30 @@ def test_onnx_export_is_pure_and_matches_lightning(trained):
     np.testing.assert_allclose(exported["anomaly_map"], expected.anomaly_map.numpy(), atol=1e-4)
 
 
+def test_openvino_export_matches_lightning(trained):
+    openvino = pytest.importorskip("openvino")
+    from proxyano_plugin import ProxyAno
+
+    workdir, checkpoint, _ = trained
+    _ok(
+        anomalib_cli(
+            "export", "--model", "ProxyAno", *TINY_MODEL, "--ckpt_path", str(checkpoint),
+            "--export_type", "openvino", "--export_root", str(workdir / "export_openvino"),
+            cwd=workdir,
+        )
+    )  # fmt: skip
+    (model_file,) = (workdir / "export_openvino").rglob("*.xml")
+    compiled = openvino.Core().compile_model(str(model_file), "CPU")
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    result = compiled(images.numpy())
+    exported = {name: result[output] for output in compiled.outputs for name in output.get_names()}
+    model = ProxyAno.load_from_checkpoint(checkpoint).eval()
+    with torch.no_grad():
+        expected = model(images)
+    np.testing.assert_allclose(exported["pred_score"], expected.pred_score.numpy(), atol=1e-4)
+    np.testing.assert_allclose(exported["anomaly_map"], expected.anomaly_map.numpy(), atol=1e-4)
+
+
 def test_torch_export_loads_and_scores(trained):
     workdir, checkpoint, _ = trained
     _ok(
@@ -126,3 +153,20 @@ def test_autoload_can_be_switched_off(tmp_path):
     )  # fmt: skip
     assert result.returncode != 0
     assert "ProxyAno" in result.stdout + result.stderr
+
+
+def test_third_party_proxy_trains_by_name(tmp_path, example_proxy_site):
+    """examples/custom_proxy, pip-installed, gives ProxyAno its ``median`` proxy with no change to this repo."""
+    output = _ok(
+        anomalib_cli(
+            "train", "--model", "ProxyAno", *TINY_MODEL, "--model.proxy", "median",
+            "--model.proxy_kwargs", "{size: 3}", "--data", "BrainMRIDemo", *TINY_DATA,
+            "--data.root", str(tmp_path / "demo"), "--trainer.max_epochs", "1",
+            "--default_root_dir", str(tmp_path / "results"),
+            cwd=tmp_path, extra_path=example_proxy_site,
+        )
+    )  # fmt: skip
+    assert "image_AUROC" in output
+    (checkpoint,) = (tmp_path / "results").rglob("*.ckpt")
+    hyperparameters = torch.load(checkpoint, weights_only=True)["hyper_parameters"]
+    assert hyperparameters["proxy"] == "median"

@@ -7,14 +7,9 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_proxy"
-
 
 @pytest.mark.slow
-def test_example_package_registers_a_working_median_proxy(tmp_path: Path) -> None:
-    target = tmp_path / "site"
-    install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
-    subprocess.run([*install, "--target", str(target), str(EXAMPLE)], check=True, capture_output=True)
+def test_example_package_registers_a_working_median_proxy(example_proxy_site: Path) -> None:
     code = """
 import cv2, numpy as np, torch
 from proxyano_plugin.proxies import available_proxies, create_proxy
@@ -27,7 +22,7 @@ expected = torch.from_numpy(cv2.medianBlur(image_8bit, 3) / 255.0).permute(2, 0,
 assert result.shape == images.shape and torch.allclose(result[1], expected), "median differs from OpenCV"
 print(proxy.cache_key)
 """
-    env = {**os.environ, "PYTHONPATH": str(target)}
+    env = {**os.environ, "PYTHONPATH": str(example_proxy_site)}
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\n")[:2] == ["proxyano-median-proxy 0.1.0", "median(size=3)"]

@@ -9,8 +9,9 @@
 The registry and protocol import no torch; the rest loads on first use.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from proxyano_plugin.lazy import lazy_exports
 
 from .base import (
     DuplicateProxyError,
@@ -26,12 +27,12 @@ from .base import (
 from .registry import ENTRY_POINT_GROUP, available_proxies, create_proxy
 
 _LAZY = {
-    "CachedProxy": ".cache",
-    "SuperpixelProxy": ".superpixel",
-    "superpixel_mean": ".superpixel",
-    "BlurProxy": ".filters",
-    "EdgesProxy": ".filters",
-    "IdentityProxy": ".filters",
+    "CachedProxy": "proxyano_plugin.proxies.cache",
+    "SuperpixelProxy": "proxyano_plugin.proxies.superpixel",
+    "superpixel_mean": "proxyano_plugin.proxies.superpixel",
+    "BlurProxy": "proxyano_plugin.proxies.filters",
+    "EdgesProxy": "proxyano_plugin.proxies.filters",
+    "IdentityProxy": "proxyano_plugin.proxies.filters",
 }
 
 __all__ = [
@@ -61,10 +62,4 @@ if TYPE_CHECKING:
     from .superpixel import SuperpixelProxy, superpixel_mean
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__ = lazy_exports(__name__, _LAZY)
