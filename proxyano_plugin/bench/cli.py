@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a suite value, e.g. --set max_epochs=1 --set datasets.brats.folder.root=/data/brats",
+        help="override a suite value, e.g. --set max_epochs=1 --set datasets.BraTS.folder.root=/data/brats",
     )
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
 
