@@ -132,14 +132,7 @@ class ProxyAno(AnomalibModule):
         """One joint step of both networks (the IRM sees only detached PEM outputs)."""
         del args, kwargs
         images = self._model_images(batch)
-        proxies = self.proxy_extractor(images)
-        predicted, memory_weights = self.model.pem(images)
-        corrupted, _ = self.paster(proxies, images)
-        with_predicted = self.loss.predicted_proxy_weight > 0
-        irm_inputs = torch.cat([corrupted, predicted.detach()]) if with_predicted else corrupted
-        reconstructions = self.model.irm(irm_inputs)
-        from_extracted, from_predicted = reconstructions.chunk(2) if with_predicted else (reconstructions, None)
-        terms = self.loss(images, proxies, predicted, memory_weights, from_extracted, from_predicted)
+        terms = self.training_losses(images)
         if not torch.isfinite(terms["loss"]):
             values = ", ".join(f"{name}={value.item():.4g}" for name, value in terms.items())
             msg = (
@@ -154,6 +147,17 @@ class ProxyAno(AnomalibModule):
             batch_size=images.shape[0],
         )
         return terms["loss"]
+
+    def training_losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss terms for a batch already in the model's channels (also used by benchmarks/proxyano_sweep.py)."""
+        proxies = self.proxy_extractor(images)
+        predicted, memory_weights = self.model.pem(images)
+        corrupted, _ = self.paster(proxies, images)
+        with_predicted = self.loss.predicted_proxy_weight > 0
+        irm_inputs = torch.cat([corrupted, predicted.detach()]) if with_predicted else corrupted
+        reconstructions = self.model.irm(irm_inputs)
+        from_extracted, from_predicted = reconstructions.chunk(2) if with_predicted else (reconstructions, None)
+        return self.loss(images, proxies, predicted, memory_weights, from_extracted, from_predicted)
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score the validation batch with the exported inference path."""
