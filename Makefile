@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 figure: $(STAMP)
-	$(BIN)/python scripts/make_figure.py
+	$(BIN)/python scripts/make_figure.py --ckpt results/ProxyAno/BrainMRIDemo/latest/weights/lightning/model.ckpt
 
 clean:
 	rm -rf $(VENV) results build dist

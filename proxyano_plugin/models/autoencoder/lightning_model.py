@@ -4,10 +4,7 @@ Cai et al., "MedIAnomaly: A comparative study of anomaly detection in medical im
 Analysis 2025 (code: github.com/caiyu6666/MedIAnomaly). See README.md in this folder for the protocol.
 """
 
-from typing import Any
-
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -17,14 +14,14 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch.nn import functional as F  # noqa: N812
 
-from proxyano_plugin.models.image_inputs import resize_pre_processor
+from proxyano_plugin.models.image_inputs import OneClassReconstruction
 
 from .torch_model import AutoencoderModel
 
 __all__ = ["Autoencoder"]
 
 
-class Autoencoder(AnomalibModule):
+class Autoencoder(OneClassReconstruction, AnomalibModule):
     """Plain convolutional autoencoder trained with MSE on normal images (MedIAnomaly's "AE").
 
     All arguments are plain data so checkpoints load with ``weights_only=True``.
@@ -65,11 +62,6 @@ class Autoencoder(AnomalibModule):
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
 
-    @classmethod
-    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize only: the reconstruction target is the image itself, so no ImageNet normalisation."""
-        return resize_pre_processor(image_size or (64, 64))
-
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """One MSE step on a batch of normal images."""
         del args, kwargs
@@ -91,12 +83,3 @@ class Autoencoder(AnomalibModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """Hard requirements only: anything here silently overrides the user's ``--trainer.*`` values."""
-        return {"num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        return LearningType.ONE_CLASS

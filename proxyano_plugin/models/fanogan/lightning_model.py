@@ -6,10 +6,8 @@ Medical Image Analysis 54 (2019). See README.md in this folder for what follows 
 
 import logging
 import math
-from typing import Any
 
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -18,7 +16,7 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from proxyano_plugin.models.image_inputs import resize_pre_processor
+from proxyano_plugin.models.image_inputs import OneClassReconstruction
 
 from .loss import critic_loss, generator_loss, izif_loss
 from .torch_model import FAnoGANModel, check_image_size
@@ -28,7 +26,7 @@ __all__ = ["FAnoGAN"]
 logger = logging.getLogger(__name__)
 
 
-class FAnoGAN(AnomalibModule):
+class FAnoGAN(OneClassReconstruction, AnomalibModule):
     """f-AnoGAN: a WGAN-GP trained on normal images, then an izi_f encoder that inverts its generator.
 
     Each training batch is one optimisation step of the current stage: a critic step in stage 1 (plus a
@@ -106,11 +104,6 @@ class FAnoGAN(AnomalibModule):
         self.encoder_steps: torch.Tensor
         self.register_buffer("critic_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("encoder_steps", torch.zeros((), dtype=torch.long))
-
-    @classmethod
-    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize only: the model maps [0, 1] to the GAN's [-1, 1] itself, as the original does."""
-        return resize_pre_processor(image_size or (64, 64))
 
     @property
     def generator_steps(self) -> int:
@@ -285,12 +278,3 @@ class FAnoGAN(AnomalibModule):
             torch.optim.Adam(self.model.critic.parameters(), lr=self.gan_learning_rate, betas=self.gan_betas),
             torch.optim.RMSprop(self.model.encoder.parameters(), lr=self.encoder_learning_rate, alpha=0.9, eps=1e-5),
         ]
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """Hard requirements only: anything here silently overrides the user's ``--trainer.*`` values."""
-        return {"num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        return LearningType.ONE_CLASS

@@ -7,7 +7,6 @@ IEEE TMI 2021 (arXiv 2110.01761). See README.md in this folder for every choice 
 from typing import Any
 
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -15,8 +14,8 @@ from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
-from torchvision.transforms.v2 import Compose, Resize
 
+from proxyano_plugin.models.image_inputs import OneClassReconstruction
 from proxyano_plugin.proxies import CachedProxy, create_proxy
 
 from .loss import ProxyAnoLoss
@@ -28,7 +27,7 @@ __all__ = ["ProxyAno"]
 CPU_WIDTHS = (16, 32, 64, 128)
 
 
-class ProxyAno(AnomalibModule):
+class ProxyAno(OneClassReconstruction, AnomalibModule):
     """Proxy-bridged image reconstruction for anomaly detection, trained on normal images only.
 
     The Proxy Extraction Module (encoder -> MemAE memory -> decoder) predicts the image's proxy
@@ -112,11 +111,6 @@ class ProxyAno(AnomalibModule):
         self.loss = ProxyAnoLoss(entropy_weight, predicted_proxy_weight)
         self.learning_rate = learning_rate
 
-    @classmethod
-    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize only: reconstruction targets must stay in [0, 1], so no ImageNet normalisation."""
-        return PreProcessor(transform=Compose([Resize(image_size or (64, 64), antialias=True)]))
-
     def _model_images(self, batch: Batch) -> torch.Tensor:
         """The batch in the model's channels, refusing NaN/inf early with the files that carry them."""
         images = self.model.to_model_channels(batch.image)
@@ -167,12 +161,3 @@ class ProxyAno(AnomalibModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=self.learning_rate)
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """Hard requirements only: anything here silently overrides the user's ``--trainer.*`` values."""
-        return {"num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        return LearningType.ONE_CLASS

@@ -14,6 +14,8 @@ from anomalib.data import InferenceBatch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from proxyano_plugin.models.image_inputs import to_model_channels
+
 from .memory import MemoryModule
 
 
@@ -173,16 +175,7 @@ class ProxyAnoModel(nn.Module):
 
     def to_model_channels(self, images: torch.Tensor) -> torch.Tensor:
         """Reduce anomalib's always-3-channel batch to the model's channels."""
-        channels = images.shape[1]
-        if channels == self.in_channels:
-            return images
-        if self.in_channels == 1 and channels == 3:
-            return images.mean(dim=1, keepdim=True)
-        msg = (
-            f"ProxyAno(in_channels={self.in_channels}) got images with {channels} channels; "
-            "expected 1 or 3 (grayscale is averaged from RGB, RGB needs 3)"
-        )
-        raise ValueError(msg)
+        return to_model_channels(images, self.in_channels, "ProxyAno")
 
     def error_map(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
         """Per-pixel reconstruction error ``[B, 1, H, W]``, smoothed."""

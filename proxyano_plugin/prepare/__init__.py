@@ -1,0 +1,10 @@
+"""``proxyano-prepare``: medical volumes (NIfTI, DICOM series) -> an anomalib Folder tree of 2-D slices.
+
+See ``proxyano_plugin/prepare/README.md``. nibabel and pydicom are needed only for the format read
+(``pip install 'proxyano-plugin[medical]'``).
+"""
+
+from proxyano_plugin.prepare.pipeline import FOLDERS, SliceOptions, Summary, prepare_dicom, prepare_nifti
+from proxyano_plugin.prepare.readers import PrepareError
+
+__all__ = ["FOLDERS", "PrepareError", "SliceOptions", "Summary", "prepare_dicom", "prepare_nifti"]

@@ -1,0 +1,127 @@
+"""``proxyano-prepare``: turn medical volumes into an anomalib Folder tree of 2-D slices.
+
+    proxyano-prepare nifti --images 'DIR or glob' [--labels 'DIR or glob'] --output OUT [options]
+    proxyano-prepare dicom --series DIR --output OUT [options]
+
+Exit codes: 0 written, 2 bad input or options (the message names the file), 130 interrupted (nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from proxyano_plugin.prepare.pipeline import FORMATS, NORMALISATIONS, SliceOptions, prepare_dicom, prepare_nifti
+from proxyano_plugin.prepare.readers import DEFAULT_SUBJECT_REGEX, PrepareError
+
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+
+
+def _slice_options(parser: argparse.ArgumentParser, test_fraction: float) -> None:
+    defaults = SliceOptions()
+    group = parser.add_argument_group("slices")
+    group.add_argument("--output", required=True, help="the Folder tree to write (refused if it exists)")
+    group.add_argument("--overwrite", action="store_true", help="replace --output if it exists (only on success)")
+    group.add_argument("--axis", type=int, default=defaults.axis, choices=(0, 1, 2), help="slice axis (default: 2)")
+    group.add_argument("--slice-range", metavar="A:B", help="keep slices A..B-1 along the axis (Python bounds)")
+    group.add_argument(
+        "--foreground-fraction",
+        type=float,
+        default=defaults.foreground_fraction,
+        help="drop slices whose foreground covers less than this fraction (default: %(default)s)",
+    )
+    group.add_argument(
+        "--foreground-threshold",
+        type=float,
+        default=defaults.foreground_threshold,
+        help="foreground = normalised intensity above this (default: %(default)s)",
+    )
+    group.add_argument(
+        "--min-lesion-area",
+        type=int,
+        default=defaults.min_lesion_area,
+        help="abnormal if at least this many lesion pixels; fewer (but some) is ambiguous and dropped "
+        "(source pixels, default: %(default)s)",
+    )
+    group.add_argument("--normalise", "--normalize", choices=NORMALISATIONS, default=defaults.normalise)
+    group.add_argument("--low", type=float, default=defaults.low, help="percentile mapped to 0 (%(default)s)")
+    group.add_argument("--high", type=float, default=defaults.high, help="percentile mapped to 1 (%(default)s)")
+    group.add_argument("--window-min", type=float, help="--normalise window: value mapped to 0 (e.g. -160 HU)")
+    group.add_argument("--window-max", type=float, help="--normalise window: value mapped to 1 (e.g. 240 HU)")
+    group.add_argument("--size", type=int, default=defaults.size, help="output side in pixels, 0 keeps the slice size")
+    group.add_argument(
+        "--test-fraction",
+        type=float,
+        default=test_fraction,
+        help="fraction of subjects in the test split (default: %(default)s)",
+    )
+    group.add_argument("--seed", type=int, default=defaults.seed, help="seed of the subject split")
+    group.add_argument("--format", choices=FORMATS, default=defaults.format, help="png8 (default) or png16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="proxyano-prepare", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    nifti = commands.add_parser("nifti", help="NIfTI volumes (one modality per run) and optional label volumes")
+    nifti.add_argument(
+        "--images", required=True, help="a folder of .nii/.nii.gz files or a glob, e.g. '*/*_flair.nii.gz'"
+    )
+    nifti.add_argument("--labels", help="label volumes (folder or glob), matched to the images by subject id")
+    nifti.add_argument(
+        "--subject-regex",
+        default=DEFAULT_SUBJECT_REGEX,
+        help="regex on the file name whose 'subject' group is the subject id "
+        "(default: the name less its extension and a trailing _flair/_t1/_seg/... word)",
+    )
+    _slice_options(nifti, SliceOptions().test_fraction)
+
+    dicom = commands.add_parser("dicom", help="DICOM series, one subfolder per subject (no labels: normal only)")
+    dicom.add_argument("--series", required=True, help="folder with one subfolder of DICOM files per subject")
+    _slice_options(dicom, 0.0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    options = SliceOptions(
+        axis=args.axis,
+        slice_range=args.slice_range,
+        foreground_fraction=args.foreground_fraction,
+        foreground_threshold=args.foreground_threshold,
+        min_lesion_area=args.min_lesion_area,
+        normalise=args.normalise,
+        low=args.low,
+        high=args.high,
+        window_min=args.window_min,
+        window_max=args.window_max,
+        size=args.size,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        format=args.format,
+    )
+    try:
+        if args.command == "nifti":
+            summary = prepare_nifti(
+                args.images,
+                args.output,
+                labels=args.labels,
+                options=options,
+                subject_regex=args.subject_regex,
+                overwrite=args.overwrite,
+            )
+        else:
+            summary = prepare_dicom(args.series, args.output, options=options, overwrite=args.overwrite)
+    except PrepareError as error:
+        print(f"proxyano-prepare: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("proxyano-prepare: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(summary.text())
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
