@@ -81,11 +81,20 @@ def test_predict_from_checkpoint_writes_visualisations(trained):
     assert len(written) == len(list(lesions.glob("*.png")))
 
 
+def assert_matches_lightning(exported: dict[str, np.ndarray], checkpoint: Path, images: torch.Tensor) -> None:
+    """An exported model's outputs equal the Lightning model's, loaded from the same checkpoint, within 1e-4."""
+    from proxyano_plugin import ProxyAno
+
+    model = ProxyAno.load_from_checkpoint(checkpoint).eval()
+    with torch.no_grad():
+        expected = model(images)
+    np.testing.assert_allclose(exported["pred_score"], expected.pred_score.numpy(), atol=1e-4)
+    np.testing.assert_allclose(exported["anomaly_map"], expected.anomaly_map.numpy(), atol=1e-4)
+
+
 def test_onnx_export_is_pure_and_matches_lightning(trained):
     onnx = pytest.importorskip("onnx")
     onnxruntime = pytest.importorskip("onnxruntime")
-    from proxyano_plugin import ProxyAno
-
     workdir, checkpoint, _ = trained
     _ok(
         anomalib_cli(
@@ -102,17 +111,11 @@ def test_onnx_export_is_pure_and_matches_lightning(trained):
     session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     names = [output.name for output in session.get_outputs()]
     exported = dict(zip(names, session.run(None, {session.get_inputs()[0].name: images.numpy()}), strict=True))
-    model = ProxyAno.load_from_checkpoint(checkpoint).eval()
-    with torch.no_grad():
-        expected = model(images)
-    np.testing.assert_allclose(exported["pred_score"], expected.pred_score.numpy(), atol=1e-4)
-    np.testing.assert_allclose(exported["anomaly_map"], expected.anomaly_map.numpy(), atol=1e-4)
+    assert_matches_lightning(exported, checkpoint, images)
 
 
 def test_openvino_export_matches_lightning(trained):
     openvino = pytest.importorskip("openvino")
-    from proxyano_plugin import ProxyAno
-
     workdir, checkpoint, _ = trained
     _ok(
         anomalib_cli(
@@ -126,11 +129,7 @@ def test_openvino_export_matches_lightning(trained):
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     result = compiled(images.numpy())
     exported = {name: result[output] for output in compiled.outputs for name in output.get_names()}
-    model = ProxyAno.load_from_checkpoint(checkpoint).eval()
-    with torch.no_grad():
-        expected = model(images)
-    np.testing.assert_allclose(exported["pred_score"], expected.pred_score.numpy(), atol=1e-4)
-    np.testing.assert_allclose(exported["anomaly_map"], expected.anomaly_map.numpy(), atol=1e-4)
+    assert_matches_lightning(exported, checkpoint, images)
 
 
 def test_torch_export_loads_and_scores(trained):
