@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 import time
 from pathlib import Path
@@ -32,10 +33,11 @@ def brain_volume(shape=SHAPE, seed=0, scale=1000.0) -> np.ndarray:
 def lesion_volume(shape=SHAPE, big=(5, 6), tiny=(7,)) -> np.ndarray:
     """A 6x6 lesion (36 px, abnormal) on slices ``big``, a 2x2 one (4 px, ambiguous) on slices ``tiny``."""
     label = np.zeros(shape, np.uint8)
+    x, y = shape[0] // 2 - 4, shape[1] // 2 - 4
     for k in big:
-        label[12:18, 12:18, k] = 1
+        label[x : x + 6, y : y + 6, k] = 1
     for k in tiny:
-        label[14:16, 14:16, k] = 2
+        label[x + 2 : x + 4, y + 2 : y + 4, k] = 2
     return label
 
 
@@ -45,12 +47,12 @@ def save_nifti(path: Path, data: np.ndarray) -> Path:
     return path
 
 
-def make_brats(root: Path, subjects: int = 4, shape=SHAPE) -> Path:
+def make_brats(root: Path, subjects: int = 4, shape=SHAPE, big=(5, 6), tiny=(7,)) -> Path:
     """BraTS-like layout: root/<subject>/<subject>_flair.nii.gz and <subject>_seg.nii.gz."""
     for i in range(subjects):
         name = f"Case_{i:03d}"
         save_nifti(root / name / f"{name}_flair.nii.gz", brain_volume(shape, seed=i))
-        save_nifti(root / name / f"{name}_seg.nii.gz", lesion_volume(shape))
+        save_nifti(root / name / f"{name}_seg.nii.gz", lesion_volume(shape, big, tiny))
     return root
 
 
@@ -87,7 +89,9 @@ def test_round_trip_folder_datamodule_and_proxyano(tmp_path: Path) -> None:
     masks = sorted(p.name for p in (out / "ground_truth/abnormal").iterdir())
     assert masks == sorted(p.name for p in (out / "test/abnormal").iterdir())
     mask = cv2.imread(str(out / "ground_truth/abnormal" / masks[0]), cv2.IMREAD_UNCHANGED)
-    assert mask.shape == (32, 32) and mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 255}
+    assert mask.shape == (32, 32)
+    assert mask.dtype == np.uint8
+    assert set(np.unique(mask)) == {0, 255}
 
     datamodule = Folder(
         name="prepared",
@@ -129,19 +133,40 @@ def test_subjects_never_on_both_sides(tmp_path: Path) -> None:
         assert row["file"].startswith({"train": "train/", "test": "test/"}[row["split"]])
         assert (out / row["file"]).is_file()
         if row["label"] == "1":
-            assert row["split"] == "test" and int(row["lesion_area"]) >= 20
+            assert row["split"] == "test"
+            assert int(row["lesion_area"]) >= 20
             assert (out / row["mask"]).is_file()
         else:
-            assert row["mask"] == "" and row["lesion_area"] == "0"
+            assert row["mask"] == ""
+            assert row["lesion_area"] == "0"
     assert all(len(sides) == 1 for sides in splits.values())
     tests = sorted(subject for subject, sides in splits.items() if sides == {"test"})
     assert len(tests) == 2  # round(0.3 * 6)
     # The split is seeded: the same seed gives the same subjects, whatever the order of the files.
     again = prepare_nifti(
-        data / "*" / "*_flair.nii.gz", tmp_path / "again", labels=data, options=SliceOptions(size=16, seed=3)
+        data / "*" / "*_flair.nii.gz",
+        tmp_path / "again",
+        labels=data / "*" / "*_seg.nii.gz",
+        options=SliceOptions(size=16, seed=3),
     )
     assert again.subjects == {"train": 4, "test": 2}
     assert sorted({r["subject"] for r in read_manifest(tmp_path / "again") if r["split"] == "test"}) == tests
+
+
+def test_image_and_label_folders_with_the_same_names(tmp_path: Path) -> None:
+    """Decathlon-style imagesTr/labelsTr; the manifest doubles as a SplitCSV split file."""
+    from proxyano_plugin.data.split_csv import read_split_csv
+
+    for i in range(3):
+        save_nifti(tmp_path / "imagesTr" / f"case_{i:03d}.nii.gz", brain_volume(seed=i))
+        save_nifti(tmp_path / "labelsTr" / f"case_{i:03d}.nii.gz", lesion_volume())
+    out = tmp_path / "out"
+    summary = prepare_nifti(tmp_path / "imagesTr", out, labels=tmp_path / "labelsTr", options=SliceOptions(size=16))
+    assert summary.subjects == {"train": 2, "test": 1}
+    assert {row["subject"] for row in read_manifest(out)} == {"case_000", "case_001", "case_002"}
+    samples = read_split_csv(out, "manifest.csv")
+    assert len(samples) == sum(summary.slices.values())
+    assert (samples.loc[samples.label_index == 1, "mask_path"] != "").all()
 
 
 def test_png16_keeps_relative_intensities(tmp_path: Path) -> None:
@@ -153,7 +178,8 @@ def test_png16_keeps_relative_intensities(tmp_path: Path) -> None:
     assert rows
     for row in rows:
         image = cv2.imread(str(out / row["file"]), cv2.IMREAD_UNCHANGED)
-        assert image.dtype == np.uint16 and image.shape == (32, 32)
+        assert image.dtype == np.uint16
+        assert image.shape == (32, 32)
         source = np.rot90(volume[:, :, int(row["slice_index"])])  # displayed with anterior up
         inside = source > 0
         assert np.corrcoef(source[inside], image[inside].astype(float))[0, 1] > 0.999
@@ -167,7 +193,9 @@ def test_axis_slice_range_and_size(tmp_path: Path) -> None:
     save_nifti(tmp_path / "in" / "sub01.nii.gz", brain_volume())
     prepare_nifti(tmp_path / "in", tmp_path / "z", options=SliceOptions(slice_range="3:-3", size=24, test_fraction=0))
     indices = [int(row["slice_index"]) for row in read_manifest(tmp_path / "z")]
-    assert indices and min(indices) >= 3 and max(indices) < SHAPE[2] - 3
+    assert indices
+    assert min(indices) >= 3
+    assert max(indices) < SHAPE[2] - 3
     prepare_nifti(tmp_path / "in", tmp_path / "x", options=SliceOptions(axis=0, size=0, test_fraction=0))
     rows = read_manifest(tmp_path / "x")
     image = cv2.imread(str(tmp_path / "x" / rows[0]["file"]), cv2.IMREAD_UNCHANGED)
@@ -184,7 +212,9 @@ def test_window_normalisation_and_foreground_fraction(tmp_path: Path) -> None:
     loose = prepare_nifti(
         tmp_path / "in",
         tmp_path / "b",
-        options=SliceOptions(foreground_fraction=0.01, normalise="window", window_min=0, window_max=2000, size=0),
+        options=SliceOptions(
+            foreground_fraction=0.01, normalise="window", window_min=0, window_max=2000, size=0, test_fraction=0
+        ),
     )
     assert strict.dropped["low_foreground"] > loose.dropped["low_foreground"]
     with pytest.raises(PrepareError, match="window-min"):
@@ -197,7 +227,9 @@ def test_cli_summary_and_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture
     args += ["--output", str(tmp_path / "out"), "--size", "16"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "subjects: 2 train, 1 test" in printed and "ambiguous" in printed and "test/abnormal 2" in printed
+    assert "subjects: 2 train, 1 test" in printed
+    assert "ambiguous" in printed
+    assert "test/abnormal 2" in printed
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
     before = (tmp_path / "out" / "manifest.csv").stat().st_ino
@@ -210,15 +242,15 @@ def test_cli_summary_and_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_missing_and_empty_inputs_are_named(tmp_path: Path) -> None:
-    with pytest.raises(PrepareError, match=str(tmp_path / "nowhere")):
+    with pytest.raises(PrepareError, match=re.escape(str(tmp_path / "nowhere"))):
         prepare_nifti(tmp_path / "nowhere", tmp_path / "out")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(PrepareError, match=f"no NIfTI files .* in folder {tmp_path / 'empty'}"):
+    with pytest.raises(PrepareError, match=f"no NIfTI files .* in folder {re.escape(str(tmp_path / 'empty'))}"):
         prepare_nifti(tmp_path / "empty", tmp_path / "out")
     with pytest.raises(PrepareError, match="matches no file"):
         prepare_nifti(f"{tmp_path}/*/*_flair.nii.gz", tmp_path / "out")
+    (tmp_path / "series" / "subject1").mkdir(parents=True)
     with pytest.raises(PrepareError, match="holds no files"):
-        (tmp_path / "series" / "subject1").mkdir(parents=True)
         prepare_dicom(tmp_path / "series", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -226,14 +258,14 @@ def test_missing_and_empty_inputs_are_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "not_gzip"])
 def test_unreadable_volume_is_named(tmp_path: Path, damage: str) -> None:
     good = save_nifti(tmp_path / "in" / "a01.nii.gz", brain_volume())
-    bad = tmp_path / "in" / "b02.nii.gz"
+    bad = tmp_path / "in" / ("b02.nii" if damage == "garbage" else "b02.nii.gz")
     if damage == "garbage":
         bad.write_bytes(b"this is not a NIfTI file at all" * 20)
     elif damage == "truncated":
         bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     else:
         bad.write_bytes(nibabel.Nifti1Image(brain_volume(), np.eye(4)).to_bytes()[:1000])
-    with pytest.raises(PrepareError, match=f"cannot read image {bad}"):
+    with pytest.raises(PrepareError, match=f"cannot read image {re.escape(str(bad))}"):
         prepare_nifti(tmp_path / "in", tmp_path / "out", options=SliceOptions(test_fraction=0))
     assert not (tmp_path / "out").exists()  # the first subject was written, then everything was removed
     assert siblings(tmp_path / "out") == ["in"]
@@ -245,8 +277,10 @@ def test_label_shape_mismatch_names_both_files(tmp_path: Path) -> None:
     label = save_nifti(tmp_path / "s1" / "s1_seg.nii.gz", lesion_volume((32, 32, 10), big=(4,), tiny=()))
     with pytest.raises(PrepareError) as caught:
         prepare_nifti(image, tmp_path / "out", labels=label, options=SliceOptions(test_fraction=0))
-    assert str(label) in str(caught.value) and str(image) in str(caught.value)
-    assert "(32, 32, 10)" in str(caught.value) and "(32, 32, 12)" in str(caught.value)
+    assert str(label) in str(caught.value)
+    assert str(image) in str(caught.value)
+    assert "(32, 32, 10)" in str(caught.value)
+    assert "(32, 32, 12)" in str(caught.value)
 
 
 def test_missing_label_names_the_subject(tmp_path: Path) -> None:
@@ -259,7 +293,7 @@ def test_missing_label_names_the_subject(tmp_path: Path) -> None:
 def test_two_modalities_for_one_subject_are_refused(tmp_path: Path) -> None:
     data = make_brats(tmp_path / "brats", subjects=2)
     save_nifti(data / "Case_000" / "Case_000_t1.nii.gz", brain_volume())
-    with pytest.raises(PrepareError, match="both subject 'Case_000'.*one modality per run"):
+    with pytest.raises(PrepareError, match=r"both subject 'Case_000'.*one modality per run"):
         prepare_nifti(f"{data}/*/Case_*[0-9]_[ft]*.nii.gz", tmp_path / "out")
 
 
@@ -306,7 +340,9 @@ def test_dicom_series_sorted_and_rescaled(tmp_path: Path) -> None:
     for subject in ("patient_a", "patient_b"):
         write_series(tmp_path / "series" / subject, hounsfield)
     out = tmp_path / "out"
-    options = SliceOptions(normalise="window", window_min=-1000, window_max=1200, size=0, format="png16")
+    options = SliceOptions(
+        normalise="window", window_min=-1000, window_max=1200, size=0, format="png16", test_fraction=0
+    )
     summary = prepare_dicom(tmp_path / "series", out, options=options)
     assert summary.subjects == {"train": 2, "test": 0}
     assert summary.slices["test/good"] == summary.slices["test/abnormal"] == 0
@@ -314,14 +350,17 @@ def test_dicom_series_sorted_and_rescaled(tmp_path: Path) -> None:
     assert {row["subject"] for row in rows} == {"patient_a", "patient_b"}
     for row in rows:
         k = int(row["slice_index"])
-        assert row["split"] == "train" and row["label"] == "0" and Path(row["source"]).suffix == ".dcm"
+        assert row["split"] == "train"
+        assert row["label"] == "0"
+        assert Path(row["source"]).suffix == ".dcm"
         stored = pydicom.dcmread(row["source"])
         assert float(stored.ImagePositionPatient[2]) == 2.5 * k  # sorted by position
         image = cv2.imread(str(out / row["file"]), cv2.IMREAD_UNCHANGED).astype(float) / 65535
         expected = np.clip((hounsfield[:, :, k] + 1000) / 2200, 0, 1)  # rescale slope/intercept applied
         assert np.abs(image - expected).max() < 2e-3
     split = prepare_dicom(tmp_path / "series", tmp_path / "split", options=SliceOptions(test_fraction=0.5, size=16))
-    assert split.subjects == {"train": 1, "test": 1} and split.slices["test/good"] > 0
+    assert split.subjects == {"train": 1, "test": 1}
+    assert split.slices["test/good"] > 0
 
 
 def test_dicom_pydicom_test_file(tmp_path: Path) -> None:
@@ -331,18 +370,38 @@ def test_dicom_pydicom_test_file(tmp_path: Path) -> None:
     folder.mkdir(parents=True)
     shutil.copy(get_testdata_file("CT_small.dcm"), folder / "CT_small.dcm")
     summary = prepare_dicom(
-        tmp_path / "series", tmp_path / "out", options=SliceOptions(normalise="window", window_min=-160, window_max=240)
+        tmp_path / "series",
+        tmp_path / "out",
+        options=SliceOptions(normalise="window", window_min=-160, window_max=240, test_fraction=0),
     )
     assert summary.slices["train/good"] == 1
     row = read_manifest(tmp_path / "out")[0]
     assert cv2.imread(str(tmp_path / "out" / row["file"]), cv2.IMREAD_UNCHANGED).shape == (128, 128)
 
 
+def test_dicom_multiframe_file_is_one_volume(tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    frames = np.stack([ds.pixel_array + 100 * k for k in range(3)]).astype(np.int16)
+    ds.NumberOfFrames = 3
+    ds.PixelData = frames.tobytes()
+    (tmp_path / "series" / "mf").mkdir(parents=True)
+    ds.save_as(tmp_path / "series" / "mf" / "multi.dcm")
+    options = SliceOptions(normalise="minmax", size=0, format="png16", test_fraction=0)
+    summary = prepare_dicom(tmp_path / "series", tmp_path / "out", options=options)
+    assert summary.slices["train/good"] == 3
+    rows = read_manifest(tmp_path / "out")
+    means = [cv2.imread(str(tmp_path / "out" / r["file"]), cv2.IMREAD_UNCHANGED).mean() for r in rows]
+    assert [int(r["slice_index"]) for r in rows] == [0, 1, 2]
+    assert means[0] < means[1] < means[2]
+
+
 def test_unreadable_dicom_is_named(tmp_path: Path) -> None:
     write_series(tmp_path / "series" / "p1", brain_volume(shape=(16, 16, 4)))
     bad = tmp_path / "series" / "p1" / "broken.dcm"
     bad.write_bytes(b"\0" * 50)
-    with pytest.raises(PrepareError, match=f"cannot read DICOM file {bad}"):
+    with pytest.raises(PrepareError, match=f"cannot read DICOM file {re.escape(str(bad))}"):
         prepare_dicom(tmp_path / "series", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -353,7 +412,7 @@ def test_unreadable_dicom_is_named(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_one_brats_sized_volume_is_fast(tmp_path: Path) -> None:
     shape = (240, 240, 155)
-    make_brats(tmp_path / "brats", subjects=1, shape=shape)
+    make_brats(tmp_path / "brats", subjects=1, shape=shape, big=range(60, 90), tiny=(90, 91))
     start = time.perf_counter()
     summary = prepare_nifti(
         f"{tmp_path}/brats/*/*_flair.nii.gz",
@@ -363,4 +422,6 @@ def test_one_brats_sized_volume_is_fast(tmp_path: Path) -> None:
     )
     elapsed = time.perf_counter() - start
     assert summary.slices["test/good"] > 50
+    assert summary.slices["test/abnormal"] == 30
+    assert summary.dropped["ambiguous_lesion"] == 2
     assert elapsed < 10, f"one 240x240x155 volume took {elapsed:.1f} s"
