@@ -7,10 +7,16 @@ from typing import Any
 
 from anomalib.data import Folder
 from anomalib.data.datasets.base.image import AnomalibDataset
+from anomalib.data.datasets.image.folder import FolderDataset
 
+from proxyano_plugin.data.intensity import FullDepthDataset, check_intensity, check_split_modes
 from proxyano_plugin.data.validation import DataProblem, check_folder_dataset, report_problems
 
 logger = logging.getLogger(__name__)
+
+
+class FullDepthFolderDataset(FullDepthDataset, FolderDataset):
+    """anomalib's ``FolderDataset``, reading its images at full bit depth (see :class:`FullDepthDataset`)."""
 
 
 class CheckedFolder(Folder):
@@ -24,6 +30,11 @@ class CheckedFolder(Folder):
 
     Args:
         strict: raise on unreadable images instead of skipping them.
+        intensity: ``None`` (default) reads images as anomalib does, as 8-bit RGB, which clips 16-bit
+            values; ``"minmax"``, ``"percentile"`` (0.5th-99.5th, clipped) or ``"window"`` read them at
+            full depth and map them to [0, 1] per image, or with ``intensity_window``
+            (:func:`~proxyano_plugin.data.intensity.read_full_depth`).
+        intensity_window: ``[low, high]`` in the images' raw units, for ``intensity="window"``.
         **kwargs: the arguments of ``anomalib.data.Folder`` (``name``, ``normal_dir``, ``root``, ...).
 
     Example:
@@ -32,9 +43,19 @@ class CheckedFolder(Folder):
         >>> datamodule.setup()  # DatasetError: abnormal image .../tumour/007.png has no mask named ...
     """
 
-    def __init__(self, strict: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        strict: bool = False,
+        intensity: str | None = None,
+        intensity_window: list[float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        window = check_intensity(intensity, intensity_window)
         super().__init__(**kwargs)
+        check_split_modes(intensity, self.test_split_mode, self.val_split_mode)
         self.strict = strict
+        self.intensity = intensity
+        self.intensity_window = window
         # What the check found (None until setup): kept so that it runs, and reports, only once.
         self.problems: list[DataProblem] | None = None
 
@@ -48,6 +69,7 @@ class CheckedFolder(Folder):
                 mask_dir=self.mask_dir,
                 extensions=self.extensions,
                 strict=self.strict,
+                full_depth=self.intensity is not None,
             )
             report_problems(problems, logger)
             self.problems = problems
@@ -56,6 +78,11 @@ class CheckedFolder(Folder):
         if skipped:
             for dataset in (self.train_data, self.test_data):
                 _drop(dataset, skipped)
+        if self.intensity is not None:  # before the splits, which copy these datasets
+            self.train_data, self.test_data = (
+                FullDepthFolderDataset.adopt(dataset, self.intensity, self.intensity_window)
+                for dataset in (self.train_data, self.test_data)
+            )
 
 
 def _drop(dataset: AnomalibDataset, paths: set[str]) -> None:

@@ -15,6 +15,7 @@ from anomalib.data.datasets.image.tabular import TabularDataset
 from anomalib.data.utils import Split, TestSplitMode, ValSplitMode
 from torchvision.transforms.v2 import Transform
 
+from proxyano_plugin.data.intensity import FullDepthDataset, check_intensity, check_split_modes
 from proxyano_plugin.data.validation import DataProblem, DatasetError
 
 REQUIRED_COLUMNS = ("file", "label", "split")
@@ -93,6 +94,10 @@ def read_split_csv(root: str | Path, split_csv: str | Path) -> pd.DataFrame:
     return samples.astype({"label_index": "Int64", "mask_path": object})
 
 
+class FullDepthTabularDataset(FullDepthDataset, TabularDataset):
+    """anomalib's ``TabularDataset``, reading its images at full bit depth (see :class:`FullDepthDataset`)."""
+
+
 class SplitCSV(AnomalibDataModule):
     """Images under ``root``, labelled and split by a CSV file (image-level labels, optional masks).
 
@@ -120,6 +125,11 @@ class SplitCSV(AnomalibDataModule):
         val_split_mode: how the validation set is made (anomalib's ``ValSplitMode``).
         val_split_ratio: share of the test images moved to validation.
         seed: seed of the validation split.
+        intensity: ``None`` (default) reads images as anomalib does, as 8-bit RGB, which clips 16-bit
+            values; ``"minmax"``, ``"percentile"`` (0.5th-99.5th, clipped) or ``"window"`` read them at
+            full depth and map them to [0, 1] per image, or with ``intensity_window``
+            (:func:`~proxyano_plugin.data.intensity.read_full_depth`).
+        intensity_window: ``[low, high]`` in the images' raw units, for ``intensity="window"``.
     """
 
     def __init__(
@@ -137,7 +147,11 @@ class SplitCSV(AnomalibDataModule):
         val_split_mode: ValSplitMode | str = ValSplitMode.FROM_TEST,
         val_split_ratio: float = 0.5,
         seed: int | None = None,
+        intensity: str | None = None,
+        intensity_window: list[float] | None = None,
     ) -> None:
+        window = check_intensity(intensity, intensity_window)
+        check_split_modes(intensity, val_split_mode)
         super().__init__(
             train_batch_size=train_batch_size,
             eval_batch_size=eval_batch_size,
@@ -155,6 +169,8 @@ class SplitCSV(AnomalibDataModule):
         self.split_csv = resolve_split_csv(self.root, split_csv)
         self._name = name or self.root.name
         self.category = self.split_csv.stem
+        self.intensity = intensity
+        self.intensity_window = window
 
     @property
     def name(self) -> str:
@@ -167,3 +183,8 @@ class SplitCSV(AnomalibDataModule):
             TabularDataset(name=self.name, samples=samples, split=split, root=self.root)
             for split in (Split.TRAIN, Split.TEST)
         )
+        if self.intensity is not None:  # before the splits, which copy these datasets
+            self.train_data, self.test_data = (
+                FullDepthTabularDataset.adopt(dataset, self.intensity, self.intensity_window)
+                for dataset in (self.train_data, self.test_data)
+            )

@@ -88,13 +88,15 @@ def check_folder_dataset(
     mask_dir: PathArg = None,
     extensions: Sequence[str] | None = None,
     strict: bool = False,
+    full_depth: bool = False,
 ) -> list[DataProblem]:
     """Check the folders, images and masks anomalib's ``Folder`` would use; return every problem found.
 
     Arguments mean what they mean for ``anomalib.data.Folder`` (relative folders are resolved against
     ``root``). Checks: each folder exists and holds images; every image decodes in full (unreadable ones
     are fatal with ``strict``, otherwise reported so the caller can skip them); 16-bit images (anomalib
-    clips them to 0-255); masks pair one-to-one with abnormal images by name, in the order anomalib pairs
+    clips them to 0-255; not reported with ``full_depth=True``, i.e. when the datamodule's ``intensity``
+    option reads them at full depth); masks pair one-to-one with abnormal images by name, in the order anomalib pairs
     them, decode, and match their image's size.
     """
     if extensions is None:
@@ -124,7 +126,7 @@ def check_folder_dataset(
             listed[role] += files
             if role == "mask_dir":
                 continue  # checked against their images below
-            found = _check_images(files, role.removesuffix("_dir") + " image", strict)
+            found = _check_images(files, role.removesuffix("_dir") + " image", strict, full_depth)
             problems += found
             if role == "normal_dir" and sum(problem.kind == "unreadable" for problem in found) == len(files):
                 message = f"normal_dir {folder} holds no readable image: replace the damaged files"
@@ -170,7 +172,7 @@ def _unreadable(path: Path, role: str, error: Exception) -> str:
     return f"{role} {path} cannot be read ({error}): replace or delete it"
 
 
-def _check_images(files: list[Path], role: str, strict: bool) -> list[DataProblem]:
+def _check_images(files: list[Path], role: str, strict: bool, full_depth: bool = False) -> list[DataProblem]:
     problems = []
     deep = []
     for path in files:
@@ -180,12 +182,13 @@ def _check_images(files: list[Path], role: str, strict: bool) -> list[DataProble
             message = _unreadable(path, role, error) + ("" if strict else " (skipped)")
             problems.append(DataProblem("unreadable", path, message, strict))
             continue
-        if mode in _16_BIT_MODES:
+        if mode in _16_BIT_MODES and not full_depth:
             deep.append(path)
     if deep:
         message = (
             f"{len(deep)} {role}s are 16-bit (first: {deep[0]}); anomalib's reader clips them to 0-255: "
-            "rescale them to 8-bit first"
+            "set the datamodule's intensity option (e.g. --data.intensity percentile) to read them at full depth, "
+            "or rescale them to 8-bit first"
         )
         problems.append(DataProblem("16_bit", deep[0], message, False))
     return problems
