@@ -17,26 +17,14 @@ import statistics
 import time
 
 import torch
+from proxyano_sweep import load_split, train_epoch  # beside this script
 
 from proxyano_plugin import BrainMRIDemo, ProxyAno
 
 
-def train_images(image_size: int) -> torch.Tensor:
-    data = BrainMRIDemo(train_batch_size=64)
-    data.prepare_data()
-    data.setup()
-    reference = ProxyAno(image_size=image_size)
-    batches = [reference.pre_processor.transform(batch.image) for batch in data.train_dataloader()]
-    return reference.model.to_model_channels(torch.cat(batches))
-
-
 def run_epoch(model: ProxyAno, optimizer: torch.optim.Optimizer, images: torch.Tensor, batch_size: int) -> float:
     start = time.perf_counter()
-    for index in range(0, images.shape[0] - batch_size + 1, batch_size):
-        loss = model.training_losses(images[index : index + batch_size])["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_epoch(model, optimizer, images, batch_size)
     return time.perf_counter() - start
 
 
@@ -48,7 +36,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
     torch.manual_seed(0)
-    images = train_images(args.image_size)
+    data = BrainMRIDemo(train_batch_size=64)
+    data.prepare_data()
+    data.setup()
+    images, _, _ = load_split(ProxyAno(image_size=args.image_size), data.train_dataloader(), torch.device("cpu"))
     names = ["identity", *args.proxies]
     models = {name: ProxyAno(image_size=args.image_size, proxy=name) for name in names}
     optimizers = {name: model.configure_optimizers() for name, model in models.items()}

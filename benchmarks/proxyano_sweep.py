@@ -61,6 +61,21 @@ def load_split(model: ProxyAno, loader, device: torch.device) -> tuple[torch.Ten
     return tuple(t.to(device) if t is not None else None for t in stacked)
 
 
+def train_epoch(
+    model: ProxyAno, optimizer: torch.optim.Optimizer, images: torch.Tensor, batch_size: int
+) -> dict[str, float]:
+    """One pass over ``images`` in order, full batches only; the loss terms summed over the steps."""
+    totals: dict[str, float] = {}
+    for start in range(0, images.shape[0] - batch_size + 1, batch_size):
+        terms = model.training_losses(images[start : start + batch_size])
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+        for name, value in terms.items():
+            totals[name] = totals.get(name, 0.0) + value.item()
+    return totals
+
+
 @torch.no_grad()
 def evaluate(model: ProxyAno, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
     net = model.model
@@ -102,15 +117,8 @@ def main() -> None:
     optimizer = model.configure_optimizers()
     started = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
-        totals: dict[str, float] = {}
         order = torch.randperm(train_images.shape[0], device=device)
-        for start in range(0, len(order) - args.batch_size + 1, args.batch_size):
-            terms = model.training_losses(train_images[order[start : start + args.batch_size]])
-            optimizer.zero_grad()
-            terms["loss"].backward()
-            optimizer.step()
-            for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + value.item()
+        totals = train_epoch(model, optimizer, train_images[order], args.batch_size)
         if epoch % args.every == 0 or epoch == args.epochs:
             scores = evaluate(model, test_images, test_labels, test_masks)
             line = {"label": args.label, "epoch": epoch, "seconds": round(time.perf_counter() - started, 1)}

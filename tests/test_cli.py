@@ -81,6 +81,21 @@ def test_predict_from_checkpoint_writes_visualisations(trained):
     assert len(written) == len(list(lesions.glob("*.png")))
 
 
+def export(trained: tuple[Path, Path, str], model: str, export_type: str, pattern: str) -> Path:
+    """Export the trained checkpoint through the CLI; the one exported file matching ``pattern``."""
+    workdir, checkpoint, _ = trained
+    root = workdir / f"export_{export_type}"
+    _ok(
+        anomalib_cli(
+            "export", "--model", model, *TINY_MODEL, "--ckpt_path", str(checkpoint),
+            "--export_type", export_type, "--export_root", str(root),
+            cwd=workdir,
+        )
+    )  # fmt: skip
+    (model_file,) = root.rglob(pattern)
+    return model_file
+
+
 def assert_matches_lightning(exported: dict[str, np.ndarray], checkpoint: Path, images: torch.Tensor) -> None:
     """An exported model's outputs equal the Lightning model's, loaded from the same checkpoint, within 1e-4."""
     from proxyano_plugin import ProxyAno
@@ -95,15 +110,8 @@ def assert_matches_lightning(exported: dict[str, np.ndarray], checkpoint: Path, 
 def test_onnx_export_is_pure_and_matches_lightning(trained):
     onnx = pytest.importorskip("onnx")
     onnxruntime = pytest.importorskip("onnxruntime")
-    workdir, checkpoint, _ = trained
-    _ok(
-        anomalib_cli(
-            "export", "--model", "proxyano_plugin.ProxyAno", *TINY_MODEL, "--ckpt_path", str(checkpoint),
-            "--export_type", "onnx", "--export_root", str(workdir / "export"),
-            cwd=workdir,
-        )
-    )  # fmt: skip
-    (model_file,) = (workdir / "export").rglob("*.onnx")
+    _, checkpoint, _ = trained
+    model_file = export(trained, "proxyano_plugin.ProxyAno", "onnx", "*.onnx")
     graph = onnx.load(str(model_file)).graph
     assert {node.domain for node in graph.node} <= {"", "ai.onnx"}, "custom ops in the exported graph"
 
@@ -116,15 +124,8 @@ def test_onnx_export_is_pure_and_matches_lightning(trained):
 
 def test_openvino_export_matches_lightning(trained):
     openvino = pytest.importorskip("openvino")
-    workdir, checkpoint, _ = trained
-    _ok(
-        anomalib_cli(
-            "export", "--model", "ProxyAno", *TINY_MODEL, "--ckpt_path", str(checkpoint),
-            "--export_type", "openvino", "--export_root", str(workdir / "export_openvino"),
-            cwd=workdir,
-        )
-    )  # fmt: skip
-    (model_file,) = (workdir / "export_openvino").rglob("*.xml")
+    _, checkpoint, _ = trained
+    model_file = export(trained, "ProxyAno", "openvino", "*.xml")
     compiled = openvino.Core().compile_model(str(model_file), "CPU")
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     result = compiled(images.numpy())
@@ -133,15 +134,7 @@ def test_openvino_export_matches_lightning(trained):
 
 
 def test_torch_export_loads_and_scores(trained):
-    workdir, checkpoint, _ = trained
-    _ok(
-        anomalib_cli(
-            "export", "--model", "ProxyAno", *TINY_MODEL, "--ckpt_path", str(checkpoint),
-            "--export_type", "torch", "--export_root", str(workdir / "export_torch"),
-            cwd=workdir,
-        )
-    )  # fmt: skip
-    (model_file,) = (workdir / "export_torch").rglob("*.pt")
+    model_file = export(trained, "ProxyAno", "torch", "*.pt")
     assert model_file.stat().st_size > 0
 
 
