@@ -6,7 +6,8 @@ prints one JSON line with the summed loss terms and test AUROCs of several readi
 
 - ``full_*``: the real inference path, |x - IRM(PEM(x))| (what anomalib reports);
 - ``irm_on_true_proxy_*``: the IRM fed the *extracted* proxy of the test image instead of the predicted one;
-- ``pem_error_pixel``: the PEM's own error |PEM(x) - proxy(x)| as a pixel map (does the memory refuse lesions?);
+- ``pem_error_pixel``: the PEM's own error |PEM(x) - proxy(x)| as a pixel map (does the memory refuse
+  lesions?; absent without a PEM);
 - ``sigma{S}_top{K}_image`` / ``sigma{S}_pixel``: the full path scored with other map smoothings and top-k.
 
 Examples (the numbers in the model README came from these, on one NVIDIA H200 and on this repo's CPUs)::
@@ -81,14 +82,15 @@ def evaluate(model: ProxyAno, images: torch.Tensor, labels: torch.Tensor, masks:
     net = model.model
     net.eval()
     proxies = model.proxy_extractor(images)
-    predicted, _ = net.pem(images)
+    predicted = net.reconstruct(images).proxy  # the image itself with reconstruct_from="image"
     readings = {"full": net.irm(predicted), "irm_on_true_proxy": net.irm(proxies)}
     scores = {}
     for name, reconstruction in readings.items():
         anomaly_map = net.error_map(images, reconstruction)
         scores[f"{name}_image"] = binary_auroc(net.image_score(anomaly_map), labels).item()
         scores[f"{name}_pixel"] = binary_auroc(anomaly_map.flatten(), masks.flatten()).item()
-    scores["pem_error_pixel"] = binary_auroc((predicted - proxies).abs().mean(1).flatten(), masks.flatten()).item()
+    if net.pem is not None:
+        scores["pem_error_pixel"] = binary_auroc((predicted - proxies).abs().mean(1).flatten(), masks.flatten()).item()
     kernel, top = net.smoothing_kernel, net.score_topk
     for sigma in SIGMAS:
         net.smoothing_kernel = gaussian_kernel(sigma).to(images.device)

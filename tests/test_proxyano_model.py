@@ -65,6 +65,21 @@ def test_eval_forward_gives_scores_and_maps(in_channels):
     assert output.anomaly_map.shape == (4, 1, 32, 32)
 
 
+def test_reconstruct_from_image_is_a_repair_network_without_pem():
+    lightning.seed_everything(0)
+    model = ProxyAno(**TINY, proxy="identity", reconstruct_from="image")
+    assert model.model.pem is None
+    batch = _batch()
+    assert set(model.training_losses(model.model.to_model_channels(batch.image))) == {"irm", "loss"}
+    losses = _train(model, batch, steps=15)
+    assert losses[-1] < 0.6 * losses[0]
+    model.eval()
+    with torch.no_grad():
+        parts = model.model.reconstruct(batch.image)
+    torch.testing.assert_close(parts.proxy, parts.image)  # the IRM saw the raw image
+    torch.testing.assert_close(parts.reconstruction, model.model.irm(parts.image))
+
+
 def test_nan_input_names_the_file():
     model = ProxyAno(**TINY, proxy="identity")
     batch = _batch(3)
@@ -88,6 +103,8 @@ def test_nan_loss_stops_training_with_a_clear_message():
         ({"image_size": 30}, "image_size must be a positive multiple of 4"),
         ({"proxy": "no-such-proxy"}, "no-such-proxy"),
         ({"score_topk": 0.0}, "score_topk"),
+        ({"reconstruct_from": "image"}, "set proxy='identity'"),
+        ({"reconstruct_from": "pem", "proxy": "identity"}, "reconstruct_from must be one of"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, message):

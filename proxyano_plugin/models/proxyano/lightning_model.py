@@ -58,6 +58,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         score_topk: Image score = mean of the top fraction of map values (1.0 = mean error).
         error: ``"l1"`` or ``"l2"`` pixel error.
         learning_rate: Adam learning rate for both networks.
+        reconstruct_from: ``"predicted_proxy"`` (default, the paper) or ``"image"``: no PEM; the IRM is
+            trained to repair pasted patches on the raw image and scores the raw image (a CutPaste-style
+            repair network, an ablation of the proxy bridge). ``"image"`` needs ``proxy="identity"``.
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         score_topk: float = 0.01,
         error: str = "l1",
         learning_rate: float = 1e-3,
+        reconstruct_from: str = "predicted_proxy",
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -88,6 +92,12 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         stride = 2 ** (len(widths) - 1)
         if image_size < stride or image_size % stride:
             msg = f"image_size must be a positive multiple of {stride} for {len(widths)} levels, got {image_size}"
+            raise ValueError(msg)
+        if reconstruct_from == "image" and proxy != "identity":
+            msg = (
+                "reconstruct_from='image' feeds the IRM the raw image at test time, so it must also train on "
+                f"the raw image: set proxy='identity' (got proxy={proxy!r})"
+            )
             raise ValueError(msg)
         if pre_processor is True:
             pre_processor = self.configure_pre_processor((image_size, image_size))
@@ -105,6 +115,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             map_sigma=map_sigma,
             score_topk=score_topk,
             error=error,
+            reconstruct_from=reconstruct_from,
         )
         self.proxy_extractor = CachedProxy(create_proxy(proxy, **(proxy_kwargs or {})), cache_dir=proxy_cache_dir)
         self.paster = PatchPaster(paste_probability, tuple(paste_area_range), tuple(paste_aspect_range))
@@ -145,8 +156,10 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
     def training_losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss terms for a batch already in the model's channels (also used by benchmarks/proxyano_sweep.py)."""
         proxies = self.proxy_extractor(images)
-        predicted, memory_weights = self.model.pem(images)
         corrupted, _ = self.paster(proxies, images)
+        if self.model.pem is None:  # reconstruct_from="image": the IRM alone, repairing the raw image
+            return self.loss(images, proxies, None, None, self.model.irm(corrupted), None)
+        predicted, memory_weights = self.model.pem(images)
         with_predicted = self.loss.predicted_proxy_weight > 0
         irm_inputs = torch.cat([corrupted, predicted.detach()]) if with_predicted else corrupted
         reconstructions = self.model.irm(irm_inputs)

@@ -10,7 +10,8 @@ from .memory import addressing_entropy
 class ProxyAnoLoss(nn.Module):
     """Sum of the terms below; each is also returned for logging.
 
-    - ``pem``: MSE between the predicted and the extracted proxy (the PEM's target).
+    - ``pem``: MSE between the predicted and the extracted proxy (the PEM's target); absent without a PEM
+      (``reconstruct_from="image"``).
     - ``entropy``: MemAE addressing entropy, weighted by ``entropy_weight``.
     - ``irm``: MSE between the IRM's output on (pseudo-abnormal) extracted proxies and the normal image.
     - ``irm_predicted``: MSE between the IRM's output on the PEM's *predicted* proxy (detached) and the
@@ -27,15 +28,13 @@ class ProxyAnoLoss(nn.Module):
         self,
         images: torch.Tensor,
         proxies: torch.Tensor,
-        predicted_proxies: torch.Tensor,
+        predicted_proxies: torch.Tensor | None,
         memory_weights: torch.Tensor | None,
         reconstructions: torch.Tensor,
         reconstructions_from_predicted: torch.Tensor | None,
     ) -> dict[str, torch.Tensor]:
-        terms = {
-            "pem": F.mse_loss(predicted_proxies, proxies),
-            "irm": F.mse_loss(reconstructions, images),
-        }
+        terms = {} if predicted_proxies is None else {"pem": F.mse_loss(predicted_proxies, proxies)}
+        terms["irm"] = F.mse_loss(reconstructions, images)
         if memory_weights is not None and self.entropy_weight > 0:
             terms["entropy"] = self.entropy_weight * addressing_entropy(memory_weights)
         if reconstructions_from_predicted is not None:

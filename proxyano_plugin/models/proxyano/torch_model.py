@@ -125,6 +125,9 @@ class ProxyAnoOutput(NamedTuple):
     pred_score: torch.Tensor
 
 
+RECONSTRUCT_FROM = ("predicted_proxy", "image")
+
+
 def gaussian_kernel(sigma: float) -> torch.Tensor:
     """Normalised 1D Gaussian covering +-3 sigma."""
     radius = max(1, round(3 * sigma))
@@ -144,6 +147,8 @@ class ProxyAnoModel(nn.Module):
         map_sigma: Gaussian smoothing (pixels) of the error map; 0 disables it.
         score_topk: Image score = mean of the top ``score_topk`` fraction of the map (1.0 = mean error).
         error: Pixel error, ``"l1"`` (|x - x_hat|) or ``"l2"`` ((x - x_hat)^2), averaged over channels.
+        reconstruct_from: ``"predicted_proxy"`` (the paper: image -> PEM -> IRM) or ``"image"`` (no PEM is
+            built; the IRM repairs the raw image, a CutPaste-style variant kept for ablations).
     """
 
     def __init__(
@@ -155,6 +160,7 @@ class ProxyAnoModel(nn.Module):
         map_sigma: float,
         score_topk: float,
         error: str,
+        reconstruct_from: str = "predicted_proxy",
     ) -> None:
         super().__init__()
         if in_channels not in {1, 3}:
@@ -166,10 +172,17 @@ class ProxyAnoModel(nn.Module):
         if error not in {"l1", "l2"}:
             msg = f"error must be 'l1' or 'l2', got {error!r}"
             raise ValueError(msg)
+        if reconstruct_from not in RECONSTRUCT_FROM:
+            msg = f"reconstruct_from must be one of {', '.join(RECONSTRUCT_FROM)}, got {reconstruct_from!r}"
+            raise ValueError(msg)
         self.in_channels = in_channels
         self.score_topk = score_topk
         self.error = error
-        self.pem = ProxyExtractionModule(in_channels, widths, memory_size, memory_shrink_threshold)
+        self.pem = (
+            ProxyExtractionModule(in_channels, widths, memory_size, memory_shrink_threshold)
+            if reconstruct_from == "predicted_proxy"
+            else None
+        )
         self.irm = ImageReconstructionModule(in_channels, widths)
         self.register_buffer("smoothing_kernel", gaussian_kernel(map_sigma) if map_sigma > 0 else None, False)
 
@@ -199,7 +212,7 @@ class ProxyAnoModel(nn.Module):
     def reconstruct(self, images: torch.Tensor) -> ProxyAnoOutput:
         """Run the full inference path and keep the intermediates."""
         images = self.to_model_channels(images)
-        proxy, _ = self.pem(images)
+        proxy = images if self.pem is None else self.pem(images)[0]
         reconstruction = self.irm(proxy)
         anomaly_map = self.error_map(images, reconstruction)
         return ProxyAnoOutput(images, proxy, reconstruction, anomaly_map, self.image_score(anomaly_map))
