@@ -136,6 +136,46 @@ def test_split_csv_from_the_shipped_config(csv_tree: Path) -> None:
     assert datamodule.split_csv == csv_tree / "splits" / "basic.csv"
 
 
+def test_split_csv_skips_an_unreadable_image_once_and_logs_a_summary(
+    csv_tree: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = csv_tree / "normal" / "n1.png"
+    broken.write_bytes(broken.read_bytes()[:40])  # truncated
+    datamodule = SplitCSV(root=csv_tree, split_csv="basic", num_workers=0)
+    with caplog.at_level(logging.INFO, logger="proxyano_plugin"):
+        datamodule.setup()
+        datamodule.setup()
+    messages = [record.getMessage() for record in caplog.records if record.name.startswith("proxyano_plugin")]
+    assert len(messages) == 2  # one warning, one summary: the check runs once
+    assert messages[0].startswith(f"train normal image {broken} cannot be read")
+    assert messages[0].endswith("(skipped)")
+    assert messages[1].startswith("dataset: train normal 3, test normal 2, test abnormal 4 readable images")
+    assert len(datamodule.train_data) == 3
+    with pytest.raises(DatasetError, match=f"train normal image {broken} cannot be read"):
+        SplitCSV(root=csv_tree, split_csv="basic", strict=True).setup()
+
+
+def test_split_csv_pixel_metrics_without_masks_names_the_first_abnormal_image(csv_tree: Path) -> None:
+    with pytest.raises(DatasetError) as error:
+        SplitCSV(root=csv_tree, split_csv="basic", pixel_metrics=True).setup()
+    assert str(error.value).startswith(
+        f"pixel metrics are requested but the 4 abnormal test images of {csv_tree / 'splits' / 'basic.csv'} have no "
+        f"masks (first: {csv_tree / 'abnormal' / 'a0.png'})"
+    )
+
+
+def test_split_csv_mask_of_another_size_names_mask_and_image(csv_tree: Path) -> None:
+    lines = (csv_tree / "splits" / "basic.csv").read_text().splitlines()
+    rows = [line + (",masks/" + line.split("/")[1].split(",")[0] if ",1," in line else ",") for line in lines[1:]]
+    for index in range(4):
+        write_png(csv_tree / "masks" / f"a{index}.png", value=255, size=24 if index else 12)
+    (csv_tree / "masks.csv").write_text(lines[0] + ",mask\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DatasetError) as error:
+        SplitCSV(root=csv_tree, split_csv=csv_tree / "masks.csv").setup()
+    mask, image = csv_tree / "masks" / "a0.png", csv_tree / "abnormal" / "a0.png"
+    assert str(error.value) == f"mask {mask} is 12x12 but its image {image} is 24x24: resize the mask"
+
+
 def edit_csv(tree: Path, old: str, new: str) -> Path:
     path = tree / "splits" / "basic.csv"
     path.write_text(path.read_text().replace(old, new, 1))
@@ -244,3 +284,29 @@ def test_checked_folder_by_bare_name(folder_tree: Path) -> None:
     )  # fmt: skip
     assert isinstance(datamodule, CheckedFolder)
     assert datamodule.strict
+
+
+def test_checked_folder_skips_a_float_tiff_with_nan_and_logs_the_summary(
+    folder_tree: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (folder_tree / "good" / "g1.png").unlink()  # the truncated one of the fixture
+    nan = np.full((24, 24), 0.5, np.float32)
+    nan[0, 0] = np.nan
+    Image.fromarray(nan).save(folder_tree / "good" / "g9.tif")
+    datamodule = checked_folder(folder_tree)
+    with caplog.at_level(logging.INFO, logger="proxyano_plugin"):
+        datamodule.setup()
+    messages = [record.getMessage() for record in caplog.records if record.name.startswith("proxyano_plugin")]
+    assert messages[0] == (
+        f"normal image {folder_tree / 'good' / 'g9.tif'} holds 1 NaN or infinite value(s): "
+        "replace them (e.g. with 0) or delete the file (skipped)"
+    )
+    assert messages[1].startswith("dataset: normal_dir 3, abnormal_dir 2 readable images, 2 masks (1 skipped")
+    assert "intensity: normal_dir 100 to 100, abnormal_dir 220 to 220" in messages[1]
+    assert datamodule.summary is not None
+    assert len(datamodule.train_data) == 3
+
+
+def test_checked_folder_pixel_metrics_without_masks(folder_tree: Path) -> None:
+    with pytest.raises(DatasetError, match=f"the 2 abnormal images in {folder_tree / 'bad'} have no masks"):
+        checked_folder(folder_tree, mask_dir=None, pixel_metrics=True).setup()

@@ -8,12 +8,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from proxyano_plugin.data.validation import DatasetError, check_folder_dataset, report_problems
+from proxyano_plugin.data.validation import (
+    DatasetError,
+    check_folder_dataset,
+    inspect_folder_dataset,
+    report_problems,
+)
 
 
-def write_png(path: Path, size: int = 16, value: int = 100, dtype: type = np.uint8) -> Path:
+def write_png(path: Path, size: int = 16, value: float = 100, dtype: type = np.uint8, channels: int = 1) -> Path:
+    """A constant image (any format PIL writes from the suffix: a float32 ``.tif`` is a float TIFF)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((size, size), value, dtype=dtype)).save(path)
+    shape = (size, size) if channels == 1 else (size, size, channels)
+    Image.fromarray(np.full(shape, value, dtype=dtype)).save(path)
     return path
 
 
@@ -149,3 +156,68 @@ def test_report_problems_logs_warnings_and_raises_one_line_per_fatal(
     assert str(error.value).splitlines() == [problem.message for problem in problems if problem.fatal]
     assert len(error.value.problems) == 2
     assert [record.getMessage() for record in caplog.records] == [problems[0].message]
+
+
+def test_mixed_sizes_are_reported_once_naming_the_odd_file(tree: Path) -> None:
+    odd = write_png(tree / "good" / "d.png", size=24)
+    message = only(check(tree), "mixed_sizes")
+    assert message.startswith("images come in 2 sizes (16x16: 5, e.g. ")
+    assert f"24x24: 1, e.g. {odd}" in message
+    assert "anomalib resizes each to the model's input size" in message
+    assert not check(tree)[0].fatal
+
+
+def test_grayscale_mixed_with_colour_is_reported_naming_both(tree: Path) -> None:
+    colour = write_png(tree / "good" / "d.png", channels=3)
+    message = only(check(tree), "mixed_channels")
+    assert message.startswith(f"5 grayscale and 1 colour images are mixed (first grayscale: {tree / 'good' / 'a.png'}")
+    assert f"first colour: {colour}" in message
+    assert check(tree)[0].path == colour
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_in_a_float_tiff_is_skipped_or_fatal(tree: Path, bad: float) -> None:
+    path = write_png(tree / "good" / "d.tif", value=0.5, dtype=np.float32)
+    array = np.full((16, 16), 0.5, np.float32)
+    array[3, 4] = bad
+    Image.fromarray(array).save(path)
+    problems = check(tree, extensions=(".png", ".tif"))
+    assert only(problems, "non_finite") == (
+        f"normal image {path} holds 1 NaN or infinite value(s): replace them (e.g. with 0) or delete the file (skipped)"
+    )
+    assert not problems[0].fatal
+    assert check(tree, extensions=(".png", ".tif"), strict=True)[0].fatal
+
+
+def test_finite_float_tiff_passes_and_its_range_is_summarised(tree: Path) -> None:
+    write_png(tree / "good" / "d.tif", value=0.25, dtype=np.float32)
+    problems, summary = inspect_folder_dataset(
+        normal_dir="good", root=tree, abnormal_dir="bad", mask_dir="masks", extensions=(".png", ".tif")
+    )
+    assert problems == []
+    assert "normal_dir 0.25 to 100" in summary.text()
+
+
+def test_abnormal_images_without_masks_when_pixel_metrics_are_requested(tree: Path) -> None:
+    assert check(tree, mask_dir=None) == []  # image-level metrics: fine
+    message = only(check(tree, mask_dir=None, pixel_metrics=True), "no_masks")
+    assert message.startswith(f"pixel metrics are requested but the 2 abnormal images in {tree / 'bad'} have no masks")
+    assert "set mask_dir, or pixel_metrics=False" in message
+
+
+def test_summary_counts_sizes_channels_and_intensity_range(tree: Path) -> None:
+    write_png(tree / "test_good" / "t.png", value=30)
+    (tree / "good" / "c.png").write_bytes(b"broken")
+    problems, summary = inspect_folder_dataset(
+        normal_dir="good", root=tree, abnormal_dir="bad", normal_test_dir="test_good", mask_dir="masks",
+        extensions=(".png",),
+    )  # fmt: skip
+    assert [problem.kind for problem in problems] == ["unreadable"]
+    assert summary.text().splitlines() == [
+        "dataset: normal_dir 2, abnormal_dir 2, normal_test_dir 1 readable images, 2 masks"
+        " (1 skipped, see the warnings)",
+        "  sizes:     16x16 x5",
+        "  channels:  L (grayscale) x5",
+        "  intensity: normal_dir 100 to 100, abnormal_dir 200 to 200, normal_test_dir 30 to 30"
+        " (stored values, before any intensity option)",
+    ]

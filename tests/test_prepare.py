@@ -204,6 +204,39 @@ def test_axis_slice_range_and_size(tmp_path: Path) -> None:
         prepare_nifti(tmp_path / "in", tmp_path / "bad", options=SliceOptions(slice_range="3-5"))
 
 
+def test_spacing_resamples_in_plane_before_the_resize(tmp_path: Path) -> None:
+    """2 x 1 mm voxels resampled to 1 mm: the 32x32 slice becomes 64 (x) by 32 (y), then padded to 64x64."""
+    path = tmp_path / "in" / "sub01.nii.gz"
+    path.parent.mkdir(parents=True)
+    nibabel.save(nibabel.Nifti1Image(brain_volume(), np.diag([2.0, 1.0, 3.0, 1.0])), str(path))
+    nibabel.save(
+        nibabel.Nifti1Image(lesion_volume(), np.diag([2.0, 1.0, 3.0, 1.0])), str(tmp_path / "in" / "sub01_seg.nii.gz")
+    )
+    options = SliceOptions(spacing=1.0, size=0, test_fraction=1)
+    prepare_nifti(path, tmp_path / "out", labels=tmp_path / "in" / "sub01_seg.nii.gz", options=options)
+    rows = read_manifest(tmp_path / "out")
+    [middle] = [row for row in rows if row["slice_index"] == "6"]
+    image = cv2.imread(str(tmp_path / "out" / middle["file"]), cv2.IMREAD_UNCHANGED)
+    assert image.shape == (64, 64)
+    assert not image[:16].any()  # displayed rows are y (32 px at 1 mm), zero-padded above and below
+    assert not image[48:].any()
+    assert np.count_nonzero(image[16:48].any(axis=0)) > 40  # displayed columns are x: 32 px of 2 mm, now 64
+    [abnormal] = [row for row in rows if row["label"] == "1"][:1]
+    assert abnormal["lesion_area"] == "36"  # source pixels, whatever the spacing
+    mask = cv2.imread(str(tmp_path / "out" / abnormal["mask"]), cv2.IMREAD_UNCHANGED)
+    assert 60 <= np.count_nonzero(mask) <= 84  # a 6x6 lesion of 2x1 mm pixels: about 12x6 at 1 mm
+    assert np.count_nonzero(mask.any(axis=1)) < np.count_nonzero(mask.any(axis=0))  # wider than tall
+
+
+def test_spacing_errors(tmp_path: Path) -> None:
+    with pytest.raises(PrepareError, match="--spacing must be a positive size in mm, got 0"):
+        prepare_nifti(tmp_path, tmp_path / "out", options=SliceOptions(spacing=0))
+    write_series(tmp_path / "series" / "patient", brain_volume())
+    with pytest.raises(PrepareError, match=r"--spacing needs the voxel size, which .*patient does not give"):
+        prepare_dicom(tmp_path / "series", tmp_path / "out", options=SliceOptions(spacing=1.0, test_fraction=0))
+    assert not (tmp_path / "out").exists()
+
+
 def test_window_normalisation_and_foreground_fraction(tmp_path: Path) -> None:
     save_nifti(tmp_path / "in" / "sub01.nii.gz", brain_volume())
     strict = prepare_nifti(

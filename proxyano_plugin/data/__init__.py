@@ -24,7 +24,9 @@ _LAZY_EXPORTS = {
     "materialise_demo": "proxyano_plugin.data.demo_generator",
     "DataProblem": "proxyano_plugin.data.validation",
     "DatasetError": "proxyano_plugin.data.validation",
+    "DatasetSummary": "proxyano_plugin.data.validation",
     "check_folder_dataset": "proxyano_plugin.data.validation",
+    "inspect_folder_dataset": "proxyano_plugin.data.validation",
     "report_problems": "proxyano_plugin.data.validation",
 }
 
@@ -33,10 +35,12 @@ __all__ = [
     "CheckedFolder",
     "DataProblem",
     "DatasetError",
+    "DatasetSummary",
     "DemoSpec",
     "SplitCSV",
     "check_folder_dataset",
     "generate_demo",
+    "inspect_folder_dataset",
     "materialise_demo",
     "read_split_csv",
     "report_problems",
@@ -47,7 +51,14 @@ if TYPE_CHECKING:
     from proxyano_plugin.data.checked_folder import CheckedFolder
     from proxyano_plugin.data.demo_generator import DemoSpec, generate_demo, materialise_demo
     from proxyano_plugin.data.split_csv import SplitCSV, read_split_csv
-    from proxyano_plugin.data.validation import DataProblem, DatasetError, check_folder_dataset, report_problems
+    from proxyano_plugin.data.validation import (
+        DataProblem,
+        DatasetError,
+        DatasetSummary,
+        check_folder_dataset,
+        inspect_folder_dataset,
+        report_problems,
+    )
 
 
 __getattr__ = lazy_exports(__name__, _LAZY_EXPORTS)

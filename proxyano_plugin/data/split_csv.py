@@ -7,6 +7,8 @@ folder-per-split layout; re-copying the images for every split would be wasteful
 from __future__ import annotations
 
 import csv
+import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +18,17 @@ from anomalib.data.utils import Split, TestSplitMode, ValSplitMode
 from torchvision.transforms.v2 import Transform
 
 from proxyano_plugin.data.intensity import FullDepthDataset, check_intensity, check_split_modes
-from proxyano_plugin.data.validation import DataProblem, DatasetError
+from proxyano_plugin.data.validation import (
+    SKIPPED_KINDS,
+    DataProblem,
+    DatasetError,
+    DatasetSummary,
+    check_mask,
+    inspect_images,
+    report_problems,
+)
+
+logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("file", "label", "split")
 _LABELS = {"0": 0, "1": 1}
@@ -40,50 +52,45 @@ def resolve_split_csv(root: str | Path, split_csv: str | Path) -> Path:
     raise DatasetError([DataProblem("bad_csv", name, message, True)])
 
 
+Entry = tuple[str, str, str, str, str]  # where (e.g. "line 3"), file, label, split, mask
+
+
 def read_split_csv(root: str | Path, split_csv: str | Path) -> pd.DataFrame:
-    """Read and check a split CSV; return anomalib's sample table (paths relative to ``root``).
+    """Read and check a split CSV (or a MedIAnomaly ``data.json``); return anomalib's sample table.
 
     Columns: ``file`` (relative to ``root``), ``label`` (0 normal, 1 abnormal), ``split`` (``train`` or
     ``test``), optionally ``mask`` (relative path of the pixel mask of abnormal images); others are
-    ignored. Every problem is reported with the CSV line it is on, up to 20 in one
-    :class:`~proxyano_plugin.data.validation.DatasetError`.
+    ignored. A ``.json`` file is read as MedIAnomaly's split file (:func:`medianomaly_entries`). Every
+    problem is reported with the CSV line (or JSON entry) it is on, up to 20 in one
+    :class:`~proxyano_plugin.data.validation.DatasetError`. Paths in the table are relative to ``root``.
     """
     root = Path(root).expanduser().resolve()
     path = resolve_split_csv(root, split_csv)
+    entries, has_masks = medianomaly_entries(path) if path.suffix.lower() == ".json" else _csv_entries(path)
     problems: list[DataProblem] = []
 
-    def bad(line: int, text: str, kind: str = "bad_csv") -> None:
-        problems.append(DataProblem(kind, path, f"{path} line {line}: {text}", True))
+    def bad(where: str, text: str, kind: str = "bad_csv") -> None:
+        problems.append(DataProblem(kind, path, f"{path} {where}: {text}", True))
 
     rows = []
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
-        if missing:
-            message = f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(reader.fieldnames or [])}"
-            raise DatasetError([DataProblem("bad_csv", path, message, True)])
-        has_masks = "mask" in reader.fieldnames
-        first_line: dict[str, int] = {}
-        for row in reader:
-            line = reader.line_num
-            file, label, split = (row[column].strip() for column in REQUIRED_COLUMNS)
-            mask = (row.get("mask") or "").strip()
-            if label not in _LABELS:
-                bad(line, f"label {label!r} must be 0 (normal) or 1 (abnormal)")
-            elif split not in _SPLITS:
-                bad(line, f"split {split!r} must be one of {', '.join(_SPLITS)}")
-            elif split == "train" and label == "1":
-                bad(line, f"{file} is abnormal (label 1) but in the train split: train on normal images only")
-            elif file in first_line:
-                bad(line, f"{file} is listed twice (first on line {first_line[file]})")
-            elif not (root / file).is_file():
-                bad(line, f"file {file} not found under {root}", "missing_file")
-            elif mask and not (root / mask).is_file():
-                bad(line, f"mask {mask} not found under {root}", "missing_file")
-            elif has_masks and label == "1" and not mask:
-                bad(line, f"abnormal image {file} has no mask while other rows have: give every abnormal row one")
-            first_line.setdefault(file, line)
-            rows.append({"image_path": file, "label_index": _LABELS.get(label), "split": split, "mask_path": mask})
+    first: dict[str, str] = {}
+    for where, file, label, split, mask in entries:
+        if label not in _LABELS:
+            bad(where, f"label {label!r} must be 0 (normal) or 1 (abnormal)")
+        elif split not in _SPLITS:
+            bad(where, f"split {split!r} must be one of {', '.join(_SPLITS)}")
+        elif split == "train" and label == "1":
+            bad(where, f"{file} is abnormal (label 1) but in the train split: train on normal images only")
+        elif file in first:
+            bad(where, f"{file} is listed twice (first on {first[file]})")
+        elif not (root / file).is_file():
+            bad(where, f"file {file} not found under {root}", "missing_file")
+        elif mask and not (root / mask).is_file():
+            bad(where, f"mask {mask} not found under {root}", "missing_file")
+        elif has_masks and label == "1" and not mask:
+            bad(where, f"abnormal image {file} has no mask while other rows have: give every abnormal row one")
+        first.setdefault(file, where)
+        rows.append({"image_path": file, "label_index": _LABELS.get(label), "split": split, "mask_path": mask})
     for split, what in (("train", "normal training"), ("test", "test")):
         if not problems and not any(row["split"] == split for row in rows):
             problems.append(DataProblem("bad_csv", path, f"{path}: no {what} images (split == {split})", True))
@@ -94,12 +101,99 @@ def read_split_csv(root: str | Path, split_csv: str | Path) -> pd.DataFrame:
     return samples.astype({"label_index": "Int64", "mask_path": object})
 
 
+def _csv_entries(path: Path) -> tuple[list[Entry], bool]:
+    """The rows of a split CSV, each with its line number; and whether the CSV has a ``mask`` column."""
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
+        if missing:
+            message = f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(reader.fieldnames or [])}"
+            raise DatasetError([DataProblem("bad_csv", path, message, True)])
+        entries = [
+            (
+                f"line {reader.line_num}",
+                *(row[column].strip() for column in REQUIRED_COLUMNS),
+                (row.get("mask") or "").strip(),
+            )
+            for row in reader
+        ]
+        return entries, "mask" in reader.fieldnames
+
+
+MEDIANOMALY_LISTS = (("train", "0"), ("test", "0"), ("test", "1"))
+
+
+def medianomaly_entries(path: Path) -> tuple[list[Entry], bool]:
+    """The images of a MedIAnomaly ``data.json``: ``train/0`` normal training, ``test/0`` and ``test/1``.
+
+    MedIAnomaly's preprocessed releases (RSNA, VinCXR, BrainTumor, LAG) put every image in ``images/``
+    and list names relative to it, by split and label; ``train/unlabeled`` (for semi-supervised methods)
+    is ignored. No masks.
+    """
+    try:
+        data = json.loads(path.read_text())
+        lists = [(split, label, data[split][label]) for split, label in MEDIANOMALY_LISTS]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        message = (
+            f"{path} is not a MedIAnomaly split file ({type(error).__name__}: {error}): it must hold "
+            'lists "train": {"0": [...]} and "test": {"0": [...], "1": [...]} of file names under images/'
+        )
+        raise DatasetError([DataProblem("bad_csv", path, message, True)]) from error
+    entries = []
+    for split, label, names in lists:
+        for index, name in enumerate(names if isinstance(names, list) else [names]):
+            entries.append((f"entry {split}/{label}[{index}]", f"images/{name}", label, split, ""))
+    return entries, False
+
+
+def inspect_samples(
+    root: Path,
+    samples: pd.DataFrame,
+    where: Path,
+    strict: bool = False,
+    full_depth: bool = False,
+    pixel_metrics: bool = False,
+) -> tuple[list[DataProblem], DatasetSummary]:
+    """Decode the images and masks of a sample table (from :func:`read_split_csv`), as CheckedFolder does.
+
+    Groups are ``train normal``, ``test normal`` and ``test abnormal``; see
+    :func:`~proxyano_plugin.data.validation.inspect_images` for the checks. Masks must decode and match
+    their image's size; with ``pixel_metrics``, abnormal test images without a mask are an error.
+    """
+    groups = {}
+    for name, selected in (
+        ("train normal", samples.split == "train"),
+        ("test normal", (samples.split == "test") & (samples.label_index == 0)),
+        ("test abnormal", (samples.split == "test") & (samples.label_index == 1)),
+    ):
+        groups[name] = [root / file for file in samples.image_path[selected]]
+    problems, summary, infos = inspect_images(groups, strict, full_depth)
+    masked = samples[samples.mask_path != ""]
+    summary.masks = len(masked)
+    for file, mask in zip(masked.image_path, masked.mask_path, strict=True):
+        problem = check_mask(root / file, root / mask, infos.get(root / file))
+        if problem:
+            problems.append(problem)
+    unmasked = [root / file for file in samples.image_path[(samples.label_index == 1) & (samples.mask_path == "")]]
+    if pixel_metrics and unmasked:
+        message = (
+            f"pixel metrics are requested but the {len(unmasked)} abnormal test images of {where} have no masks "
+            f"(first: {unmasked[0]}): add a mask column, or set pixel_metrics=False for image-level metrics only"
+        )
+        problems.append(DataProblem("no_masks", unmasked[0], message, True))
+    return problems, summary
+
+
 class FullDepthTabularDataset(FullDepthDataset, TabularDataset):
     """anomalib's ``TabularDataset``, reading its images at full bit depth (see :class:`FullDepthDataset`)."""
 
 
 class SplitCSV(AnomalibDataModule):
     """Images under ``root``, labelled and split by a CSV file (image-level labels, optional masks).
+
+    Before setup the images are decoded and checked once, like ``CheckedFolder``'s: unreadable or
+    non-finite images are logged and left out (an error with ``strict``), masks must match their images'
+    sizes, and a summary (counts, sizes, channels, intensity range) is logged at INFO level.
 
     For example ``brain_tumor_mri/splits/medianomaly.csv``::
 
@@ -112,7 +206,8 @@ class SplitCSV(AnomalibDataModule):
     Args:
         root: dataset folder; ``file`` entries are relative to it.
         split_csv: the split file: a path, or a name looked up in ``root/splits`` (``.csv`` optional),
-            e.g. ``medianomaly``.
+            e.g. ``medianomaly``; or a MedIAnomaly ``data.json`` (``split_csv: data.json``, see
+            :func:`medianomaly_entries`).
         name: dataset name for logs and result folders; defaults to the name of ``root``. The CSV's stem
             becomes the ``category``, so results of different splits land in different folders.
         train_batch_size: training batch size.
@@ -130,6 +225,8 @@ class SplitCSV(AnomalibDataModule):
             full depth and map them to [0, 1] per image, or with ``intensity_window``
             (:func:`~proxyano_plugin.data.intensity.read_full_depth`).
         intensity_window: ``[low, high]`` in the images' raw units, for ``intensity="window"``.
+        strict: raise on unreadable or non-finite images instead of skipping them.
+        pixel_metrics: the evaluation needs pixel masks: abnormal test images without masks are an error.
     """
 
     def __init__(
@@ -149,6 +246,8 @@ class SplitCSV(AnomalibDataModule):
         seed: int | None = None,
         intensity: str | None = None,
         intensity_window: list[float] | None = None,
+        strict: bool = False,
+        pixel_metrics: bool = False,
     ) -> None:
         window = check_intensity(intensity, intensity_window)
         check_split_modes(intensity, val_split_mode)
@@ -171,6 +270,11 @@ class SplitCSV(AnomalibDataModule):
         self.category = self.split_csv.stem
         self.intensity = intensity
         self.intensity_window = window
+        self.strict = strict
+        self.pixel_metrics = pixel_metrics
+        # What the image check found (None until setup): kept so that it runs, and reports, only once.
+        self.problems: list[DataProblem] | None = None
+        self.summary: DatasetSummary | None = None
 
     @property
     def name(self) -> str:
@@ -179,6 +283,17 @@ class SplitCSV(AnomalibDataModule):
 
     def _setup(self, _stage: str | None = None) -> None:
         samples = read_split_csv(self.root, self.split_csv)
+        if self.problems is None:
+            problems, summary = inspect_samples(
+                self.root, samples, self.split_csv, self.strict, self.intensity is not None, self.pixel_metrics
+            )
+            report_problems(problems, logger)
+            logger.info(summary.text())
+            self.problems, self.summary = problems, summary
+        skipped = {str(problem.path) for problem in self.problems if problem.kind in SKIPPED_KINDS}
+        if skipped:
+            kept = ~samples.image_path.map(lambda file: str(self.root / file)).isin(skipped)
+            samples = samples[kept].reset_index(drop=True)
         self.train_data, self.test_data = (
             TabularDataset(name=self.name, samples=samples, split=split, root=self.root)
             for split in (Split.TRAIN, Split.TEST)

@@ -2,6 +2,7 @@
 
     proxyano-prepare nifti --images 'DIR or glob' [--labels 'DIR or glob'] --output OUT [options]
     proxyano-prepare dicom --series DIR --output OUT [options]
+    proxyano-prepare masks --images DIR --masks DIR [DIR ...] --output OUT [--overwrite]
 
 Exit codes: 0 written, 2 bad input or options (the message names the file), 130 interrupted (nothing written).
 """
@@ -12,6 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from proxyano_plugin.prepare.masks import merge_masks
 from proxyano_plugin.prepare.pipeline import FORMATS, NORMALISATIONS, SliceOptions, prepare_dicom, prepare_nifti
 from proxyano_plugin.prepare.readers import DEFAULT_SUBJECT_REGEX, PrepareError
 
@@ -75,16 +77,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="regex on the file name whose 'subject' group is the subject id "
         "(default: the name less its extension and a trailing _flair/_t1/_seg/... word)",
     )
+    nifti.add_argument(
+        "--spacing",
+        type=float,
+        help="resample each slice in-plane to this pixel size in mm (from the NIfTI header) before --size; "
+        "default: keep the volume's grid",
+    )
     _slice_options(nifti, SliceOptions().test_fraction)
 
     dicom = commands.add_parser("dicom", help="DICOM series, one subfolder per subject (no labels: normal only)")
     dicom.add_argument("--series", required=True, help="folder with one subfolder of DICOM files per subject")
     _slice_options(dicom, 0.0)
+
+    masks = commands.add_parser(
+        "masks", help="merge per-lesion mask folders (IDRiD style) into one binary mask per image"
+    )
+    masks.add_argument("--images", required=True, help="the folder of abnormal images the masks belong to")
+    masks.add_argument(
+        "--masks",
+        required=True,
+        nargs="+",
+        help="mask folders, e.g. one per lesion type; a mask belongs to the image whose name it contains",
+    )
+    masks.add_argument("--output", required=True, help="the mask folder to write (refused if it exists)")
+    masks.add_argument("--overwrite", action="store_true", help="replace --output if it exists (only on success)")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _run(args: argparse.Namespace) -> str:
+    """Run the chosen command; return its summary."""
+    if args.command == "masks":
+        return merge_masks(args.images, args.masks, args.output, overwrite=args.overwrite).text()
     options = SliceOptions(
         axis=args.axis,
         slice_range=args.slice_range,
@@ -100,26 +123,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         test_fraction=args.test_fraction,
         seed=args.seed,
         format=args.format,
+        spacing=getattr(args, "spacing", None),  # nifti only
     )
+    if args.command == "nifti":
+        summary = prepare_nifti(
+            args.images,
+            args.output,
+            labels=args.labels,
+            options=options,
+            subject_regex=args.subject_regex,
+            overwrite=args.overwrite,
+        )
+    else:
+        summary = prepare_dicom(args.series, args.output, options=options, overwrite=args.overwrite)
+    return summary.text()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        if args.command == "nifti":
-            summary = prepare_nifti(
-                args.images,
-                args.output,
-                labels=args.labels,
-                options=options,
-                subject_regex=args.subject_regex,
-                overwrite=args.overwrite,
-            )
-        else:
-            summary = prepare_dicom(args.series, args.output, options=options, overwrite=args.overwrite)
+        text = _run(args)
     except PrepareError as error:
         print(f"proxyano-prepare: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("proxyano-prepare: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(summary.text())
+    print(text)
     return EXIT_OK
 
 

@@ -21,6 +21,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,8 @@ class SliceOptions:
     test_fraction: float = 0.3
     seed: int = 0
     format: str = "png8"
+    spacing: float | None = None
+    """In-plane pixel size in mm to resample each slice to, before ``size`` (NIfTI only); None keeps the grid."""
 
     def check(self) -> None:
         problems = []
@@ -92,6 +95,8 @@ class SliceOptions:
             problems.append(f"--size must be positive (or 0 to keep the slice size), got {self.size}")
         if not 0 <= self.test_fraction <= 1:
             problems.append(f"--test-fraction must be in [0, 1], got {self.test_fraction}")
+        if self.spacing is not None and not (np.isfinite(self.spacing) and self.spacing > 0):
+            problems.append(f"--spacing must be a positive size in mm, got {self.spacing}")
         if self.format not in FORMATS:
             problems.append(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if problems:
@@ -219,9 +224,39 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
 
 def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """Area-weighted resize thresholded at one half; never empties a non-empty mask."""
-    resized = _resize(mask.astype(np.float32), size)
+    return _binarise(_resize(mask.astype(np.float32), size))
+
+
+def _binarise(resized: np.ndarray) -> np.ndarray:
+    """A resized 0/1 mask thresholded at one half, or, if that leaves nothing, every pixel the lesion touches."""
     out = resized >= 0.5
     return out if out.any() else resized > 0
+
+
+def in_plane_factors(volume: Volume, axis: int, spacing: float) -> tuple[float, float]:
+    """Scale factors that bring the two in-plane axes of ``volume``'s slices along ``axis`` to ``spacing`` mm."""
+    if volume.spacing is None:
+        msg = f"--spacing needs the voxel size, which {volume.source} does not give (only NIfTI headers are read)"
+        raise PrepareError(msg)
+    sizes = [size for index, size in enumerate(volume.spacing) if index != axis]
+    if not all(np.isfinite(size) and size > 0 for size in sizes):
+        msg = f"{volume.source} has voxel size {volume.spacing} mm in its header; --spacing needs positive sizes"
+        raise PrepareError(msg)
+    return sizes[0] / spacing, sizes[1] / spacing
+
+
+def _resample(image: np.ndarray, factors: tuple[float, float]) -> np.ndarray:
+    """Scale a source slice's two axes by ``factors`` (area interpolation when shrinking both, else linear)."""
+    rows, cols = (max(1, round(length * factor)) for length, factor in zip(image.shape, factors, strict=True))
+    if (rows, cols) == image.shape:
+        return image
+    shrinking = rows <= image.shape[0] and cols <= image.shape[1]
+    return cv2.resize(image, (cols, rows), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def _resample_mask(mask: np.ndarray, factors: tuple[float, float]) -> np.ndarray:
+    """Resample like the image, thresholded at one half; a non-empty mask stays non-empty."""
+    return _binarise(_resample(mask.astype(np.float32), factors))
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -237,8 +272,9 @@ def slices_of(volume: Volume, split: str, options: SliceOptions, summary: Summar
     if options.slice_range is not None:
         indices = indices[parse_slice_range(options.slice_range)]
     stem = _SAFE.sub("_", volume.subject)
+    factors = None if options.spacing is None else in_plane_factors(volume, axis, options.spacing)
     for index in indices:
-        image = volume.display(data[index])
+        image = volume.display(data[index] if factors is None else _resample(data[index], factors))
         foreground = np.count_nonzero(image > options.foreground_threshold) / image.size
         if foreground < options.foreground_fraction or foreground == 0:
             summary.dropped["low_foreground"] += 1
@@ -246,8 +282,8 @@ def slices_of(volume: Volume, split: str, options: SliceOptions, summary: Summar
         lesion = None
         area = 0
         if labels is not None:
-            lesion = volume.display(labels[index])
-            area = int(np.count_nonzero(lesion))
+            area = int(np.count_nonzero(labels[index]))  # in source pixels, whatever --spacing
+            lesion = volume.display(labels[index] if factors is None else _resample_mask(labels[index], factors))
         if 0 < area < options.min_lesion_area:
             summary.dropped["ambiguous_lesion"] += 1
             continue
@@ -273,7 +309,7 @@ def slices_of(volume: Volume, split: str, options: SliceOptions, summary: Summar
         )
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
+def write_png(path: Path, image: np.ndarray) -> None:
     """Write a PNG, failing loudly (OpenCV only returns False)."""
     if not cv2.imwrite(str(path), image):
         msg = f"could not write {path}"
@@ -298,13 +334,8 @@ def write_tree(
 
     start = time.perf_counter()
     output = Path(output).expanduser().absolute()
-    if output.exists() and not overwrite:
-        msg = f"--output {output} already exists: pass --overwrite to replace it"
-        raise PrepareError(msg)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
     summary = Summary(output=str(output))
-    try:
+    with staged_output(output, overwrite) as staging:
         for folder in FOLDERS.values():
             (staging / folder).mkdir(parents=True)
         rows, names = [], set()
@@ -317,11 +348,11 @@ def write_tree(
                     msg = f"two slices would both be written as {item.name} (subject {volume.subject!r}, {item.source})"
                     raise PrepareError(msg)
                 names.add(item.name)
-                _write_png(staging / path, _encode(item.image, options.format))
+                write_png(staging / path, _encode(item.image, options.format))
                 mask_path = ""
                 if item.mask is not None:
                     mask_path = f"{FOLDERS['mask_dir']}/{item.name}"
-                    _write_png(staging / mask_path, item.mask.astype(np.uint8) * 255)
+                    write_png(staging / mask_path, item.mask.astype(np.uint8) * 255)
                 summary.slices[item.folder] += 1
                 rows.append(
                     {
@@ -342,10 +373,26 @@ def write_tree(
         summary.seconds = time.perf_counter() - start
         record = {"options": asdict(options), **(settings or {}), "summary": asdict(summary)}
         (staging / "prepare.json").write_text(json.dumps(record, indent=2) + "\n")
+    return summary
+
+
+@contextmanager
+def staged_output(output: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a hidden sibling folder to write ``output`` into; move it into place only if the block succeeds.
+
+    An error or Ctrl-C inside the block leaves no ``output`` (and an existing one untouched); an existing
+    ``output`` is refused unless ``overwrite``.
+    """
+    if output.exists() and not overwrite:
+        msg = f"--output {output} already exists: pass --overwrite to replace it"
+        raise PrepareError(msg)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    try:
+        yield staging
         _move_into_place(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return summary
 
 
 def _move_into_place(staging: Path, output: Path) -> None:

@@ -44,6 +44,8 @@ class Volume:
     slice_sources: Sequence[Path] | None = None
     # Turns ``data`` sliced along an axis into the image as displayed (NIfTI: anterior/superior up).
     display: Callable[[np.ndarray], np.ndarray] = field(default=np.rot90)
+    # Voxel size in mm along each axis of ``data`` (NIfTI header), for ``--spacing``; None if unknown.
+    spacing: tuple[float, float, float] | None = None
 
 
 def _need(module: str):
@@ -118,13 +120,14 @@ def by_subject(files: Sequence[Path], pattern: re.Pattern[str], what: str) -> di
 _NIFTI_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, MemoryError)
 
 
-def read_nifti(path: Path, what: str = "image") -> np.ndarray:
-    """The volume in ``path`` in closest-canonical (RAS+) orientation, float32, 3-D."""
+def read_nifti(path: Path, what: str = "image") -> tuple[np.ndarray, tuple[float, float, float]]:
+    """The volume in ``path`` in closest-canonical (RAS+) orientation, float32, 3-D; and its voxel size (mm)."""
     nibabel = _need("nibabel")
     try:
         image = nibabel.load(str(path))
         image = nibabel.as_closest_canonical(image)
         data = np.asarray(image.get_fdata(dtype=np.float32))
+        spacing = tuple(float(zoom) for zoom in image.header.get_zooms()[:3])
     except (nibabel.filebasedimages.ImageFileError, *_NIFTI_READ_ERRORS) as error:
         msg = f"cannot read {what} {path}: {type(error).__name__}: {error}"
         raise PrepareError(msg) from error
@@ -138,14 +141,14 @@ def read_nifti(path: Path, what: str = "image") -> np.ndarray:
         raise PrepareError(msg)
     if not np.isfinite(data).all():
         data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
-    return data
+    return data, spacing
 
 
 def load_nifti_subject(subject: str, image: Path, label: Path | None) -> Volume:
-    data = read_nifti(image, "image")
+    data, spacing = read_nifti(image, "image")
     lesion = None
     if label is not None:
-        lesion = read_nifti(label, "label volume")
+        lesion, _ = read_nifti(label, "label volume")
         if lesion.shape != data.shape:
             msg = (
                 f"label volume {label} has shape {lesion.shape} but its image {image} has shape {data.shape} "
@@ -153,7 +156,7 @@ def load_nifti_subject(subject: str, image: Path, label: Path | None) -> Volume:
             )
             raise PrepareError(msg)
         lesion = lesion > 0
-    return Volume(subject=subject, source=image, data=data, label=lesion, label_source=label)
+    return Volume(subject=subject, source=image, data=data, label=lesion, label_source=label, spacing=spacing)
 
 
 # ---------------------------------------------------------------------------------------------- DICOM
