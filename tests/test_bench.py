@@ -197,7 +197,9 @@ def test_suite_runs_records_and_reports(tmp_path: Path, folder: Path) -> None:
         assert record["device"]["type"] == "cpu"
         assert record["versions"]["anomalib"]
         assert record["timing"]["fit_s"] > 0
-        assert (output / record["log"]).exists()
+        log = (output / record["log"]).read_text()
+        assert "progress: training started" in log
+        assert "progress: epoch 1/1, step" in log
         with np.load(output / record["examples"]) as examples:
             assert examples["image"].shape == (2, 3, 32, 32)
             assert examples["extra_reconstruction"].shape == (2, 3, 32, 32)
@@ -234,6 +236,20 @@ def test_failure_is_isolated(tmp_path: Path, folder: Path, capsys: pytest.Captur
     assert by_model["crashes"]["status"] == "failed"
     assert "SIGKILL" in by_model["crashes"]["error"]
     assert "2 of 3 runs failed" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_timeout_records_how_far_the_run_got(tmp_path: Path, folder: Path) -> None:
+    # About 1 s per epoch (two batches of 0.5 s); the run is killed well before its 100 epochs.
+    suite = make_suite(tmp_path, folder, [model("slow", sleep_s=0.5)], seeds=[0], max_epochs=100, run_timeout_s=25)
+    output = tmp_path / "out"
+
+    assert main(["run", str(suite), "--output", str(output), "--no-report"]) == 1
+
+    (record,) = read(output)
+    assert record["status"] == "failed"
+    assert record["error"].startswith("timeout: run exceeded run_timeout_s=25; last progress: epoch ")
+    assert "/100, step " in record["error"]
 
 
 @pytest.mark.slow

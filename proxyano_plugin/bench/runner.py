@@ -27,7 +27,7 @@ from typing import Any
 from proxyano_plugin.bench import records
 from proxyano_plugin.bench.suite import RunSpec, Suite, SuiteError
 from proxyano_plugin.bench.system import git_commit, versions
-from proxyano_plugin.bench.worker import WARM_MODULES, RunPaths, child_main, run_captured
+from proxyano_plugin.bench.worker import WARM_MODULES, RunPaths, child_main, last_progress, run_captured
 
 SCHEMA_VERSION = 1
 EXIT_OK, EXIT_FAILED_RUNS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -201,7 +201,9 @@ class Runner:
         paths = RunPaths(self.output, job.spec.run_id)
         elapsed = time.perf_counter() - job.started
         if job.timed_out:
-            result = {"status": "failed", "error": f"timeout: run exceeded run_timeout_s={self.suite.run_timeout_s}"}
+            reached = last_progress(paths.log) or "nothing (no progress line in the log)"
+            error = f"timeout: run exceeded run_timeout_s={self.suite.run_timeout_s}; last progress: {reached}"
+            result = {"status": "failed", "error": error}
         elif paths.result.exists():
             result = json.loads(paths.result.read_text())
             paths.result.unlink()

@@ -26,6 +26,8 @@ from proxyano_plugin.bench.suite import RunSpec, accepted_kwargs, import_class
 from proxyano_plugin.bench.system import cpu_count, cpu_name
 
 GALLERY_HOOK = "gallery_images"
+# Lines of a run's log that say how far training got; the harness quotes the last one when a run times out.
+PROGRESS_PREFIX = "progress:"
 # Imported once by the forkserver that starts the runs, so that each run inherits them.
 WARM_MODULES = (
     "anomalib.engine",
@@ -183,10 +185,11 @@ def execute(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
     datamodule = build_datamodule(spec)
     model = build_model(spec)
     collector = Collector(spec.examples, spec.timing.batch_size)
+    progress = _epoch_progress()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     engine = Engine(
         # A checkpoint callback that saves nothing: Engine would add one that writes every epoch.
-        callbacks=[collector, ModelCheckpoint(dirpath=paths.run_dir, save_top_k=0, save_last=False)],
+        callbacks=[collector, progress, ModelCheckpoint(dirpath=paths.run_dir, save_top_k=0, save_last=False)],
         logger=False,
         default_root_dir=paths.run_dir,
         max_epochs=spec.max_epochs,
@@ -249,6 +252,47 @@ def execute(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
         "counts": collector.counts,
         "examples": paths.relative(examples) if examples else None,
     }
+
+
+def _epoch_progress(interval_s: float = 30.0) -> Any:
+    """A callback writing ``progress:`` lines to the run's log: training start, the first epoch, then at most
+    one line per ``interval_s`` and the last epoch, so that a slow or stuck run shows where it is."""
+    from lightning.pytorch import Callback
+
+    class EpochProgress(Callback):
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            del pl_module
+            self.start = self.last = time.perf_counter()
+            batches = trainer.num_training_batches
+            print(f"{PROGRESS_PREFIX} training started, {batches} batches per epoch", flush=True)
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            del pl_module
+            now = time.perf_counter()
+            epoch, total = trainer.current_epoch + 1, trainer.max_epochs
+            final = total is not None and total > 0 and epoch >= total
+            if epoch > 1 and not final and now - self.last < interval_s:
+                return
+            self.last = now
+            metrics = trainer.callback_metrics.items()
+            losses = " ".join(f"{name}={float(value):.4g}" for name, value in metrics if name.startswith("train"))
+            of_total = f"/{total}" if total is not None and total > 0 else ""
+            print(
+                f"{PROGRESS_PREFIX} epoch {epoch}{of_total}, step {trainer.global_step}, "
+                f"{now - self.start:.0f} s {losses}".rstrip(),
+                flush=True,
+            )
+
+    return EpochProgress()
+
+
+def last_progress(log: Path) -> str | None:
+    """The last ``progress:`` line of a run's log, without the prefix (``None`` if it has none)."""
+    with contextlib.suppress(OSError):
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith(PROGRESS_PREFIX)]
+        if lines:
+            return lines[-1].removeprefix(PROGRESS_PREFIX).strip()
+    return None
 
 
 def _no_sync() -> None:
