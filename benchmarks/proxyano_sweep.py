@@ -16,8 +16,12 @@ Examples (the numbers in the model README came from these, on one NVIDIA H200 an
     python benchmarks/proxyano_sweep.py --label no-memory --epochs 200 --set memory_size=0
     python benchmarks/proxyano_sweep.py --label identity --set proxy='"identity"'
 
-``--set`` values are JSON (strings need quotes). This measures one seed on a semi-synthetic demo: use it to
-find out what matters, then confirm with ``proxyano-bench`` over seeds.
+``--set`` values are JSON (strings need quotes). ``--split-csv`` swaps the demo for a real split-CSV dataset
+(image labels only: the pixel readings are left out), e.g. brain_tumor_mri::
+
+    python benchmarks/proxyano_sweep.py --label bt --root ../shared/data/brain_tumor_mri --split-csv medianomaly
+
+This measures one seed: use it to find out what matters, then confirm with ``proxyano-bench`` over seeds.
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from proxyano_plugin import BrainMRIDemo, ProxyAno
+from proxyano_plugin.data import SplitCSV
 from proxyano_plugin.models.proxyano.torch_model import gaussian_kernel
 
 SIGMAS = (1.0, 2.0, 4.0)
-TOP_FRACTIONS = (0.001, 0.01, 0.05)
+TOP_FRACTIONS = (0.001, 0.01, 0.05, 1.0)  # 1.0: the mean error
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,7 +48,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--every", type=int, default=5, help="evaluate every N epochs")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--root", default=None, help="BrainMRIDemo cache folder")
+    parser.add_argument("--root", default=None, help="BrainMRIDemo cache folder, or the --split-csv dataset's root")
+    parser.add_argument("--split-csv", default=None, help="a SplitCSV split (e.g. medianomaly) instead of the demo")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a ProxyAno argument")
     return parser.parse_args()
 
@@ -51,7 +57,7 @@ def parse_args() -> argparse.Namespace:
 def load_split(model: ProxyAno, loader, device: torch.device) -> tuple[torch.Tensor, ...]:
     """Images (pre-processed, model channels), labels and masks (at model size) of a whole split."""
     images, labels, masks = [], [], []
-    for batch in loader:
+    for batch in loader:  # masks: all or none (image-level datasets)
         batch_images = model.model.to_model_channels(model.pre_processor.transform(batch.image))
         images.append(batch_images)
         labels.append(batch.gt_label)
@@ -78,24 +84,31 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: ProxyAno, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
+def evaluate(
+    model: ProxyAno, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None
+) -> dict[str, float]:
     net = model.model
     net.eval()
+    scores = {}
+
+    def pixel(name: str, anomaly_map: torch.Tensor) -> None:
+        if masks is not None:
+            scores[name] = binary_auroc(anomaly_map.flatten(), masks.flatten()).item()
+
     proxies = model.proxy_extractor(images)
     predicted = net.reconstruct(images).proxy  # the image itself with reconstruct_from="image"
     readings = {"full": net.irm(predicted), "irm_on_true_proxy": net.irm(proxies)}
-    scores = {}
     for name, reconstruction in readings.items():
         anomaly_map = net.error_map(images, reconstruction)
         scores[f"{name}_image"] = binary_auroc(net.image_score(anomaly_map), labels).item()
-        scores[f"{name}_pixel"] = binary_auroc(anomaly_map.flatten(), masks.flatten()).item()
+        pixel(f"{name}_pixel", anomaly_map)
     if net.pem is not None:
-        scores["pem_error_pixel"] = binary_auroc((predicted - proxies).abs().mean(1).flatten(), masks.flatten()).item()
+        pixel("pem_error_pixel", (predicted - proxies).abs().mean(1))
     kernel, top = net.smoothing_kernel, net.score_topk
     for sigma in SIGMAS:
         net.smoothing_kernel = gaussian_kernel(sigma).to(images.device)
         anomaly_map = net.error_map(images, readings["full"])
-        scores[f"sigma{sigma:g}_pixel"] = binary_auroc(anomaly_map.flatten(), masks.flatten()).item()
+        pixel(f"sigma{sigma:g}_pixel", anomaly_map)
         for fraction in TOP_FRACTIONS:
             net.score_topk = fraction
             scores[f"sigma{sigma:g}_top{fraction:g}_image"] = binary_auroc(net.image_score(anomaly_map), labels).item()
@@ -111,7 +124,11 @@ def main() -> None:
     overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
     model = ProxyAno(**overrides)
     model.model.to(device)
-    data = BrainMRIDemo(root=args.root, train_batch_size=args.batch_size, eval_batch_size=64, seed=args.seed)
+    loaders = {"train_batch_size": args.batch_size, "eval_batch_size": 64, "seed": args.seed}
+    if args.split_csv:
+        data = SplitCSV(root=args.root, split_csv=args.split_csv, val_split_mode="same_as_test", **loaders)
+    else:
+        data = BrainMRIDemo(root=args.root, **loaders)
     data.prepare_data()
     data.setup()
     train_images, _, _ = load_split(model, data.train_dataloader(), device)

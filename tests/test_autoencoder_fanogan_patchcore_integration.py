@@ -15,6 +15,7 @@ import pytest
 import torch
 from anomalib.models.components import AnomalibModule
 from PIL import Image
+from testing_utils import save_checkpoint
 
 from proxyano_plugin.models.autoencoder import Autoencoder
 from proxyano_plugin.models.fanogan import FAnoGAN
@@ -71,22 +72,11 @@ def _trained(name: str) -> AnomalibModule:
     return model.eval()
 
 
-def _save_checkpoint(model: AnomalibModule, path: Path) -> None:
-    """What Lightning's checkpoint connector writes for a model, without a trainer."""
-    checkpoint = {
-        "state_dict": model.state_dict(),
-        "hyper_parameters": dict(model.hparams),
-        "pytorch-lightning_version": lightning.__version__,
-    }
-    model.on_save_checkpoint(checkpoint)
-    torch.save(checkpoint, path)
-
-
 @pytest.mark.parametrize("name", list(TINY_MODELS))
 def test_checkpoint_round_trip_with_weights_only(name, tmp_path):
     model = _trained(name)
     path = tmp_path / f"{name}.ckpt"
-    _save_checkpoint(model, path)
+    save_checkpoint(model, path)
     torch.load(path, weights_only=True)  # plain data only: no pickled classes
     loaded = type(model).load_from_checkpoint(path).eval()
     assert dict(loaded.hparams) == dict(model.hparams)

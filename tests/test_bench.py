@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from anomalib import LearningType
 from anomalib.data import InferenceBatch
 from anomalib.models import AnomalibModule
 from PIL import Image
@@ -31,6 +30,7 @@ from proxyano_plugin.bench.cli import main
 from proxyano_plugin.bench.metrics import compute_metrics
 from proxyano_plugin.bench.runner import device_slots, run_suite
 from proxyano_plugin.bench.suite import SuiteError, load_suite
+from proxyano_plugin.models.image_inputs import OneClassReconstruction
 
 HERE = Path(__file__).parent
 TOYS = __name__  # class paths below: f"{TOYS}.MeanScore"
@@ -54,7 +54,7 @@ class _IntensityNet(nn.Module):
         return InferenceBatch(pred_score=score, anomaly_map=anomaly_map)
 
 
-class MeanScore(AnomalibModule):
+class MeanScore(OneClassReconstruction, AnomalibModule):
     """Scores an image by its mean intensity; trains a gain that stays at 1, so training is cheap."""
 
     def __init__(
@@ -76,14 +76,6 @@ class MeanScore(AnomalibModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.0)
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        return {"num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        return LearningType.ONE_CLASS
 
     def gallery_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"reconstruction": images * 0.5}
@@ -429,7 +421,7 @@ def test_quick_suite_smoke(tmp_path: Path) -> None:
         assert (output / f"gallery_{record['model']['name']}.png").exists()
 
 
-@pytest.mark.parametrize(("name", "runs"), [("quick", 4), ("brain-tumor", 24), ("proxy-ablation", 24), ("paper", 36)])
+@pytest.mark.parametrize(("name", "runs"), [("quick", 4), ("brain-tumor", 24), ("proxy-ablation", 30), ("paper", 36)])
 def test_shipped_suites_validate(name: str, runs: int) -> None:
     """Every shipped suite validates against the real classes (missing data only skips)."""
     suite = load_suite(name)

@@ -11,10 +11,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from anomalib.data import AnomalibDataModule
 from anomalib.data.datasets.image.folder import FolderDataset
 from anomalib.data.utils import read_image
-from jsonargparse import ArgumentParser
+from testing_utils import parse_data
 from torchvision.transforms.v2 import Resize
 from torchvision.tv_tensors import Image
 
@@ -204,13 +203,6 @@ def test_split_csv_reads_16_bit_images_with_a_window(deep_tree: Path) -> None:
     assert batch.gt_mask is not None
     with pytest.raises(ValueError, match="use one of minmax, percentile, window"):
         SplitCSV(root=deep_tree, split_csv="basic", intensity="clip")
-
-
-def parse_data(*args: str) -> AnomalibDataModule:
-    """Build the datamodule the way ``anomalib train --data ...`` does."""
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(AnomalibDataModule, "data")
-    return parser.instantiate_classes(parser.parse_args(list(args))).data
 
 
 def test_cli_accepts_the_option(deep_tree: Path) -> None:

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from anomalib.data import AnomalibDataModule
-from jsonargparse import ActionConfigFile, ArgumentParser
 from PIL import Image
+from testing_utils import parse_data
 
 from proxyano_plugin.data import BrainMRIDemo, CheckedFolder, DatasetError, SplitCSV, read_split_csv
 
@@ -24,14 +23,6 @@ TINY = {"train_subjects": 2, "test_subjects": 2, "slices_per_subject": 4}
 def write_png(path: Path, value: int = 100, size: int = 24) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full((size, size), value, dtype=np.uint8)).save(path)
-
-
-def parse_data(*args: str) -> AnomalibDataModule:
-    """Build the datamodule the way ``anomalib train --config ... --data ...`` does."""
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_subclass_arguments(AnomalibDataModule, "data")
-    return parser.instantiate_classes(parser.parse_args(list(args))).data
 
 
 # BrainMRIDemo ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import lightning
 import pytest
 import torch
 from anomalib.data import ImageBatch
+from testing_utils import save_checkpoint
 
 from proxyano_plugin import ProxyAno
 
@@ -118,13 +119,7 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
     _train(model, _batch(), steps=2)
     model.eval()
     path = tmp_path / "proxyano.ckpt"
-    checkpoint = {
-        "state_dict": model.state_dict(),
-        "hyper_parameters": dict(model.hparams),
-        "pytorch-lightning_version": lightning.__version__,
-    }
-    model.on_save_checkpoint(checkpoint)
-    torch.save(checkpoint, path)
+    save_checkpoint(model, path)
     restored = ProxyAno.load_from_checkpoint(path, weights_only=True).eval()
     assert restored.hparams["proxy_kwargs"] == {"sigma": 2.0}
     images = _batch(4, seed=1).image

@@ -155,24 +155,9 @@ def _kind_of(mode: str) -> str:
     return "grayscale" if mode in _GRAY_MODES else "colour"
 
 
-def check_folder_dataset(
-    normal_dir: PathArg,
-    root: str | Path | None = None,
-    abnormal_dir: PathArg = None,
-    normal_test_dir: PathArg = None,
-    mask_dir: PathArg = None,
-    extensions: Sequence[str] | None = None,
-    strict: bool = False,
-    full_depth: bool = False,
-    pixel_metrics: bool = False,
-) -> list[DataProblem]:
-    """Check the folders, images and masks anomalib's ``Folder`` would use; return every problem found.
-
-    See :func:`inspect_folder_dataset`, which also returns a summary of the dataset.
-    """
-    problems, _ = inspect_folder_dataset(
-        normal_dir, root, abnormal_dir, normal_test_dir, mask_dir, extensions, strict, full_depth, pixel_metrics
-    )
+def check_folder_dataset(*args: Any, **kwargs: Any) -> list[DataProblem]:
+    """The problems :func:`inspect_folder_dataset` finds (same arguments), without its summary."""
+    problems, _ = inspect_folder_dataset(*args, **kwargs)
     return problems
 
 
