@@ -231,6 +231,18 @@ def test_failure_is_isolated(tmp_path: Path, folder: Path, capsys: pytest.Captur
 
 
 @pytest.mark.slow
+def test_runs_share_a_device(tmp_path: Path, folder: Path) -> None:
+    suite = make_suite(tmp_path, folder, [model("slow", sleep_s=0.5)], max_epochs=3, runs_per_device=2)
+    output = tmp_path / "out"
+
+    assert main(["run", str(suite), "--output", str(output), "--no-report"]) == 0
+
+    first, second = sorted(read(output), key=lambda r: r["started_at"])
+    assert second["started_at"] < first["finished_at"]  # ISO timestamps: they overlapped
+    assert first["runs_per_device"] == second["runs_per_device"] == 2
+
+
+@pytest.mark.slow
 def test_timeout_records_how_far_the_run_got(tmp_path: Path, folder: Path) -> None:
     # About 1 s per epoch (two batches of 0.5 s); the run is killed well before its 100 epochs.
     suite = make_suite(tmp_path, folder, [model("slow", sleep_s=0.5)], seeds=[0], max_epochs=100, run_timeout_s=25)
@@ -294,6 +306,9 @@ def test_device_slots() -> None:
     assert device_slots(["0", "1", "2", "3"], 1, True, "auto") == [["0"], ["1"], ["2"], ["3"]]
     assert device_slots(["0", "1", "2", "3", "4"], 2, True, "gpu") == [["0", "1"], ["2", "3"]]
     assert device_slots(["0", "1"], 1, True, "cpu") == [None]
+    assert device_slots(["0", "1"], 1, True, "auto", runs_per_device=2) == [["0"], ["0"], ["1"], ["1"]]
+    assert device_slots(["0", "1"], 1, False, "auto", runs_per_device=3) == [["0"], ["0"], ["0"]]
+    assert device_slots([], 1, False, "auto", runs_per_device=2) == [None, None]
     with pytest.raises(SuiteError, match="devices: each run spans 4 GPUs but only 2"):
         device_slots(["0", "1"], 4, True, "auto")
 
@@ -382,6 +397,8 @@ def test_only_and_dry_run(tmp_path: Path, folder: Path, capsys: pytest.CaptureFi
         ({"max_epoch": 3}, r"^max_epoch: unknown key \(did you mean 'max_epochs'\?\)"),
         ({"image_size": [32]}, r"^image_size: expected a positive int or \[height, width\]"),
         ({"trainer_args": {"max_epochs": 3}}, r"^trainer_args\.max_epochs: set by the harness"),
+        ({"runs_per_device": 0}, r"^runs_per_device: expected an int >= 1"),
+        ({"runs_per_device": 2, "isolation": "inline"}, r"^isolation: 'inline' runs one run at a time"),
     ],
 )
 def test_invalid_suites_name_the_key(tmp_path: Path, folder: Path, change: dict[str, Any], message: str) -> None:

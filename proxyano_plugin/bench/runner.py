@@ -58,15 +58,21 @@ def select_runs(suite: Suite, only: str | None) -> list[RunSpec]:
     return selected
 
 
-def device_slots(gpus: list[str], devices: int, parallel: bool, accelerator: str) -> list[list[str] | None]:
-    """Groups of GPUs that runs execute on; ``[None]`` (one run at a time, default placement) without GPUs."""
+def device_slots(
+    gpus: list[str], devices: int, parallel: bool, accelerator: str, runs_per_device: int = 1
+) -> list[list[str] | None]:
+    """One entry per run that may execute at once: the GPUs it gets, or ``None`` (default placement, CPU).
+
+    Small models leave a GPU mostly idle (their runs are bound by data loading and Python), so
+    ``runs_per_device`` runs may share one device (or group of ``devices``); on CPUs, the cores.
+    """
     if accelerator == "cpu" or not gpus:
-        return [None]
+        return [None] * runs_per_device
     groups = [gpus[i : i + devices] for i in range(0, len(gpus) - devices + 1, devices)]
     if not groups:
         msg = f"devices: each run spans {devices} GPUs but only {len(gpus)} are visible ({','.join(gpus)})"
         raise SuiteError(msg)
-    return groups if parallel else groups[:1]
+    return [group for group in (groups if parallel else groups[:1]) for _ in range(runs_per_device)]
 
 
 def base_record(spec: RunSpec) -> dict[str, Any]:
@@ -225,6 +231,7 @@ class Runner:
         record = {**base_record(spec), **result, "started_at": started_at, "finished_at": now()}
         # Under "inline" isolation peak RSS is the harness process's, not the run's alone.
         record["isolation"] = self.suite.isolation
+        record["runs_per_device"] = self.suite.runs_per_device  # > 1: timings taken on a shared device
         timing = record.setdefault("timing", {})
         timing["wall_s"] = elapsed
         measured = sum(timing.get(k) or 0.0 for k in ("fit_s", "test_s", "measure_s"))
@@ -299,7 +306,8 @@ def run_suite(
     started_at = now()
     runs = select_runs(suite, only)
     records_path = output / records.RECORDS_NAME
-    slots = device_slots(visible_gpus() if gpus is None else gpus, suite.devices, suite.parallel, suite.accelerator)
+    gpus = visible_gpus() if gpus is None else gpus
+    slots = device_slots(gpus, suite.devices, suite.parallel, suite.accelerator, suite.runs_per_device)
     if dry_run:
         done = records.read_records(records_path).finished_ids() if resume else set()
         for spec in runs:

@@ -118,6 +118,7 @@ class Suite:
     accelerator: str = "auto"
     parallel: bool = False
     devices: int = 1
+    runs_per_device: int = 1
     isolation: str = "process"
     run_timeout_s: float | None = None
 
@@ -260,6 +261,7 @@ _TOP_KEYS = (
     "accelerator",
     "devices",
     "parallel",
+    "runs_per_device",
     "precision",
     "deterministic",
     "train_batch_size",
@@ -337,7 +339,8 @@ class _Validator:
             raise SuiteError(f"parallel: expected true or false, got {parallel!r}")
         isolation = self._choice(data, "isolation", "process", ISOLATION_MODES, "")
         devices = self._int(data, "devices", 1, 1, "")
-        if isolation == "inline" and (parallel or devices > 1):
+        runs_per_device = self._int(data, "runs_per_device", 1, 1, "")
+        if isolation == "inline" and (parallel or devices > 1 or runs_per_device > 1):
             raise SuiteError("isolation: 'inline' runs one run at a time on one device; set isolation: process")
         models = [self._model(m, i, defaults, trainer_args) for i, m in enumerate(self._list(data, "models"))]
         datasets = [self._dataset(d, i) for i, d in enumerate(self._list(data, "datasets"))]
@@ -359,6 +362,7 @@ class _Validator:
             accelerator=common["accelerator"],
             parallel=parallel,
             devices=devices,
+            runs_per_device=runs_per_device,
             isolation=isolation,
             run_timeout_s=timeout,
         )
