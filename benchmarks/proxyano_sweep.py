@@ -8,7 +8,9 @@ prints one JSON line with the summed loss terms and test AUROCs of several readi
 - ``irm_on_true_proxy_*``: the IRM fed the *extracted* proxy of the test image instead of the predicted one;
 - ``pem_error_pixel``: the PEM's own error |PEM(x) - proxy(x)| as a pixel map (does the memory refuse
   lesions?; absent without a PEM);
-- ``sigma{S}_top{K}_image`` / ``sigma{S}_pixel``: the full path scored with other map smoothings and top-k.
+- ``sigma{S}_top{K}_image`` / ``sigma{S}_pixel``: the full path scored with other map smoothings and top-k;
+- ``preblur{S}_*``: the error of the blurred image and reconstruction, |G*x - G*x_hat| (texture the proxy
+  drops cancels out before the difference, instead of being smoothed after it).
 
 Examples (the numbers in the model README came from these, on one NVIDIA H200 and on this repo's CPUs)::
 
@@ -35,7 +37,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from proxyano_plugin import BrainMRIDemo, ProxyAno
 from proxyano_plugin.data import SplitCSV
-from proxyano_plugin.models.proxyano.torch_model import gaussian_kernel
+from proxyano_plugin.models.proxyano.torch_model import gaussian_blur, gaussian_kernel
 
 SIGMAS = (1.0, 2.0, 4.0)
 TOP_FRACTIONS = (0.001, 0.01, 0.05, 1.0)  # 1.0: the mean error
@@ -112,6 +114,12 @@ def evaluate(
         for fraction in TOP_FRACTIONS:
             net.score_topk = fraction
             scores[f"sigma{sigma:g}_top{fraction:g}_image"] = binary_auroc(net.image_score(anomaly_map), labels).item()
+        blur = gaussian_kernel(sigma).to(images.device)
+        coarse = (gaussian_blur(images, blur) - gaussian_blur(readings["full"], blur)).abs().mean(1, keepdim=True)
+        pixel(f"preblur{sigma:g}_pixel", coarse)
+        for fraction in (0.01, 1.0):
+            net.score_topk = fraction
+            scores[f"preblur{sigma:g}_top{fraction:g}_image"] = binary_auroc(net.image_score(coarse), labels).item()
     net.smoothing_kernel, net.score_topk = kernel, top
     net.train()
     return scores

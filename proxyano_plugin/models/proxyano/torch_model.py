@@ -136,6 +136,15 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
+def gaussian_blur(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Separable blur of ``[B, C, H, W]`` with a 1D kernel, per channel, reflect-padded (size kept)."""
+    radius = kernel.numel() // 2
+    channels = images.shape[1]
+    padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(rows, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
 class ProxyAnoModel(nn.Module):
     """ProxyAno's two networks plus the scoring head.
 
@@ -195,13 +204,7 @@ class ProxyAnoModel(nn.Module):
         difference = images - reconstructions
         error = difference.abs() if self.error == "l1" else difference.square()
         error = error.mean(dim=1, keepdim=True)
-        if self.smoothing_kernel is None:
-            return error
-        kernel = self.smoothing_kernel
-        radius = kernel.numel() // 2
-        error = F.pad(error, (radius, radius, radius, radius), mode="reflect")
-        error = F.conv2d(error, kernel.view(1, 1, 1, -1))
-        return F.conv2d(error, kernel.view(1, 1, -1, 1))
+        return error if self.smoothing_kernel is None else gaussian_blur(error, self.smoothing_kernel)
 
     def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         """Mean of the ``score_topk`` highest map values per image (top-k, unlike quantile, exports to ONNX)."""
