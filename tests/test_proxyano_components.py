@@ -126,6 +126,19 @@ def test_smoothing_preserves_constant_maps():
     torch.testing.assert_close(error, torch.full_like(error, 0.25))
 
 
+def test_error_blur_cancels_fine_texture_but_keeps_a_blob():
+    plain = ProxyAnoModel(1, WIDTHS, 0, 0.0, 0.0, 1.0, "l1")
+    blurred = ProxyAnoModel(1, WIDTHS, 0, 0.0, 0.0, 1.0, "l1", error_blur_sigma=2.0)
+    reconstruction = torch.full((1, 1, 32, 32), 0.5)
+    checkerboard = 0.5 + 0.2 * (torch.arange(32).view(-1, 1) + torch.arange(32)).remainder(2).mul(2).sub(1)
+    texture = checkerboard.view(1, 1, 32, 32)  # zero-mean +-0.2 detail the reconstruction lacks
+    blob = reconstruction.clone()
+    blob[..., 12:20, 12:20] = 0.7  # a +0.2 region: a lesion
+    assert plain.error_map(texture, reconstruction).mean() == pytest.approx(0.2)
+    assert blurred.error_map(texture, reconstruction).max() < 0.01
+    assert blurred.error_map(blob, reconstruction).max() > 0.1
+
+
 def test_loss_terms_and_total():
     images = torch.rand(2, 1, 8, 8)
     loss = ProxyAnoLoss(entropy_weight=0.5, predicted_proxy_weight=0.25)

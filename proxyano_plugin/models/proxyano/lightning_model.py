@@ -55,6 +55,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         predicted_proxy_weight: Weight of the IRM loss on the PEM's predicted proxies (0 trains the IRM
             on extracted proxies only, as two fully separate stages would).
         map_sigma: Gaussian smoothing of the error map, in pixels at ``image_size``; 0 disables it.
+        error_blur_sigma: Gaussian blur of the image and its reconstruction before their difference, in
+            pixels at ``image_size``; 0 (default, the paper) compares them pixel by pixel. Cancels texture
+            the proxy cannot carry (see README: brain_tumor_mri).
         score_topk: Image score = mean of the top fraction of map values (1.0 = mean error).
         error: ``"l1"`` or ``"l2"`` pixel error.
         learning_rate: Adam learning rate for both networks.
@@ -83,6 +86,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         error: str = "l1",
         learning_rate: float = 1e-3,
         reconstruct_from: str = "predicted_proxy",
+        error_blur_sigma: float = 0.0,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -116,6 +120,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             score_topk=score_topk,
             error=error,
             reconstruct_from=reconstruct_from,
+            error_blur_sigma=error_blur_sigma,
         )
         self.proxy_extractor = CachedProxy(create_proxy(proxy, **(proxy_kwargs or {})), cache_dir=proxy_cache_dir)
         self.paster = PatchPaster(paste_probability, tuple(paste_area_range), tuple(paste_aspect_range))

@@ -154,6 +154,8 @@ class ProxyAnoModel(nn.Module):
         memory_size: Number of memory items (0 disables the memory: an ablation).
         memory_shrink_threshold: Hard-shrinkage threshold of the memory addressing.
         map_sigma: Gaussian smoothing (pixels) of the error map; 0 disables it.
+        error_blur_sigma: Gaussian blur (pixels) of the image and the reconstruction *before* their difference,
+            so fine texture the proxy cannot carry cancels instead of scoring; 0 (the paper) disables it.
         score_topk: Image score = mean of the top ``score_topk`` fraction of the map (1.0 = mean error).
         error: Pixel error, ``"l1"`` (|x - x_hat|) or ``"l2"`` ((x - x_hat)^2), averaged over channels.
         reconstruct_from: ``"predicted_proxy"`` (the paper: image -> PEM -> IRM) or ``"image"`` (no PEM is
@@ -170,6 +172,7 @@ class ProxyAnoModel(nn.Module):
         score_topk: float,
         error: str,
         reconstruct_from: str = "predicted_proxy",
+        error_blur_sigma: float = 0.0,
     ) -> None:
         super().__init__()
         if in_channels not in {1, 3}:
@@ -194,6 +197,8 @@ class ProxyAnoModel(nn.Module):
         )
         self.irm = ImageReconstructionModule(in_channels, widths)
         self.register_buffer("smoothing_kernel", gaussian_kernel(map_sigma) if map_sigma > 0 else None, False)
+        blur = gaussian_kernel(error_blur_sigma) if error_blur_sigma > 0 else None
+        self.register_buffer("error_blur_kernel", blur, False)
 
     def to_model_channels(self, images: torch.Tensor) -> torch.Tensor:
         """Reduce anomalib's always-3-channel batch to the model's channels."""
@@ -201,6 +206,9 @@ class ProxyAnoModel(nn.Module):
 
     def error_map(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
         """Per-pixel reconstruction error ``[B, 1, H, W]``, smoothed."""
+        if self.error_blur_kernel is not None:
+            images = gaussian_blur(images, self.error_blur_kernel)
+            reconstructions = gaussian_blur(reconstructions, self.error_blur_kernel)
         difference = images - reconstructions
         error = difference.abs() if self.error == "l1" else difference.square()
         error = error.mean(dim=1, keepdim=True)
