@@ -483,6 +483,24 @@ def test_metrics_match_anomalib_and_ignore_the_score_scale() -> None:
     assert compute_metrics(scores, torch.zeros(50, dtype=torch.int))["image_auroc"] is None
 
 
+def test_report_splits_runs_whose_settings_differ() -> None:
+    from proxyano_plugin.bench.report import group_runs
+
+    loaded = records.read_records(HERE / "data" / "bench_records.jsonl").records
+    autoencoder = [r for r in loaded if r["model"]["name"] == "Autoencoder" and r["dataset"]["name"] == "demo"]
+    longer = [
+        {**r, "run_id": f"e{r['run_id']}", "config": {**r.get("config", {}), "max_epochs": 600}} for r in autoencoder
+    ]
+    # Where the data lives does not split a group: a copy elsewhere is the same dataset.
+    moved = {**longer[0], "run_id": "moved", "dataset": {**longer[0]["dataset"], "init_args": {"root": "/else"}}}
+
+    groups = {g.model: g for g in group_runs([*autoencoder, *longer, moved]) if g.dataset == "demo"}
+
+    assert sorted(groups) == ["Autoencoder [max_epochs=600]", "Autoencoder [max_epochs=unset]"]
+    assert len(groups["Autoencoder [max_epochs=600]"].runs) == 3
+    assert len(groups["Autoencoder [max_epochs=unset]"].runs) == 2
+
+
 def test_report_matches_golden(tmp_path: Path) -> None:
     """report.md from a fixed records file; regenerate the golden file with PROXYANO_BENCH_GOLDEN=1."""
     data = HERE / "data"

@@ -126,7 +126,9 @@ def test_openvino_export_matches_lightning(trained):
     openvino = pytest.importorskip("openvino")
     _, checkpoint, _ = trained
     model_file = export(trained, "ProxyAno", "openvino", "*.xml")
-    compiled = openvino.Core().compile_model(str(model_file), "CPU")
+    # OpenVINO's CPU plugin computes in bf16 by default where the CPU has AVX512-BF16 or AMX (errors of
+    # ~5e-3 on this model's maps); parity is asked of the graph, so pin f32.
+    compiled = openvino.Core().compile_model(str(model_file), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     result = compiled(images.numpy())
     exported = {name: result[output] for output in compiled.outputs for name in output.get_names()}

@@ -7,6 +7,7 @@ identically anywhere: the header's machine, dates and versions are those the rec
 from __future__ import annotations
 
 import csv
+import json
 import math
 import statistics
 from collections.abc import Callable
@@ -101,17 +102,43 @@ def _write(path: Path, text: str) -> Path:
 
 
 def group_runs(latest: list[dict[str, Any]]) -> list[Group]:
-    """Ok runs grouped by dataset then model, in the order they first appear in the records."""
+    """Ok runs grouped by dataset then model, in the order they first appear in the records.
+
+    A model whose runs differ in settings (a suite edited between sessions, ``--set`` overrides) is split
+    into one group per setting, labelled with what differs (``Autoencoder [max_epochs=600]``), so that
+    mean and std never mix configurations.
+    """
     groups: dict[tuple[str, str], Group] = {}
     for record in latest:
         if record.get("status") != "ok":
             continue
         key = (record["dataset"]["name"], record["model"]["name"])
         groups.setdefault(key, Group(*key, runs=[])).runs.append(record)
-    for group in groups.values():
+    split = [variant for group in groups.values() for variant in _split_variants(group)]
+    for group in split:
         group.runs.sort(key=lambda r: r.get("seed", 0))
     datasets = list(dict.fromkeys(dataset for dataset, _ in groups))
-    return sorted(groups.values(), key=lambda g: datasets.index(g.dataset))
+    return sorted(split, key=lambda g: datasets.index(g.dataset))
+
+
+def _settings(record: dict[str, Any]) -> dict[str, str]:
+    """What fixes a run's numbers besides its seed and where its data lives, flattened to JSON values."""
+    model = record.get("model") or {}
+    flat = {"class_path": model.get("class_path"), **(model.get("init_args") or {}), **(record.get("config") or {})}
+    return {key: json.dumps(value, sort_keys=True, default=str) for key, value in flat.items()}
+
+
+def _split_variants(group: Group) -> list[Group]:
+    settings = [_settings(run) for run in group.runs]
+    keys = sorted({key for s in settings for key in s})
+    differing = [key for key in keys if len({s.get(key) for s in settings}) > 1]
+    if not differing:
+        return [group]
+    variants: dict[str, Group] = {}
+    for run, run_settings in zip(group.runs, settings, strict=True):
+        label = ", ".join(f"{key}={run_settings.get(key, 'unset')}" for key in differing)
+        variants.setdefault(label, Group(group.dataset, f"{group.model} [{label}]", runs=[])).runs.append(run)
+    return list(variants.values())
 
 
 # -------------------------------------------------------------------------------------------------- markdown

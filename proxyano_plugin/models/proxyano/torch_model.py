@@ -139,10 +139,11 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
 def gaussian_blur(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """Separable blur of ``[B, C, H, W]`` with a 1D kernel, per channel, reflect-padded (size kept)."""
     radius = kernel.numel() // 2
-    channels = images.shape[1]
-    padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
-    rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-    return F.conv2d(rows, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    height, width = images.shape[-2:]
+    planes = images.reshape(-1, 1, height, width)  # channels folded into the batch: one plain conv exports cleanly
+    planes = F.pad(planes, (radius, radius, radius, radius), mode="reflect")
+    planes = F.conv2d(F.conv2d(planes, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
+    return planes.reshape(images.shape)
 
 
 class ProxyAnoModel(nn.Module):
