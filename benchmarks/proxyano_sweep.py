@@ -115,7 +115,7 @@ def evaluate(
             net.score_topk = fraction
             scores[f"sigma{sigma:g}_top{fraction:g}_image"] = binary_auroc(net.image_score(anomaly_map), labels).item()
         blur = gaussian_kernel(sigma).to(images.device)
-        coarse = (gaussian_blur(images, blur) - gaussian_blur(readings["full"], blur)).abs().mean(1, keepdim=True)
+        coarse = gaussian_blur(images - readings["full"], blur).abs().mean(1, keepdim=True)
         pixel(f"preblur{sigma:g}_pixel", coarse)
         for fraction in (0.01, 1.0):
             net.score_topk = fraction

@@ -207,10 +207,9 @@ class ProxyAnoModel(nn.Module):
 
     def error_map(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
         """Per-pixel reconstruction error ``[B, 1, H, W]``, smoothed."""
-        if self.error_blur_kernel is not None:
-            images = gaussian_blur(images, self.error_blur_kernel)
-            reconstructions = gaussian_blur(reconstructions, self.error_blur_kernel)
         difference = images - reconstructions
+        if self.error_blur_kernel is not None:  # blur is linear: blurring the difference blurs both sides
+            difference = gaussian_blur(difference, self.error_blur_kernel)
         error = difference.abs() if self.error == "l1" else difference.square()
         error = error.mean(dim=1, keepdim=True)
         return error if self.smoothing_kernel is None else gaussian_blur(error, self.smoothing_kernel)
