@@ -438,7 +438,9 @@ def test_quick_suite_smoke(tmp_path: Path) -> None:
         assert (output / f"gallery_{record['model']['name']}.png").exists()
 
 
-@pytest.mark.parametrize(("name", "runs"), [("quick", 4), ("brain-tumor", 24), ("proxy-ablation", 36), ("paper", 36)])
+@pytest.mark.parametrize(
+    ("name", "runs"), [("quick", 4), ("brain-tumor", 24), ("proxy-ablation", 36), ("paper", 36), ("speed", 7)]
+)
 def test_shipped_suites_validate(name: str, runs: int) -> None:
     """Every shipped suite validates against the real classes (missing data only skips)."""
     suite = load_suite(name)

@@ -30,6 +30,19 @@ def test_sparsity_grows_with_threshold():
     assert zeros[-1] > zeros[1] > 0
 
 
+def test_hard_shrinkage_matches_memae_continuous_form_in_values_and_gradients():
+    threshold, eps = 0.02, 1e-12
+    weights = _softmax_weights().requires_grad_()
+    upstream = torch.randn(weights.shape, generator=torch.Generator().manual_seed(1))
+    (hard_shrink_relu(weights, threshold) * upstream).sum().backward()
+    ours = weights.grad.clone()
+    weights.grad = None
+    memae = torch.relu(weights - threshold) * weights / ((weights - threshold).abs() + eps)
+    ((memae / memae.sum(dim=1, keepdim=True)) * upstream).sum().backward()
+    torch.testing.assert_close(hard_shrink_relu(weights, threshold), memae / memae.sum(dim=1, keepdim=True))
+    torch.testing.assert_close(ours, weights.grad, rtol=1e-4, atol=1e-4)  # equal up to float32 rounding
+
+
 def test_addressing_entropy_is_zero_for_one_hot_and_log_n_for_uniform():
     items = 16
     one_hot = torch.eye(items)
