@@ -23,7 +23,8 @@ Examples (the numbers in the model README came from these, on one NVIDIA H200 an
 
     python benchmarks/proxyano_sweep.py --label bt --root ../shared/data/brain_tumor_mri --split-csv medianomaly
 
-This measures one seed: use it to find out what matters, then confirm with ``proxyano-bench`` over seeds.
+``--table OUT.jsonl ...`` prints the image-level readings of saved outputs as the Markdown table the results
+READMEs show. This measures one seed: use it to find out what matters, then confirm with ``proxyano-bench`` over seeds.
 """
 
 from __future__ import annotations
@@ -53,7 +54,34 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--root", default=None, help="BrainMRIDemo cache folder, or the --split-csv dataset's root")
     parser.add_argument("--split-csv", default=None, help="a SplitCSV split (e.g. medianomaly) instead of the demo")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a ProxyAno argument")
+    parser.add_argument(
+        "--table", nargs="+", metavar="JSONL", help="train nothing: print the image AUROCs of these outputs as Markdown"
+    )
     return parser.parse_args()
+
+
+# The image-level readings the results READMEs tabulate: JSON key -> column title.
+TABLE_COLUMNS = {
+    "full_image": "default score (top 1 %)",
+    "sigma1_top1_image": "mean error",
+    "preblur4_top0.01_image": "blurred error σ=4, top 1 %",
+    "preblur4_top1_image": "blurred error σ=4, mean",
+    "irm_on_true_proxy_image": "IRM on the extracted proxy",
+}
+
+
+def markdown_table(paths: list[str]) -> str:
+    """One row per JSON line of the sweep outputs (AUROC in %), in file order."""
+    lines = [
+        "| label | epoch | " + " | ".join(TABLE_COLUMNS.values()) + " |",
+        "|---|---:|" + "---:|" * len(TABLE_COLUMNS),
+    ]
+    for path in paths:
+        with open(path) as handle:
+            for row in map(json.loads, filter(str.strip, handle)):
+                values = " | ".join(f"{100 * row[key]:.1f}" if key in row else "" for key in TABLE_COLUMNS)
+                lines.append(f"| {row['label']} | {row['epoch']} | {values} |")
+    return "\n".join(lines)
 
 
 def load_split(model: ProxyAno, loader, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -127,6 +155,9 @@ def evaluate(
 
 def main() -> None:
     args = parse_args()
+    if args.table:
+        print(markdown_table(args.table))
+        return
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
