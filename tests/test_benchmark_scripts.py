@@ -1,6 +1,8 @@
-"""benchmarks/split_shortcuts.py: per-image statistics scored as anomaly scores on a split-CSV dataset."""
+"""The analysis scripts in benchmarks/: split_shortcuts.py (per-image statistics as anomaly scores) and
+proxyano_sweep.py's --table (the results READMEs' tables from its raw output)."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -8,15 +10,19 @@ import cv2
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "split_shortcuts.py"
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def shortcuts():
-    spec = importlib.util.spec_from_file_location("split_shortcuts", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("split_shortcuts")
 
 
 def write_split(root: Path, abnormal_textured: bool) -> None:
@@ -57,3 +63,21 @@ def test_main_writes_the_table_with_its_command(shortcuts, tmp_path: Path, monke
     text = output.read_text()
     assert f"python benchmarks/split_shortcuts.py --root {tmp_path} --split-csv s --size 32" in text
     assert text.count("\n| ") == 1 + len(shortcuts.STATISTICS)  # header and one row per statistic
+
+
+def test_sweep_table_prints_every_line_of_every_output_in_percent(tmp_path: Path) -> None:
+    sweep = load_script("proxyano_sweep")
+    lines = [
+        {"label": "a", "epoch": 2, "full_image": 0.5561, "preblur4_top1_image": 0.8},
+        {"label": "a", "epoch": 4, "full_image": 0.25, "sigma1_top1_image": 0.1},
+    ]
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    second.write_text(json.dumps({"label": "b", "epoch": 30, "irm_on_true_proxy_image": 0.19}) + "\n")
+
+    rows = sweep.markdown_table([str(first), str(second)]).splitlines()
+
+    assert len(rows) == 2 + 3
+    assert rows[2] == "| a | 2 | 55.6 |  |  | 80.0 |  |"
+    assert rows[3] == "| a | 4 | 25.0 | 10.0 |  |  |  |"
+    assert rows[4] == "| b | 30 |  |  |  |  | 19.0 |"
