@@ -23,10 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F  # noqa: N812
 from torchmetrics.functional.classification import binary_auroc
 
 from proxyano_plugin.data import SplitCSV
+from proxyano_plugin.models.image_inputs import resize_pre_processor, to_model_channels
 from proxyano_plugin.models.proxyano.torch_model import gaussian_blur, gaussian_kernel
 
 FOREGROUND_LEVEL = 0.1  # grey level (of 1) above which a pixel counts as head rather than background
@@ -50,14 +50,15 @@ STATISTICS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def test_images(root: str, split_csv: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grayscale test images ``[N, 1, size, size]`` in [0, 1] and their labels (1 = abnormal)."""
+def load_test_images(root: str, split_csv: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grayscale test images ``[N, 1, size, size]`` in [0, 1], resized as the models' pre-processor does, and
+    their labels (1 = abnormal)."""
     data = SplitCSV(root=root, split_csv=split_csv, val_split_mode="same_as_test", eval_batch_size=64, num_workers=0)
     data.setup()
+    resize = resize_pre_processor((size, size)).transform
     images, labels = [], []
     for batch in data.test_dataloader():
-        gray = batch.image.mean(dim=1, keepdim=True)
-        images.append(F.interpolate(gray, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
+        images.append(to_model_channels(resize(batch.image), 1, "split_shortcuts"))
         labels.append(batch.gt_label.int())
     return torch.cat(images), torch.cat(labels)
 
@@ -66,7 +67,7 @@ def table(root: str, splits: list[str], size: int) -> str:
     """A Markdown table: one row per statistic, one AUROC column per split."""
     columns = {}
     for split in splits:
-        images, labels = test_images(root, split, size)
+        images, labels = load_test_images(root, split, size)
         counts = f"{int((labels == 0).sum())} normal / {int(labels.sum())} abnormal"
         columns[f"{split} ({counts})"] = {
             name: 100 * binary_auroc(statistic(images), labels).item() for name, statistic in STATISTICS.items()
