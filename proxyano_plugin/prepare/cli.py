@@ -3,6 +3,7 @@
     proxyano-prepare nifti --images 'DIR or glob' [--labels 'DIR or glob'] --output OUT [options]
     proxyano-prepare dicom --series DIR --output OUT [options]
     proxyano-prepare masks --images DIR --masks DIR [DIR ...] --output OUT [--overwrite]
+    proxyano-prepare lesions --root DIR --split-csv CSV --output OUT [options]
 
 Exit codes: 0 written, 2 bad input or options (the message names the file), 130 interrupted (nothing written).
 """
@@ -13,6 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from proxyano_plugin.prepare.lesions import LesionOptions, paint_lesions
 from proxyano_plugin.prepare.masks import merge_masks
 from proxyano_plugin.prepare.pipeline import FORMATS, NORMALISATIONS, SliceOptions, prepare_dicom, prepare_nifti
 from proxyano_plugin.prepare.readers import DEFAULT_SUBJECT_REGEX, PrepareError
@@ -101,6 +103,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     masks.add_argument("--output", required=True, help="the mask folder to write (refused if it exists)")
     masks.add_argument("--overwrite", action="store_true", help="replace --output if it exists (only on success)")
+
+    defaults = LesionOptions()
+    lesions = commands.add_parser(
+        "lesions",
+        help="paint synthetic lesions (with masks) into part of a split's normal test images: "
+        "a test set whose classes come from one source",
+    )
+    lesions.add_argument("--root", required=True, help="the folder the split CSV's paths start from")
+    lesions.add_argument("--split-csv", required=True, help="split CSV (file,label,split), as SplitCSV reads it")
+    lesions.add_argument("--output", required=True, help="the Folder tree to write (refused if it exists)")
+    lesions.add_argument("--overwrite", action="store_true", help="replace --output if it exists (only on success)")
+    lesions.add_argument(
+        "--lesion-fraction",
+        type=float,
+        default=defaults.lesion_fraction,
+        help="share of the normal test images that get a lesion (default: %(default)s)",
+    )
+    lesions.add_argument(
+        "--lesion-area",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=defaults.lesion_area,
+        help="lesion area range as a share of the head area (default: %(default)s)",
+    )
+    lesions.add_argument("--seed", type=int, default=defaults.seed, help="seed of every random choice")
     return parser
 
 
@@ -108,6 +136,9 @@ def _run(args: argparse.Namespace) -> str:
     """Run the chosen command; return its summary."""
     if args.command == "masks":
         return merge_masks(args.images, args.masks, args.output, overwrite=args.overwrite).text()
+    if args.command == "lesions":
+        options = LesionOptions(lesion_fraction=args.lesion_fraction, lesion_area=args.lesion_area, seed=args.seed)
+        return paint_lesions(args.root, args.split_csv, args.output, options, overwrite=args.overwrite).text()
     options = SliceOptions(
         axis=args.axis,
         slice_range=args.slice_range,
