@@ -97,12 +97,18 @@ def test_same_seed_same_tree_other_seed_other_lesions(tmp_path: Path) -> None:
     assert abnormal_bytes(tmp_path / "a") != abnormal_bytes(tmp_path / "c")
 
 
-def test_sixteen_bit_images_are_read_at_full_depth(tmp_path: Path) -> None:
-    path = tmp_path / "deep.png"
+def test_sixteen_bit_and_gray_rgb_images_are_read_colour_refused(tmp_path: Path) -> None:
     image = head_slice(0, np.uint16)
-    cv2.imwrite(str(path), image)
+    cv2.imwrite(str(tmp_path / "deep.png"), image)
+    gray = head_slice(1)
+    cv2.imwrite(str(tmp_path / "rgb.png"), np.dstack([gray] * 3))
+    colour = np.dstack([gray, gray, 255 - gray])
+    cv2.imwrite(str(tmp_path / "colour.png"), colour)
 
-    np.testing.assert_allclose(read_gray(path), image / 65535.0, atol=1e-6)
+    np.testing.assert_allclose(read_gray(tmp_path / "deep.png"), image / 65535.0, atol=1e-6)
+    np.testing.assert_allclose(read_gray(tmp_path / "rgb.png"), gray / 255.0, atol=1e-6)
+    with pytest.raises(PrepareError, match="colour image"):
+        read_gray(tmp_path / "colour.png")
 
 
 @pytest.mark.parametrize(

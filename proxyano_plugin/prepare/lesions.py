@@ -58,6 +58,7 @@ class LesionOptions:
     seed: int = 0
 
     def check(self) -> None:
+        """Normalise list input (CLI, YAML) and reject values that cannot make a usable test set."""
         self.lesion_area = tuple(float(value) for value in self.lesion_area)
         problems = []
         if not 0 < self.lesion_fraction < 1:
