@@ -379,6 +379,19 @@ def test_only_and_dry_run(tmp_path: Path, folder: Path, capsys: pytest.CaptureFi
     assert "max/tiny/seed1" in lines[0]
     assert not output.exists()
     assert main(["run", str(suite), "--output", str(output), "--only", "nothing*"]) == 2
+    capsys.readouterr()
+
+    # Repeated --only selects the union, in suite order; a pattern that matches nothing is still an error.
+    assert (
+        main(
+            ["run", str(suite), "--output", str(output), "--only", "max/*/seed0", "--only", "mean/*/seed1", "--dry-run"]
+        )
+        == 0
+    )
+    lines = [line for line in capsys.readouterr().out.splitlines() if " run " in f" {line} "]
+    assert [line.split()[-1] for line in lines] == ["mean/tiny/seed1", "max/tiny/seed0"]
+    assert main(["run", str(suite), "--output", str(output), "--only", "max/*", "--only", "typo*"]) == 2
+    assert "'typo*' matches no run" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -440,7 +453,7 @@ def test_quick_suite_smoke(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "runs"),
-    [("quick", 4), ("brain-tumor", 24), ("proxy-ablation", 36), ("paper", 36), ("speed", 7), ("brain-lesions", 12)],
+    [("quick", 4), ("brain-tumor", 24), ("proxy-ablation", 36), ("paper", 36), ("speed", 7), ("brain-lesions", 18)],
 )
 def test_shipped_suites_validate(name: str, runs: int) -> None:
     """Every shipped suite validates against the real classes (missing data only skips)."""

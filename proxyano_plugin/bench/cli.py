@@ -1,6 +1,6 @@
 """``proxyano-bench``: run a benchmark suite, or report on a results directory.
 
-    proxyano-bench run SUITE [--output DIR] [--resume] [--only PATTERN] [--dry-run] [--set KEY=VALUE ...]
+    proxyano-bench run SUITE [--output DIR] [--resume] [--only PATTERN ...] [--dry-run] [--set KEY=VALUE ...]
     proxyano-bench report DIR
     proxyano-bench list
 
@@ -31,7 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("suite", help=f"a suite YAML file, or a shipped suite: {', '.join(shipped_suites())}")
     run.add_argument("--output", type=Path, help=f"results directory (default: {DEFAULT_RESULTS}/<suite name>)")
     run.add_argument("--resume", action="store_true", help="skip runs already recorded as ok; append the rest")
-    run.add_argument("--only", metavar="PATTERN", help="glob on run names model/dataset/seedN, or a run id")
+    run.add_argument(
+        "--only",
+        metavar="PATTERN",
+        action="append",
+        help="glob on run names model/dataset/seedN, or a run id; repeat to select the union",
+    )
     run.add_argument("--dry-run", action="store_true", help="validate and list the runs, train nothing")
     run.add_argument(
         "--set",

@@ -17,7 +17,7 @@ import platform
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from fnmatch import fnmatch
@@ -46,14 +46,16 @@ def _process_context() -> Any:
     return context
 
 
-def select_runs(suite: Suite, only: str | None) -> list[RunSpec]:
-    """The runs whose name (``model/dataset/seedN``) or id matches the ``--only`` glob."""
+def select_runs(suite: Suite, only: str | Sequence[str] | None) -> list[RunSpec]:
+    """The runs whose name (``model/dataset/seedN``) or id matches any of the ``--only`` globs, in suite order."""
     if only is None:
         return list(suite.runs)
-    selected = [r for r in suite.runs if fnmatch(r.name, only) or r.run_id == only]
-    if not selected:
+    patterns = [only] if isinstance(only, str) else list(only)
+    selected = [r for r in suite.runs if any(fnmatch(r.name, p) or r.run_id == p for p in patterns)]
+    unmatched = [p for p in patterns if not any(fnmatch(r.name, p) or r.run_id == p for r in suite.runs)]
+    if unmatched:
         names = ", ".join(r.name for r in suite.runs[:6])
-        msg = f"--only {only!r} matches no run (run names look like: {names})"
+        msg = f"--only {', '.join(map(repr, unmatched))} matches no run (run names look like: {names})"
         raise SuiteError(msg)
     return selected
 
@@ -289,7 +291,7 @@ def run_suite(
     output: Path,
     *,
     resume: bool = False,
-    only: str | None = None,
+    only: str | Sequence[str] | None = None,
     dry_run: bool = False,
     gpus: list[str] | None = None,
     startup_s: float = 0.0,
