@@ -499,6 +499,29 @@ def test_metrics_match_anomalib_and_ignore_the_score_scale() -> None:
     assert compute_metrics(scores, torch.zeros(50, dtype=torch.int))["image_auroc"] is None
 
 
+def test_overhead_counts_parallel_runs_without_going_negative() -> None:
+    from proxyano_plugin.bench.report import harness_overhead
+
+    # One at a time: work is the wall time, overhead is wall minus measured (5 s alone + 3 s inside runs).
+    assert records.session_overhead(25.0, [(10.0, 20.0, 9.0), (0.0, 10.0, 8.0)]) == (8.0, 25.0)
+    # Two runs at once: wall minus measured would be 12 - 16 = -4; summing the runs' durations is not.
+    assert records.session_overhead(12.0, [(0.0, 10.0, 8.0), (1.0, 11.0, 8.0)]) == (5.0, 21.0)
+    assert records.session_overhead(3.0, []) == (3.0, 3.0)
+
+    def run(finished: str, wall: float, fit: float) -> dict[str, Any]:
+        return {"finished_at": f"2026-01-01T00:{finished}+00:00", "timing": {"wall_s": wall, "fit_s": fit}}
+
+    def session(start: str, end: str, wall: float, status: str = "finished") -> dict[str, Any]:
+        times = {"started_at": f"2026-01-01T00:{start}+00:00", "finished_at": f"2026-01-01T00:{end}+00:00"}
+        return {**times, "wall_s": wall, "status": status}
+
+    sessions = [session("00:00", "00:12", 12.0), session("01:00", "01:30", 30.0, "interrupted")]
+    runs = [run("00:10", 10.0, 8.0), run("00:11", 10.0, 8.0), run("01:20", 20.0, 1.0), run("05:00", 9.0, 1.0)]
+    # Only the finished session counts, joined to the two runs that ended inside it.
+    assert harness_overhead(sessions, runs) == (5.0, 21.0, 1)
+    assert harness_overhead([], runs) is None
+
+
 def test_report_splits_runs_whose_settings_differ() -> None:
     from proxyano_plugin.bench.report import group_runs
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +18,35 @@ from typing import Any
 RECORDS_NAME = "records.jsonl"
 SESSIONS_NAME = "sessions.jsonl"
 LOCK_NAME = ".lock"
+MEASURED_KEYS = ("fit_s", "test_s", "measure_s")
+"""A run's timing entries that are the measured work; the rest of its wall time is harness overhead."""
+
+
+def measured_seconds(timing: Mapping[str, Any] | None) -> float:
+    """Seconds of a run's ``timing`` spent fitting, testing and measuring speed."""
+    return sum((timing or {}).get(key) or 0.0 for key in MEASURED_KEYS)
+
+
+def session_overhead(wall_s: float, runs: Iterable[tuple[float, float, float]]) -> tuple[float, float]:
+    """``(overhead_s, work_s)`` of one harness invocation from its wall time and its runs' ``(start, end, measured_s)``.
+
+    Work is the time with no run in flight (imports, validation, report) plus every run's duration; overhead
+    is that time plus each run's duration outside fit, test and speed measurement. With one run at a time
+    work is the wall time and overhead is wall minus measured; with runs in parallel ``wall - measured``
+    would go negative, so the runs' durations are summed instead.
+    """
+    runs = sorted(runs)
+    busy, span_start, span_end = 0.0, None, None
+    for start, end, _ in runs:  # length of the union of the runs' intervals
+        if span_end is None or start > span_end:
+            busy += 0.0 if span_end is None else span_end - span_start
+            span_start, span_end = start, end
+        else:
+            span_end = max(span_end, end)
+    busy += 0.0 if span_end is None else span_end - span_start
+    alone = max(wall_s - busy, 0.0)
+    durations = sum(end - start for start, end, _ in runs)
+    return alone + durations - sum(measured for *_, measured in runs), alone + durations
 
 
 class ResultsError(RuntimeError):

@@ -12,6 +12,7 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,8 @@ def write_report(directory: Path) -> list[Path]:
     groups = group_runs(latest)
     sessions = records_io.read_records(directory / records_io.SESSIONS_NAME).records
     plots = write_plots(directory, groups)
-    markdown = render_markdown(latest, groups, sessions, loaded.problems, [p.name for p in plots])
+    overhead = harness_overhead(sessions, loaded.records)
+    markdown = render_markdown(latest, groups, overhead, loaded.problems, [p.name for p in plots])
     return [_write(directory / "report.md", markdown), write_summary_csv(directory / "summary.csv", groups), *plots]
 
 
@@ -147,13 +149,13 @@ def _split_variants(group: Group) -> list[Group]:
 def render_markdown(
     latest: list[dict[str, Any]],
     groups: list[Group],
-    sessions: list[dict[str, Any]],
+    overhead: tuple[float, float, int] | None,
     problems: list[str],
     images: list[str],
 ) -> str:
     suites = sorted({r.get("suite", "?") for r in latest})
     lines = [f"# Benchmark results: {', '.join(suites)}", ""]
-    lines += _header(latest, sessions)
+    lines += _header(latest, overhead)
     lines += [
         "",
         "Mean ± standard deviation over seeds (n = number of seeds). Metrics in %, computed with anomalib's "
@@ -177,7 +179,7 @@ def _log_link(record: dict[str, Any]) -> str:
     return f" ([log]({record['log']}))" if record.get("log") and record["status"] == "failed" else ""
 
 
-def _header(latest: list[dict[str, Any]], sessions: list[dict[str, Any]]) -> list[str]:
+def _header(latest: list[dict[str, Any]], overhead: tuple[float, float, int] | None) -> list[str]:
     devices = sorted({_device_label(r.get("device") or {}) for r in latest if r.get("status") == "ok"})
     dates = sorted(r["finished_at"][:10] for r in latest if r.get("finished_at"))
     version_sets = sorted({_versions_label(r.get("versions") or {}) for r in latest})
@@ -198,16 +200,43 @@ def _header(latest: list[dict[str, Any]], sessions: list[dict[str, Any]]) -> lis
             f"- Warning: {len(busy)} run(s) measured their speed on a busy machine (1-min load average up to "
             f"{worst[0]:.1f} on {worst[1]} CPUs): their latency and throughput are not reliable"
         )
-    # An interrupted session's run in flight is neither measured nor overhead: count finished sessions only.
-    finished = [s for s in sessions if s.get("status") == "finished"]
-    wall = sum(s.get("wall_s") or 0.0 for s in finished)
-    if wall > 0:
-        overhead = sum(s.get("overhead_s") or 0.0 for s in finished)
+    if overhead is not None:
+        seconds, work, count = overhead
         lines.append(
-            f"- Harness overhead: {100 * overhead / wall:.1f}% of {wall:.0f} s wall time over "
-            f"{len(finished)} finished session(s) (everything but fit, test and speed measurement)"
+            f"- Harness overhead: {100 * seconds / work:.1f}% of {work:.0f} s over {count} finished session(s) "
+            "(everything but fit, test and speed measurement; the time counted is the harness's own plus every "
+            "run's, which is the wall time when runs go one at a time)"
         )
     return lines
+
+
+def harness_overhead(sessions: list[dict[str, Any]], runs: list[dict[str, Any]]) -> tuple[float, float, int] | None:
+    """``(overhead_s, work_s, sessions)`` over the finished sessions, each joined to the runs that ended in it.
+
+    Recomputed from the records (a run's interval is its ``wall_s`` up to its ``finished_at``) rather than
+    read from ``sessions.jsonl``, whose ``overhead_s`` went negative for sessions with parallel runs before
+    :func:`~proxyano_plugin.bench.records.session_overhead`. An interrupted session's run in flight is
+    neither measured nor overhead: only finished sessions count.
+    """
+    ended = [(_timestamp(r["finished_at"]), r) for r in runs if r.get("finished_at") and r.get("timing")]
+    totals, count = [0.0, 0.0], 0
+    for session in sessions:
+        if session.get("status") != "finished" or not session.get("wall_s"):
+            continue
+        start, end = _timestamp(session["started_at"]), _timestamp(session["finished_at"])
+        intervals = [
+            (at - run["timing"].get("wall_s", 0.0), at, records_io.measured_seconds(run["timing"]))
+            for at, run in ended
+            if start <= at <= end
+        ]
+        for index, value in enumerate(records_io.session_overhead(session["wall_s"], intervals)):
+            totals[index] += value
+        count += 1
+    return (totals[0], totals[1], count) if count and totals[1] > 0 else None
+
+
+def _timestamp(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
 
 
 def _busy(record: dict[str, Any]) -> bool:

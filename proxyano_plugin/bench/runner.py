@@ -34,7 +34,7 @@ EXIT_OK, EXIT_FAILED_RUNS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _process_context() -> Any:
@@ -120,6 +120,8 @@ class Runner:
     slots: list[list[str] | None]
     log: Callable[[str], None] = print
     results: list[dict[str, Any]] = field(default_factory=list)
+    intervals: list[tuple[float, float, float]] = field(default_factory=list)
+    """``(start, end, measured_s)`` of each finished run, on the ``perf_counter`` clock (for the overhead)."""
     _durations: dict[str, list[float]] = field(default_factory=dict)
     _remaining: list[RunSpec] = field(default_factory=list)
     _index: dict[str, int] = field(default_factory=dict)
@@ -236,8 +238,10 @@ class Runner:
         record["runs_per_device"] = self.suite.runs_per_device  # > 1: timings taken on a shared device
         timing = record.setdefault("timing", {})
         timing["wall_s"] = elapsed
-        measured = sum(timing.get(k) or 0.0 for k in ("fit_s", "test_s", "measure_s"))
+        measured = records.measured_seconds(timing)
         timing["overhead_s"] = max(elapsed - measured, 0.0) if result["status"] == "ok" else None
+        finished = time.perf_counter()
+        self.intervals.append((finished - elapsed, finished, measured))
         if gpus is not None:
             record.setdefault("device", {})["gpus"] = gpus
         records.append_record(self.records_path, record)
@@ -344,7 +348,7 @@ def run_suite(
             runner.run(todo)
             interrupted = False
         finally:
-            _log_session(output, runner.results, started_at, session_start, startup_s, interrupted)
+            _log_session(output, runner, started_at, session_start, startup_s, interrupted)
     failed = [r for r in runner.results if r["status"] == "failed"]
     if failed:
         log(f"{len(failed)} of {len(runner.results)} runs failed: " + ", ".join(r["name"] for r in failed))
@@ -353,16 +357,16 @@ def run_suite(
 
 def _log_session(
     output: Path,
-    results: list[dict[str, Any]],
+    runner: Runner,
     started_at: str,
     session_start: float,
     startup_s: float,
     interrupted: bool,
 ) -> None:
-    """One line per invocation: how much of its wall time went to fit, test and measurement (the rest is
+    """One line per invocation: how much of its time went to fit, test and measurement (the rest is
     harness overhead: imports, validation, process start, metric computation, examples, records)."""
     wall = time.perf_counter() - session_start + startup_s
-    measured = sum((r.get("timing") or {}).get(key) or 0.0 for r in results for key in ("fit_s", "test_s", "measure_s"))
+    overhead, work = records.session_overhead(wall, runner.intervals)
     records.append_record(
         output / records.SESSIONS_NAME,
         {
@@ -370,11 +374,12 @@ def _log_session(
             "status": "interrupted" if interrupted else "finished",
             "started_at": started_at,
             "finished_at": now(),
-            "runs": len(results),
+            "runs": len(runner.results),
             "wall_s": wall,
             "startup_s": startup_s,
-            "measured_s": measured,
-            "overhead_s": wall - measured,
-            "overhead_fraction": (wall - measured) / wall if wall > 0 else None,
+            "measured_s": sum(measured for *_, measured in runner.intervals),
+            "work_s": work,
+            "overhead_s": overhead,
+            "overhead_fraction": overhead / work if work > 0 else None,
         },
     )
