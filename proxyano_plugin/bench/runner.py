@@ -51,8 +51,12 @@ def select_runs(suite: Suite, only: str | Sequence[str] | None) -> list[RunSpec]
     if only is None:
         return list(suite.runs)
     patterns = [only] if isinstance(only, str) else list(only)
-    selected = [r for r in suite.runs if any(fnmatch(r.name, p) or r.run_id == p for p in patterns)]
-    unmatched = [p for p in patterns if not any(fnmatch(r.name, p) or r.run_id == p for r in suite.runs)]
+
+    def matches(run: RunSpec, pattern: str) -> bool:
+        return fnmatch(run.name, pattern) or run.run_id == pattern
+
+    selected = [r for r in suite.runs if any(matches(r, p) for p in patterns)]
+    unmatched = [p for p in patterns if not any(matches(r, p) for r in suite.runs)]
     if unmatched:
         names = ", ".join(r.name for r in suite.runs[:6])
         msg = f"--only {', '.join(map(repr, unmatched))} matches no run (run names look like: {names})"
