@@ -65,6 +65,30 @@ def test_main_writes_the_table_with_its_command(shortcuts, tmp_path: Path, monke
     assert text.count("\n| ") == 1 + len(shortcuts.STATISTICS)  # header and one row per statistic
 
 
+def test_pixel_priors_score_masks_where_the_split_has_them(shortcuts, tmp_path: Path) -> None:
+    """Lesions always in the middle of the frame: the centre prior finds them, with no model."""
+    write_split(tmp_path, abnormal_textured=False)
+    rows = ["file,label,split,mask"]
+    for line in (tmp_path / "splits" / "s.csv").read_text().splitlines()[1:]:
+        file, label, split, _class = line.split(",")
+        mask = ""
+        if label == "1":
+            mask = f"masks/{Path(file).name}"
+            (tmp_path / "masks").mkdir(exist_ok=True)
+            centre = np.zeros((32, 32), np.uint8)
+            centre[14:18, 14:18] = 255
+            cv2.imwrite(str(tmp_path / mask), centre)
+        rows.append(f"{file},{label},{split},{mask}")
+    (tmp_path / "splits" / "masked.csv").write_text("\n".join(rows) + "\n")
+
+    table = shortcuts.table(str(tmp_path), ["s", "masked"], size=32)
+
+    centre_row = next(line for line in table.splitlines() if "closeness to the image centre" in line)
+    unmasked, masked = (cell.strip() for cell in centre_row.split("|")[2:4])
+    assert unmasked == "no masks"
+    assert float(masked) > 99  # a 4x4 square's corners lie a little further out than its 4-neighbours
+
+
 def test_sweep_table_prints_every_line_of_every_output_in_percent(tmp_path: Path) -> None:
     sweep = load_script("proxyano_sweep")
     lines = [
