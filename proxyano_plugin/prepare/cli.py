@@ -22,11 +22,15 @@ from proxyano_plugin.prepare.readers import DEFAULT_SUBJECT_REGEX, PrepareError
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
 
+def _output_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str) -> None:
+    parser.add_argument("--output", required=True, help=f"{what} to write (refused if it exists)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists (only on success)")
+
+
 def _slice_options(parser: argparse.ArgumentParser, test_fraction: float) -> None:
     defaults = SliceOptions()
     group = parser.add_argument_group("slices")
-    group.add_argument("--output", required=True, help="the Folder tree to write (refused if it exists)")
-    group.add_argument("--overwrite", action="store_true", help="replace --output if it exists (only on success)")
+    _output_arguments(group, "the Folder tree")
     group.add_argument("--axis", type=int, default=defaults.axis, choices=(0, 1, 2), help="slice axis (default: 2)")
     group.add_argument("--slice-range", metavar="A:B", help="keep slices A..B-1 along the axis (Python bounds)")
     group.add_argument(
@@ -101,8 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         help="mask folders, e.g. one per lesion type; a mask belongs to the image whose name it contains",
     )
-    masks.add_argument("--output", required=True, help="the mask folder to write (refused if it exists)")
-    masks.add_argument("--overwrite", action="store_true", help="replace --output if it exists (only on success)")
+    _output_arguments(masks, "the mask folder")
 
     defaults = LesionOptions()
     lesions = commands.add_parser(
@@ -112,8 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lesions.add_argument("--root", required=True, help="the folder the split CSV's paths start from")
     lesions.add_argument("--split-csv", required=True, help="split CSV (file,label,split), as SplitCSV reads it")
-    lesions.add_argument("--output", required=True, help="the Folder tree to write (refused if it exists)")
-    lesions.add_argument("--overwrite", action="store_true", help="replace --output if it exists (only on success)")
+    _output_arguments(lesions, "the Folder tree")
     lesions.add_argument(
         "--lesion-fraction",
         type=float,

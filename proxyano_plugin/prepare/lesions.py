@@ -18,7 +18,6 @@ intensity and texture.
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from collections import Counter
@@ -34,7 +33,7 @@ from tqdm import tqdm
 from proxyano_plugin.data.lesions import add_tumour
 from proxyano_plugin.data.split_csv import read_split_csv
 from proxyano_plugin.data.validation import DatasetError
-from proxyano_plugin.prepare.pipeline import FOLDERS, staged_output, write_png
+from proxyano_plugin.prepare.pipeline import FOLDERS, staged_output, write_manifest, write_png
 from proxyano_plugin.prepare.readers import PrepareError
 
 _IMAGE_FOLDERS = (FOLDERS["normal_dir"], FOLDERS["normal_test_dir"], FOLDERS["abnormal_dir"])
@@ -199,10 +198,7 @@ def paint_lesions(
             write_png(staging / row["file"], np.rint(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8))
             summary.images[folder] += 1
             rows.append(row)
-        with (staging / "manifest.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(LESION_MANIFEST_COLUMNS))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_manifest(staging / "manifest.csv", LESION_MANIFEST_COLUMNS, rows)
         summary.lesion_kinds = dict(kinds)
         summary.seconds = time.perf_counter() - start
         record = {

@@ -9,7 +9,6 @@ the slice pipeline, into a hidden sibling folder renamed into place when complet
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from proxyano_plugin.data.validation import image_suffixes, list_images, names_stem
-from proxyano_plugin.prepare.pipeline import staged_output, write_png
+from proxyano_plugin.prepare.pipeline import staged_output, write_manifest, write_png
 from proxyano_plugin.prepare.readers import PrepareError
 
 MASK_MANIFEST_COLUMNS = ("file", "image", "sources", "lesion_area")
@@ -141,10 +140,7 @@ def merge_masks(
                     "lesion_area": int(lesion.sum()),
                 }
             )
-        with (staging / "manifest.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(MASK_MANIFEST_COLUMNS))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_manifest(staging / "manifest.csv", MASK_MANIFEST_COLUMNS, rows)
         summary.images = len(rows)
     summary.seconds = time.perf_counter() - start
     return summary

@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -316,6 +316,14 @@ def write_png(path: Path, image: np.ndarray) -> None:
         raise OSError(msg)
 
 
+def write_manifest(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> None:
+    """Write the rows of a tree's manifest as CSV, columns in the given order."""
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def _encode(image: np.ndarray, fmt: str) -> np.ndarray:
     scale, dtype = (65535.0, np.uint16) if fmt == "png16" else (255.0, np.uint8)
     return np.rint(np.clip(image, 0.0, 1.0) * scale).astype(dtype)
@@ -366,10 +374,7 @@ def write_tree(
                         "mask": mask_path,
                     }
                 )
-        with (staging / "manifest.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(MANIFEST_COLUMNS))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_manifest(staging / "manifest.csv", MANIFEST_COLUMNS, rows)
         summary.seconds = time.perf_counter() - start
         record = {"options": asdict(options), **(settings or {}), "summary": asdict(summary)}
         (staging / "prepare.json").write_text(json.dumps(record, indent=2) + "\n")
