@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from tqdm import tqdm
 from proxyano_plugin.data.lesions import add_tumour
 from proxyano_plugin.data.split_csv import read_split_csv
 from proxyano_plugin.data.validation import DatasetError
-from proxyano_plugin.prepare.pipeline import FOLDERS, staged_output, write_manifest, write_png
+from proxyano_plugin.prepare.pipeline import FOLDERS, encode_png, staged_output, write_manifest, write_png
 from proxyano_plugin.prepare.readers import PrepareError
 
 _IMAGE_FOLDERS = (FOLDERS["normal_dir"], FOLDERS["normal_test_dir"], FOLDERS["abnormal_dir"])
@@ -168,7 +167,6 @@ def paint_lesions(
     lesioned = set(rng.permutation(len(test_normal))[:n_lesions].tolist())
     output = Path(output).expanduser().absolute()
     summary = LesionSummary(output=str(output), dropped_source_abnormal=int((samples.label_index == 1).sum()))
-    kinds: Counter[str] = Counter()
     rows = []
     jobs = [(file, "train", False) for file in train]
     jobs += [(file, "test", position in lesioned) for position, file in enumerate(test_normal)]
@@ -191,15 +189,14 @@ def paint_lesions(
                 row["mask"] = f"{FOLDERS['mask_dir']}/{name}"
                 write_png(staging / row["mask"], lesion.mask.astype(np.uint8) * 255)
                 row["lesion"], row["lesion_area_fraction"] = lesion.kind, f"{lesion.area_fraction:.4f}"
-                kinds[lesion.kind] += 1
+                summary.lesion_kinds[lesion.kind] = summary.lesion_kinds.get(lesion.kind, 0) + 1
             role = "normal_dir" if split == "train" else "abnormal_dir" if abnormal else "normal_test_dir"
             folder = FOLDERS[role]
             row["file"] = f"{folder}/{name}"
-            write_png(staging / row["file"], np.rint(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8))
+            write_png(staging / row["file"], encode_png(image))
             summary.images[folder] += 1
             rows.append(row)
         write_manifest(staging / "manifest.csv", LESION_MANIFEST_COLUMNS, rows)
-        summary.lesion_kinds = dict(kinds)
         summary.seconds = time.perf_counter() - start
         record = {
             "command": "lesions",

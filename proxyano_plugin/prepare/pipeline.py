@@ -324,7 +324,8 @@ def write_manifest(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> 
         writer.writerows(rows)
 
 
-def _encode(image: np.ndarray, fmt: str) -> np.ndarray:
+def encode_png(image: np.ndarray, fmt: str = "png8") -> np.ndarray:
+    """A float image in [0, 1] as the integer pixels of an 8-bit (``png8``) or 16-bit (``png16``) PNG."""
     scale, dtype = (65535.0, np.uint16) if fmt == "png16" else (255.0, np.uint8)
     return np.rint(np.clip(image, 0.0, 1.0) * scale).astype(dtype)
 
@@ -356,7 +357,7 @@ def write_tree(
                     msg = f"two slices would both be written as {item.name} (subject {volume.subject!r}, {item.source})"
                     raise PrepareError(msg)
                 names.add(item.name)
-                write_png(staging / path, _encode(item.image, options.format))
+                write_png(staging / path, encode_png(item.image, options.format))
                 mask_path = ""
                 if item.mask is not None:
                     mask_path = f"{FOLDERS['mask_dir']}/{item.name}"
