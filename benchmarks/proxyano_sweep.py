@@ -1,43 +1,47 @@
-"""Where does ProxyAno's anomaly signal come from? Train one variant on BrainMRIDemo and score it every N epochs.
+"""Where does ProxyAno's anomaly signal come from? Train one variant and score it every N epochs, label-free.
 
-A plain training loop (the model's own ``training_losses``, no Lightning), with the whole demo held as
-tensors on one device, so a variant trains in seconds per epoch on a GPU. Every ``--every`` epochs it
-prints one JSON line with the summed loss terms and test AUROCs of several readings of the model:
+A plain training loop (the model's own ``training_losses``, no Lightning), with the data held as tensors on
+one device. Whole groups (patients, with ``--group-column``) of the *training* split are held out as a
+validation set, and half of its images get a synthetic lesion (the BrainMRIDemo generator,
+:mod:`proxyano_plugin.data.synthetic_validation`). Every ``--every`` epochs one JSON line gives the summed
+loss terms and the validation AUROCs of several readings of the model:
 
-- ``full_*``: the real inference path, |x - IRM(PEM(x))| (what anomalib reports);
-- ``irm_on_true_proxy_*``: the IRM fed the *extracted* proxy of the test image instead of the predicted one;
-- ``pem_error_pixel``: the PEM's own error |PEM(x) - proxy(x)| as a pixel map (does the memory refuse
-  lesions?; absent without a PEM);
-- ``sigma{S}_top{K}_image`` / ``sigma{S}_pixel``: the full path scored with other map smoothings and top-k;
-- ``preblur{S}_*``: the error of the blurred image and reconstruction, |G*x - G*x_hat| (texture the proxy
-  drops cancels out before the difference, instead of being smoothed after it).
+- ``full_*``: the real inference path, |x - IRM(PEM(x))| scored as configured (what anomalib reports);
+- ``irm_on_true_proxy_*``: the IRM fed the *extracted* proxy instead of the predicted one;
+- ``pem_error_*``: the PEM's own error |G2*(proxy(x) - PEM(x))| (needs the proxy extractor at test time);
+- ``pem_vs_image_*``: |G2*(x - PEM(x))|, the predicted proxy against the image itself;
+- ``sigma{S}_top{K}_image`` / ``sigma{S}_pixel``: the full path with other map smoothings and top-k;
+- ``preblur{S}_*``: the error of the blurred image and reconstruction, |G*x - G*x_hat|.
 
-Examples (the numbers in the model README came from these, on one NVIDIA H200 and on this repo's CPUs)::
+The epoch with the best ``--select`` reading (mean of its image and pixel validation AUROC) is kept; with
+``--test`` that state alone is scored once on the test split of every ``--test-csv`` (a line with
+``"split": "test"``). Nothing in the loop looks at a test image before that. Examples::
 
-    python benchmarks/proxyano_sweep.py --label base --epochs 200 --every 25
-    python benchmarks/proxyano_sweep.py --label no-memory --epochs 200 --set memory_size=0
-    python benchmarks/proxyano_sweep.py --label identity --set proxy='"identity"'
+    python benchmarks/proxyano_sweep.py --label base --root ../shared/data/lgg_flair \
+        --split-csv patients_seed0 --group-column patient --epochs 30 --every 3
+    python benchmarks/proxyano_sweep.py --label skips --set pem_skips='"memory"' ...   # --set values are JSON
+    python benchmarks/proxyano_sweep.py --label demo --epochs 200 --every 25            # BrainMRIDemo
 
-``--set`` values are JSON (strings need quotes). ``--split-csv`` swaps the demo for a real split-CSV dataset
-(image labels only: the pixel readings are left out), e.g. brain_tumor_mri::
-
-    python benchmarks/proxyano_sweep.py --label bt --root ../shared/data/brain_tumor_mri --split-csv medianomaly
-
-``--table OUT.jsonl ...`` prints the image-level readings of saved outputs as the Markdown table the results
-READMEs show. This measures one seed: use it to find out what matters, then confirm with ``proxyano-bench`` over seeds.
+``--table OUT.jsonl ...`` prints the image-level readings of saved outputs as a Markdown table. This measures
+one seed: use it to find out what matters, then confirm with ``proxyano-bench`` over seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
+from pathlib import Path
 
+import pandas as pd
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from proxyano_plugin import BrainMRIDemo, ProxyAno
 from proxyano_plugin.data import SplitCSV
+from proxyano_plugin.data.split_csv import resolve_split_csv
+from proxyano_plugin.data.synthetic_validation import hold_out, paint_validation
 from proxyano_plugin.models.proxyano.torch_model import gaussian_blur, gaussian_kernel
 
 SIGMAS = (1.0, 2.0, 4.0)
@@ -54,6 +58,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--root", default=None, help="BrainMRIDemo cache folder, or the --split-csv dataset's root")
     parser.add_argument("--split-csv", default=None, help="a SplitCSV split (e.g. medianomaly) instead of the demo")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a ProxyAno argument")
+    parser.add_argument("--group-column", default=None, help="split-CSV column whose groups are held out whole")
+    parser.add_argument("--val-fraction", type=float, default=0.15, help="share of training groups held out")
+    parser.add_argument("--lesion-appearance", default="t1ce", choices=("t1ce", "flair"), help="validation lesions")
+    parser.add_argument("--select", default="full", help="reading whose validation AUROCs choose the epoch")
+    parser.add_argument("--test", action="store_true", help="score the selected epoch once on the test split(s)")
+    parser.add_argument("--test-csv", action="append", default=[], help="split CSVs to test on (default --split-csv)")
+    parser.add_argument("--gallery", default=None, help="PNG of validation lesions through the selected epoch")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument(
         "--table", nargs="+", metavar="JSONL", help="train nothing: print the image AUROCs of these outputs as Markdown"
     )
@@ -84,18 +96,34 @@ def markdown_table(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
-def load_split(model: ProxyAno, loader, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Images (pre-processed, model channels), labels and masks (at model size) of a whole split."""
-    images, labels, masks = [], [], []
+def load_split(model: ProxyAno, loader, device: torch.device) -> tuple[torch.Tensor | list[str] | None, ...]:
+    """Images (pre-processed, model channels), labels, masks (at model size) and file paths of a whole split."""
+    images, labels, masks, paths = [], [], [], []
     for batch in loader:  # masks: all or none (image-level datasets)
         batch_images = model.model.to_model_channels(model.pre_processor.transform(batch.image))
         images.append(batch_images)
+        paths += [str(path) for path in batch.image_path]
         labels.append(batch.gt_label)
         if batch.gt_mask is not None:
             mask = batch.gt_mask.float().reshape(batch_images.shape[0], 1, *batch.gt_mask.shape[-2:])
             masks.append(torch.nn.functional.interpolate(mask, size=batch_images.shape[-2:], mode="nearest"))
     stacked = [torch.cat(images), torch.cat(labels).int(), torch.cat(masks).int() if masks else None]
-    return tuple(t.to(device) if t is not None else None for t in stacked)
+    return *(t.to(device) if t is not None else None for t in stacked), paths
+
+
+def validation_split(
+    images: torch.Tensor, paths: list[str], args: argparse.Namespace
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Split training images into (kept, validation); validation = held-out groups, half with lesions."""
+    groups = paths
+    if args.group_column:
+        table = pd.read_csv(resolve_split_csv(args.root, args.split_csv))
+        by_file = dict(zip(table.file.map(lambda f: str((Path(args.root) / f).resolve())), table[args.group_column], strict=True))
+        groups = [str(by_file[str(Path(path).resolve())]) for path in paths]
+    held = torch.from_numpy(hold_out(groups, args.val_fraction, args.seed)).to(images.device)
+    painted = paint_validation(images[held].mean(1).cpu().numpy(), args.seed, appearance=args.lesion_appearance)
+    as_tensor = [torch.from_numpy(array).to(images.device) for array in painted]
+    return images[~held], (as_tensor[0].unsqueeze(1), as_tensor[2].int(), as_tensor[1].int().unsqueeze(1))
 
 
 def train_epoch(
@@ -133,7 +161,13 @@ def evaluate(
         scores[f"{name}_image"] = binary_auroc(net.image_score(anomaly_map), labels).item()
         pixel(f"{name}_pixel", anomaly_map)
     if net.pem is not None:
-        pixel("pem_error_pixel", (predicted - proxies).abs().mean(1))
+        # The PEM against the image's own proxy (needs the extractor at test time) and against the image.
+        for name, target in (("pem_error", proxies), ("pem_vs_image", images)):
+            pem_map = (
+                gaussian_blur(target - predicted, gaussian_kernel(2.0).to(images.device)).abs().mean(1, keepdim=True)
+            )
+            pixel(f"{name}_pixel", pem_map)
+            scores[f"{name}_image"] = binary_auroc(net.image_score(pem_map), labels).item()
     kernel, top = net.smoothing_kernel, net.score_topk
     for sigma in SIGMAS:
         net.smoothing_kernel = gaussian_kernel(sigma).to(images.device)
@@ -153,36 +187,89 @@ def evaluate(
     return scores
 
 
+@torch.no_grad()
+def save_gallery(model: ProxyAno, validation: tuple[torch.Tensor, ...], path: str, count: int = 8) -> None:
+    """Rows: image, extracted proxy, predicted proxy, reconstruction, error map (own scale), lesion mask."""
+    import cv2
+
+    images, labels, masks = validation
+    chosen = images[labels == 1][:count]
+    model.model.eval()
+    output = model.model.reconstruct(chosen)
+    error = output.anomaly_map / output.anomaly_map.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-8)
+    rows = [
+        chosen,
+        model.proxy_extractor(chosen),
+        output.proxy,
+        output.reconstruction,
+        error,
+        masks[labels == 1][:count],
+    ]
+    grid = torch.cat([torch.cat(list(row[:, 0].float().cpu()), dim=1) for row in rows], dim=0)
+    cv2.imwrite(path, (grid.clamp(0, 1) * 255).byte().numpy())
+    model.model.train()
+
+
+def selection_score(scores: dict[str, float], reading: str) -> float:
+    """Mean of a reading's image and (when there are masks) pixel AUROC."""
+    values = [scores[key] for key in (f"{reading}_image", f"{reading}_pixel") if key in scores]
+    return sum(values) / len(values)
+
+
 def main() -> None:
     args = parse_args()
     if args.table:
         print(markdown_table(args.table))
         return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
     model = ProxyAno(**overrides)
     model.model.to(device)
-    loaders = {"train_batch_size": args.batch_size, "eval_batch_size": 64, "seed": args.seed}
-    if args.split_csv:
-        data = SplitCSV(root=args.root, split_csv=args.split_csv, val_split_mode="same_as_test", **loaders)
-    else:
-        data = BrainMRIDemo(root=args.root, **loaders)
-    data.prepare_data()
-    data.setup()
-    train_images, _, _ = load_split(model, data.train_dataloader(), device)
-    test_images, test_labels, test_masks = load_split(model, data.test_dataloader(), device)
+    loaders = {"train_batch_size": args.batch_size, "eval_batch_size": 64, "seed": args.seed, "num_workers": 0}
+
+    def datamodule(split_csv: str | None):
+        data = (
+            SplitCSV(root=args.root, split_csv=split_csv, val_split_mode="same_as_test", **loaders)
+            if split_csv
+            else BrainMRIDemo(root=args.root, **loaders)
+        )
+        data.prepare_data()
+        data.setup()
+        return data
+
+    data = datamodule(args.split_csv)
+    train_images, _, _, train_paths = load_split(model, data.train_dataloader(), device)
+    train_images, validation = validation_split(train_images, train_paths, args)
     optimizer = model.configure_optimizers()
     started = time.perf_counter()
+    best: tuple[float, int, dict] | None = None
     for epoch in range(1, args.epochs + 1):
+        model.train()
         order = torch.randperm(train_images.shape[0], device=device)
         totals = train_epoch(model, optimizer, train_images[order], args.batch_size)
         if epoch % args.every == 0 or epoch == args.epochs:
-            scores = evaluate(model, test_images, test_labels, test_masks)
-            line = {"label": args.label, "epoch": epoch, "seconds": round(time.perf_counter() - started, 1)}
+            scores = evaluate(model, *validation)
+            line = {"label": args.label, "split": "validation", "epoch": epoch}
+            line |= {"seconds": round(time.perf_counter() - started, 1)}
             line |= {f"loss_{k}": round(v, 4) for k, v in totals.items()}
             line |= {k: round(v, 3) for k, v in scores.items()}
             print(json.dumps(line), flush=True)
+            score = selection_score(scores, args.select)
+            if best is None or score > best[0]:
+                best = (score, epoch, copy.deepcopy(model.model.state_dict()))
+    if best is not None:
+        model.model.load_state_dict(best[2])
+    if args.gallery:
+        save_gallery(model, validation, args.gallery)
+    if args.test and best is not None:
+        for split_csv in args.test_csv or [args.split_csv]:
+            test_images, test_labels, test_masks, _ = load_split(model, datamodule(split_csv).test_dataloader(), device)
+            scores = evaluate(model, test_images, test_labels, test_masks)
+            line = {"label": args.label, "split": "test", "test_csv": split_csv, "epoch": best[1]}
+            print(json.dumps(line | {k: round(v, 3) for k, v in scores.items()}), flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from the test process, so they find this module already imported.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -556,3 +557,190 @@ def test_report_matches_golden(tmp_path: Path) -> None:
     assert written == {"report.md", "summary.csv", "auroc.png", "accuracy_vs_throughput.png"}
     header = (tmp_path / "summary.csv").read_text().splitlines()[0]
     assert header.startswith("dataset,model,n,image_auroc_mean,image_auroc_std")
+
+
+# ------------------------------------------------------------------------------ per-image results and subsets
+
+
+def write_csv(path: Path, header: str, rows: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def test_run_writes_per_image_results_and_reports_a_subset(tmp_path: Path, folder: Path) -> None:
+    """One inline run: its per-image CSV (named in the record) reproduces its metrics; a subset gets its own row."""
+    part = write_csv(
+        tmp_path / "part.csv",
+        "file,label,split",
+        ["abnormal/a0.png,1,test", "abnormal/a1.png,1,test", "abnormal/a2.png,1,train"]
+        + [f"normal/n{index}.png,0,test" for index in range(10)],
+    )
+    path = make_suite(tmp_path, folder, [model("mean")], seeds=[0], isolation="inline")
+    raw = yaml.safe_load(path.read_text())
+    raw["datasets"][0]["subsets"] = [{"name": "part", "split_csv": str(part)}]
+    path.write_text(yaml.safe_dump(raw))
+    output = tmp_path / "out"
+
+    assert main(["run", str(path), "--output", str(output)]) == 0
+
+    (record,) = read(output)
+    assert record["status"] == "ok", record.get("error")
+    assert record["per_image"] == f"per_image/{record['run_id']}.csv"
+    assert record["dataset"]["subsets"] == [{"name": "part", "split_csv": str(part.resolve())}]
+    with (output / record["per_image"]).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["file", "label", "score", "mask_pixels"]
+    assert len(rows) == record["counts"]["test_images"]
+    normals = sum(row["label"] == "0" for row in rows)
+    assert len(rows) - normals == 4
+    for row in rows:
+        assert Path(row["file"]).resolve().parent == folder.resolve() / (
+            "abnormal" if row["label"] == "1" else "normal"
+        )
+        assert int(row["mask_pixels"]) == (64 if row["label"] == "1" else 0)  # the 8 x 8 squares, at 32 px
+    assert not list((output / "per_image").glob("*.tmp"))
+
+    from proxyano_plugin.bench.per_image import read_per_image
+    from proxyano_plugin.bench.report import image_metrics
+
+    recomputed = image_metrics(read_per_image(output / record["per_image"]))
+    assert recomputed["image_auroc"] == record["metrics"]["image_auroc"]
+    assert recomputed["image_aupr"] == record["metrics"]["image_aupr"]
+    with (output / "summary.csv").open(newline="") as handle:
+        summary = {row["dataset"]: row for row in csv.DictReader(handle)}
+    assert list(summary) == ["tiny", "tiny-part"]
+    assert summary["tiny-part"]["model"] == "mean"
+    assert summary["tiny-part"]["n"] == "1"
+    assert float(summary["tiny-part"]["image_auroc_mean"]) == pytest.approx(1.0)
+    assert summary["tiny-part"]["pixel_auroc_mean"] == summary["tiny-part"]["throughput_ips_mean"] == ""
+    report = (output / "report.md").read_text()
+    assert "## tiny-part" in report
+    assert f"images found: {normals + 2} (2 anomalous)" in report  # a2, a3 are not test rows of the subset
+
+
+def test_report_computes_subsets_and_strata_from_per_image_results(tmp_path: Path) -> None:
+    """A hand-made results directory (two seeds) and split CSVs; nothing trains."""
+    from proxyano_plugin.bench.report import write_report
+
+    root = tmp_path / "lgg"
+    files = {f"n{i}": (0, "AA" if i < 3 else "BB", 0) for i in range(1, 5)}
+    files |= {f"a{i}": (1, "AA" if i < 4 else "BB", size) for i, size in enumerate((10, 20, 30, 100, 200, 300), 1)}
+    header = "file,label,split,mask,patient,slice,mask_pixels_256"
+    rows = [f"images/{n}.png,{label},test,,TCGA_{site}_1,1,{size}" for n, (label, site, size) in files.items()]
+    write_csv(root / "splits" / "all.csv", header, [*rows, "images/t1.png,0,train,,TCGA_CC_2,1,0"])
+    # The mid-brain subset: n1, n2, a1, a2, and a row the runs never scored.
+    mid = [row for row in rows if row.split(",")[0][7:9] in ("n1", "n2", "a1", "a2")]
+    write_csv(root / "splits" / "mid.csv", header, [*mid, "images/x9.png,1,test,,TCGA_AA_1,1,5"])
+    scores = {"n1": 0.1, "n2": 0.5, "n3": 0.2, "n4": 0.9, "a1": 0.4, "a2": 0.6, "a3": 0.3, "a4": 0.8}
+    scores |= {"a5": 0.7, "a6": 0.95}
+    output = tmp_path / "out"
+    lines = []
+    for seed, a1 in ((0, 0.4), (1, 0.95)):
+        run_id = f"run{seed}"
+        per_image = [
+            f"{root / 'images' / name}.png,{files[name][0]},{a1 if name == 'a1' else score},{files[name][2]}"
+            for name, score in scores.items()
+        ]
+        write_csv(output / "per_image" / f"{run_id}.csv", "file,label,score,mask_pixels", per_image)
+        dataset = {
+            "name": "lgg",
+            "class_path": "proxyano_plugin.data.SplitCSV",
+            "init_args": {"root": str(root), "split_csv": "all"},
+            "subsets": [{"name": "midbrain", "split_csv": str(root / "splits" / "mid.csv")}],
+        }
+        record = {"run_id": run_id, "name": f"m/lgg/seed{seed}", "status": "ok", "seed": seed, "dataset": dataset}
+        record |= {"model": {"name": "m"}, "metrics": {"image_auroc": 0.5}, "per_image": f"per_image/{run_id}.csv"}
+        lines.append(json.dumps(record))
+    (output / records.RECORDS_NAME).write_text("\n".join(lines) + "\n")
+
+    write_report(output)
+
+    with (output / "summary.csv").open(newline="") as handle:
+        summary = {row["dataset"]: row for row in csv.DictReader(handle)}
+    assert list(summary) == ["lgg", "lgg-midbrain"]
+    midbrain = summary["lgg-midbrain"]
+    # Seed 0: a1 (0.4) beats n1 (0.1) but not n2 (0.5), a2 (0.6) beats both: 3/4; seed 1 (a1 0.95): 4/4.
+    assert midbrain["n"] == "2"
+    assert float(midbrain["image_auroc_mean"]) == pytest.approx(0.875)
+    assert float(midbrain["image_auroc_std"]) == pytest.approx(0.1767767, rel=1e-5)
+    assert midbrain["pixel_auroc_mean"] == ""
+    report = (output / "report.md").read_text()
+    assert "## lgg-midbrain" in report
+    assert "`mid.csv` (5 rows)" in report
+    assert "images found: 4 (2 anomalous)" in report
+    assert "### lgg: image AUROC by stratum" in report
+    # Terciles of 10, 20, 30, 100, 200, 300; the smallest against n1-n4: seed 0 5/8, seed 1 7/8.
+    assert "| lesion 10-20 px | 4 | 2 | 75.0 ± 17.7 |" in report
+    assert "| lesion 30-100 px | 4 | 2 |" in report
+    assert "| lesion 200-300 px | 4 | 2 |" in report
+    # Institution AA: n1, n2 against a1-a3 (seed 0: a1 1/2, a2 2/2, a3 1/2 -> 4/6; seed 1: 5/6).
+    assert "| institution AA | 2 | 3 | 75.0 ± 11.8 |" in report
+    assert "| institution BB | 2 | 3 |" in report
+
+    # The same directory with the subset given by the caller (a suite edited since the runs) and no strata.
+    write_report(output, {"lgg": [{"name": "midbrain", "split_csv": str(tmp_path / "gone.csv")}]})
+    assert "not reported: subset `lgg-midbrain`: " in (output / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("subset", "csv_text", "message"),
+    [
+        ({"name": "part"}, None, r"^datasets\[0\]\.subsets\[0\]\.split_csv: required"),
+        ({"name": "a.b", "split_csv": "x"}, None, r"^datasets\[0\]\.subsets\[0\]\.name: 'a\.b' must be letters"),
+        (
+            {"name": "p", "split": "x"},
+            None,
+            r"^datasets\[0\]\.subsets\[0\]\.split: unknown key \(did you mean 'split_csv'",
+        ),
+        (
+            {"name": "p", "split_csv": "nowhere"},
+            None,
+            r"^datasets\[0\]\.subsets\[0\]\.split_csv: split CSV nowhere not f",
+        ),
+        ({"name": "p"}, "file,label\nnormal/n0.png,0\n", r"^datasets\[0\]\.subsets\[0\]\.split_csv: .*missing column"),
+        ({"name": "p"}, "file,label,split\nnormal/n0.png,0,train\n", r"subsets\[0\]\.split_csv: .* has no test rows"),
+    ],
+)
+def test_invalid_subsets_name_the_key(
+    tmp_path: Path, folder: Path, subset: dict[str, Any], csv_text: str | None, message: str
+) -> None:
+    if csv_text is not None:
+        subset["split_csv"] = str(write_csv(tmp_path / "subset.csv", *csv_text.split("\n", 1)))
+    path = make_suite(tmp_path, folder, [model("mean")])
+    raw = yaml.safe_load(path.read_text())
+    raw["datasets"][0]["subsets"] = [subset]
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SuiteError, match=message):
+        load_suite(str(path))
+
+
+def test_subsets_of_a_split_csv_dataset(tmp_path: Path, folder: Path) -> None:
+    """A subset found by name under root/splits; its test rows must be test rows of the dataset's own CSV; adding
+    a subset changes no run id (``--resume`` reports it without training again)."""
+    header = "file,label,split"
+    root = tmp_path / "data"  # the split files only: validation reads no image
+    write_csv(root / "splits" / "main.csv", header, ["normal/n0.png,0,train", "normal/n1.png,0,test"])
+    write_csv(root / "splits" / "mid.csv", header, ["normal/n1.png,0,test"])
+    write_csv(root / "splits" / "bad.csv", header, ["normal/n0.png,0,test"])
+    path = make_suite(tmp_path, folder, [model("mean")])
+    raw = yaml.safe_load(path.read_text())
+    plain = {"name": "csv", "class_path": "proxyano_plugin.data.SplitCSV", "init_args": {"split_csv": "main"}}
+    plain["paths"] = {"root": str(root)}
+    raw["datasets"] = [plain]
+    path.write_text(yaml.safe_dump(raw))
+    before = [run.run_id for run in load_suite(str(path)).runs]
+
+    raw["datasets"] = [{**plain, "subsets": [{"name": "midbrain", "split_csv": "mid"}]}]
+    path.write_text(yaml.safe_dump(raw))
+    suite = load_suite(str(path))
+
+    assert [run.run_id for run in suite.runs] == before
+    expected = [{"name": "midbrain", "split_csv": str((root / "splits" / "mid.csv").resolve())}]
+    assert suite.runs[0].dataset.subsets == expected
+    raw["datasets"] = [{**plain, "subsets": [{"name": "midbrain", "split_csv": "bad"}]}]
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(
+        SuiteError, match=r"^datasets\[0\]\.subsets\[0\]\.split_csv: 1 of the 1 test rows .* \(first: normal/n0\.png\)"
+    ):
+        load_suite(str(path))

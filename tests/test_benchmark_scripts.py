@@ -63,6 +63,78 @@ def test_main_writes_the_table_with_its_command(shortcuts, tmp_path: Path, monke
     text = output.read_text()
     assert f"python benchmarks/split_shortcuts.py --root {tmp_path} --split-csv s --size 32" in text
     assert text.count("\n| ") == 1 + len(shortcuts.STATISTICS)  # header and one row per statistic
+    rows = (tmp_path / "out" / "shortcuts.csv").read_text().splitlines()
+    assert rows[0] == "split,statistic,level,auroc"
+    assert len(rows) == 1 + len(shortcuts.STATISTICS)
+    assert rows[1].startswith("s,mean intensity,image,0.")
+
+
+# Two patients, rows shuffled, slice numbers with gaps, one slice in train: (file, label, split, patient, slice).
+VOLUME_ROWS = [
+    ("p30.png", 1, "test", "p", 30),
+    ("p10.png", 0, "train", "p", 10),
+    ("p50.png", 0, "test", "p", 50),
+    ("p20.png", 1, "test", "p", 20),
+    ("p40.png", 1, "test", "p", 40),
+    ("q3.png", 0, "test", "q", 3),
+    ("q1.png", 0, "test", "q", 1),
+    ("q2.png", 1, "test", "q", 2),
+]
+
+
+def write_volume_split(root: Path, name: str, rows: list[tuple]) -> None:
+    """Identical flat images: only the patient/slice columns tell the classes apart."""
+    (root / "splits").mkdir(exist_ok=True)
+    for file, *_ in rows:
+        cv2.imwrite(str(root / file), np.full((32, 32), 120, np.uint8))
+    lines = ["file,label,split,patient,slice", *(",".join(map(str, row)) for row in rows)]
+    (root / "splits" / f"{name}.csv").write_text("\n".join(lines) + "\n")
+
+
+def position_cells(table: str) -> tuple[float, float]:
+    closeness, raw = (
+        float(next(line for line in table.splitlines() if line.startswith(f"| slice position: {start}")).split("|")[2])
+        for start in ("closeness", "relative")
+    )
+    return closeness, raw
+
+
+def test_slice_position_is_the_rank_among_the_patients_rows_of_every_split(shortcuts, tmp_path: Path) -> None:
+    """p's slices 10..50 sit at 0, 1/4, ..., 1 (the train slice counts); q's 1..3 at 0, 1/2, 1. Tumours are the
+    inner slices and normals the end slices, so closeness to the middle ranks them perfectly (100.0); the raw
+    position puts abnormals above the normal at 0 and below the two at 1: 4 of 12 pairs, 33.3."""
+    write_volume_split(tmp_path, "full", VOLUME_ROWS)
+
+    positions = shortcuts.slice_positions(tmp_path / "splits" / "full.csv")
+
+    assert positions == {Path(f"p{10 * k}.png"): (k - 1) / 4 for k in range(1, 6)} | {
+        Path(f"q{k}.png"): (k - 1) / 2 for k in range(1, 4)
+    }
+    assert position_cells(shortcuts.table(str(tmp_path), ["full"], size=32)) == (100.0, 33.3)
+
+
+def test_positions_from_a_full_split_when_a_split_keeps_some_slices(shortcuts, tmp_path: Path) -> None:
+    """Without p's end slice 50, p40 would be the last slice of its CSV rows (position 1, as far from the middle
+    as the normals); ``positions_from`` the full split keeps it at 3/4."""
+    write_volume_split(tmp_path, "full", VOLUME_ROWS)
+    write_volume_split(tmp_path, "pruned", [row for row in VOLUME_ROWS if row[0] != "p50.png"])
+
+    own = position_cells(shortcuts.table(str(tmp_path), ["pruned"], size=32))
+    full = position_cells(shortcuts.table(str(tmp_path), ["pruned"], size=32, positions_from="full"))
+
+    assert own[0] == 87.5  # p40 ties with the two normals of q: 7 of 8 pairs
+    assert full == (100.0, 50.0)  # normals q1, q3 at 0 and 1; abnormals at 1/4, 1/2, 3/4, 1/2
+
+
+def test_splits_without_patient_and_slice_columns_have_no_position_scores(shortcuts, tmp_path: Path) -> None:
+    write_volume_split(tmp_path, "full", VOLUME_ROWS)
+    flat = ["file,label,split", *(f"{file},{label},{split}" for file, label, split, *_ in VOLUME_ROWS)]
+    (tmp_path / "splits" / "flat.csv").write_text("\n".join(flat) + "\n")
+
+    table = shortcuts.table(str(tmp_path), ["full", "flat"], size=32)
+
+    closeness = next(line for line in table.splitlines() if line.startswith("| slice position: closeness"))
+    assert [cell.strip() for cell in closeness.split("|")[2:4]] == ["100.0", "no patient/slice"]
 
 
 def test_pixel_priors_score_masks_where_the_split_has_them(shortcuts, tmp_path: Path) -> None:

@@ -5,8 +5,8 @@ import torch
 
 from proxyano_plugin.models.proxyano.loss import ProxyAnoLoss
 from proxyano_plugin.models.proxyano.memory import MemoryModule, addressing_entropy, hard_shrink_relu
-from proxyano_plugin.models.proxyano.pseudo_anomaly import PatchPaster
-from proxyano_plugin.models.proxyano.torch_model import ProxyAnoModel
+from proxyano_plugin.models.proxyano.pseudo_anomaly import BlobShifter, PatchPaster
+from proxyano_plugin.models.proxyano.torch_model import ProxyAnoModel, ProxyExtractionModule
 
 WIDTHS = [8, 16, 32]
 
@@ -156,10 +156,78 @@ def test_loss_terms_and_total():
     images = torch.rand(2, 1, 8, 8)
     loss = ProxyAnoLoss(entropy_weight=0.5, predicted_proxy_weight=0.25)
     weights = torch.full((4, 4), 0.25)
-    terms = loss(images, images, images + 0.1, weights, images, images + 0.2)
+    terms = loss(images, images, images + 0.1, [weights], images, images + 0.2)
     assert terms["pem"].item() == pytest.approx(0.01, rel=1e-4)
     assert terms["irm"].item() == pytest.approx(0.0)
     assert terms["irm_predicted"].item() == pytest.approx(0.25 * 0.04, rel=1e-4)
     assert terms["entropy"].item() == pytest.approx(0.5 * torch.log(torch.tensor(4.0)).item(), rel=1e-5)
     expected_total = sum(value for name, value in terms.items() if name != "loss")
     assert terms["loss"].item() == pytest.approx(expected_total.item())
+
+
+def test_blobs_shift_one_region_per_image_within_the_area_range():
+    torch.manual_seed(0)
+    images = torch.zeros(32, 1, 64, 64)
+    images[:, :, 8:56, 8:56] = 0.5  # a "head": blob centres must fall on it
+    shifter = BlobShifter(probability=1.0, area_range=(0.01, 0.04), shift_range=(0.2, 0.3))
+    shifted, masks = shifter(images)
+    areas = masks.flatten(1).mean(dim=1)
+    assert torch.all(areas > 0.005)
+    assert torch.all(areas < 0.07)  # lobes and the soft edge move the area a little around the range
+    change = (shifted - images).flatten(1)
+    peak = change.abs().amax(dim=1)
+    assert torch.all((peak > 0.15) & (peak <= 0.3 + 1e-6))
+    inside_head = (masks * (images > 0)).flatten(1).sum(dim=1) / masks.flatten(1).sum(dim=1)
+    assert torch.all(inside_head > 0.25)  # centres are drawn on the head, so most of each blob is on it
+    far = masks < 1e-3
+    torch.testing.assert_close(shifted[far], images[far], atol=1e-3, rtol=0)
+
+
+def test_blobs_keep_flat_regions_flat_and_probability_zero_is_identity():
+    torch.manual_seed(1)
+    flat = torch.full((4, 1, 64, 64), 0.4)
+    shifted, masks = BlobShifter(probability=1.0, area_range=(0.02, 0.05))(flat)
+    for image, mask in zip(shifted, masks, strict=True):
+        inside = image[mask > 0.999]
+        assert inside.numel() > 10
+        assert inside.max() - inside.min() < 1e-3  # one shift per blob: a flat region stays flat
+        assert abs(inside.mean().item() - 0.4) >= 0.15 - 1e-3
+    unchanged, none = BlobShifter(probability=0.0)(flat)
+    torch.testing.assert_close(unchanged, flat)
+    assert none.sum() == 0
+
+
+@pytest.mark.parametrize("bad", [{"probability": 2.0}, {"area_range": (0.2, 0.1)}, {"shift_range": (0.0, 0.5)}])
+def test_blobs_reject_bad_arguments(bad):
+    with pytest.raises(ValueError, match="blob"):
+        BlobShifter(**bad)
+
+
+@pytest.mark.parametrize(("skips", "memories"), [("none", 1), ("plain", 1), ("memory", 3)])
+def test_pem_skip_layouts(skips, memories):
+    torch.manual_seed(0)
+    pem = ProxyExtractionModule(1, WIDTHS, memory_size=10, shrink_threshold=0.0, skips=skips)
+    predicted, weights = pem(torch.rand(2, 1, 32, 32))
+    assert predicted.shape == (2, 1, 32, 32)
+    assert len(weights) == memories
+    # every skip level's memory reads one weight row per location of its level
+    assert [w.shape[0] for w in weights] == [2 * (32 // 2**level) ** 2 for level in range(3 - memories, 3)]
+
+
+def test_pem_skips_carry_fine_detail_the_bottleneck_cannot():
+    """A 1-pixel change reaches the output through plain skips, not through an 8x coarser bottleneck alone."""
+    torch.manual_seed(0)
+    images = torch.rand(1, 1, 32, 32)
+    poked = images.clone()
+    poked[..., 16, 16] += 1.0
+    for skips, expect_local in (("plain", True), ("none", False)):
+        torch.manual_seed(0)
+        pem = ProxyExtractionModule(1, WIDTHS, memory_size=0, shrink_threshold=0.0, skips=skips).eval()
+        change = (pem(poked)[0] - pem(images)[0]).abs()[0, 0]
+        local = change[14:19, 14:19].max() / change.max()
+        assert (local == 1.0) == expect_local
+
+
+def test_pem_rejects_unknown_skip_layout():
+    with pytest.raises(ValueError, match="pem_skips must be one of"):
+        ProxyExtractionModule(1, WIDTHS, 10, 0.0, skips="dense")

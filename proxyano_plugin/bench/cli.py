@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             log=_progress,
         )
         if not args.dry_run and not args.no_report and (output / "records.jsonl").exists():
-            _report(output)
+            # The suite's subsets as it is now: one added since the runs is reported from their per-image results.
+            subsets = {run.dataset.name: run.dataset.subsets for run in suite.runs if not run.dataset.skip_reason}
+            _report(output, subsets)
         return code
     except (SuiteError, ResultsError) as error:
         print(f"proxyano-bench: error: {error}", file=sys.stderr)
@@ -97,10 +99,10 @@ def _progress(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
 
 
-def _report(directory: Path) -> int:
+def _report(directory: Path, subsets: dict[str, list[dict[str, str]]] | None = None) -> int:
     from proxyano_plugin.bench.report import write_report
 
-    for path in write_report(directory):
+    for path in write_report(directory, subsets):
         print(f"wrote {path}")
     return EXIT_OK
 

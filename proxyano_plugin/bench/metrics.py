@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from proxyano_plugin.bench.per_image import ImageRow
+
 IMAGE_METRICS = ("image_auroc", "image_aupr", "image_f1max")
 PIXEL_METRICS = ("pixel_auroc", "pixel_aupro", "pixel_aupr", "pixel_dice_oracle")
 METRICS = IMAGE_METRICS + PIXEL_METRICS
@@ -49,6 +51,8 @@ class Collector(Callback):
         self.metrics: dict[str, float | None] = {}
         self.metrics_s = 0.0  # part of the test time: sorting every test pixel, four times, costs seconds
         self.counts: dict[str, int] = {}
+        # One row per test image (after the test epoch): what per_image/<run_id>.csv holds.
+        self.per_image: list[ImageRow] = []
 
     def on_test_batch_end(
         self,
@@ -115,10 +119,18 @@ class Collector(Callback):
             raise RuntimeError(msg)
         keep = _first_occurrences(self.paths)
         scores, labels = torch.cat(self.scores)[keep], torch.cat(self.labels)[keep]
+        paths = [path for path, kept in zip(self.paths, keep.tolist(), strict=True) if kept]
         maps = masks = None
+        mask_pixels: dict[str, int] = {}
         if self.maps:
             keep = _first_occurrences(self.map_paths)
             maps, masks = torch.cat(self.maps)[keep], torch.cat(self.masks)[keep]
+            map_paths = [path for path, kept in zip(self.map_paths, keep.tolist(), strict=True) if kept]
+            mask_pixels = dict(zip(map_paths, (masks > 0).flatten(1).sum(1).tolist(), strict=True))
+        self.per_image = [
+            ImageRow(path, label, score, mask_pixels.get(path))
+            for path, label, score in zip(paths, labels.tolist(), scores.tolist(), strict=True)
+        ]
         self.counts = {
             "test_images": len(scores),
             "test_anomalous": int(labels.sum()),

@@ -1,7 +1,9 @@
 """Turn a results directory into ``report.md``, ``summary.csv`` and PNG plots.
 
 Everything is computed from the records alone (no clock, no machine lookup), so a report regenerates
-identically anywhere: the header's machine, dates and versions are those the records carry.
+identically anywhere: the header's machine, dates and versions are those the records carry. Subsets of a
+dataset (rows ``<dataset>-<subset>``) and strata (lesion size, institution) come from the runs' per-image
+results (``per_image/<run_id>.csv``) and the split CSVs the records name.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ import csv
 import json
 import math
 import statistics
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from proxyano_plugin.bench import records as records_io
+from proxyano_plugin.bench.per_image import ImageRow, image_key, read_per_image, read_test_rows
+
+LESION_SIZE_COLUMN = "mask_pixels_256"
 
 
 @dataclass(frozen=True)
@@ -83,18 +88,29 @@ class Group:
         return statistics.stdev(values) if len(values) > 1 else None
 
 
-def write_report(directory: Path) -> list[Path]:
-    """Write the report files into ``directory``; returns their paths."""
+def write_report(directory: Path, subsets: Mapping[str, list[dict[str, str]]] | None = None) -> list[Path]:
+    """Write the report files into ``directory``; returns their paths.
+
+    ``subsets`` (dataset name to ``[{"name", "split_csv"}]``, e.g. from the suite just run) add to and replace,
+    by name, the subsets the records carry: a subset added to a suite is reported without training again.
+    """
     loaded = records_io.read_records(directory / records_io.RECORDS_NAME)
     if not loaded.records:
         msg = f"{directory / records_io.RECORDS_NAME}: no records to report"
         raise records_io.ResultsError(msg)
     latest = loaded.latest()
     groups = group_runs(latest)
+    extras = Extras()
+    results = PerImage(directory)
+    groups = add_subset_groups(groups, results, extras, subsets or {})
+    for dataset in dict.fromkeys(g.dataset for g in groups):
+        lines = strata_table(dataset, [g for g in groups if g.dataset == dataset], results)
+        if lines:
+            extras.strata[dataset] = lines
     sessions = records_io.read_records(directory / records_io.SESSIONS_NAME).records
     plots = write_plots(directory, groups)
     overhead = harness_overhead(sessions, loaded.records)
-    markdown = render_markdown(latest, groups, overhead, loaded.problems, [p.name for p in plots])
+    markdown = render_markdown(latest, groups, overhead, loaded.problems, [p.name for p in plots], extras)
     return [_write(directory / "report.md", markdown), write_summary_csv(directory / "summary.csv", groups), *plots]
 
 
@@ -143,6 +159,253 @@ def _split_variants(group: Group) -> list[Group]:
     return list(variants.values())
 
 
+# ------------------------------------------------------------------------------------ subsets and strata
+
+
+@dataclass
+class Extras:
+    """What the report adds from per-image results: a note under a dataset's table, strata tables, warnings."""
+
+    notes: dict[str, list[str]] = field(default_factory=dict)
+    strata: dict[str, list[str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class PerImage:
+    """The per-image rows of a results directory's runs and the test rows of split CSVs, each read once."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._runs: dict[str, list[tuple[str, ImageRow]] | None] = {}
+        self._tests: dict[Path, tuple[list[dict[str, str]], list[str]] | str] = {}
+        self._keys: dict[tuple[frozenset[str], Path | None], frozenset[str]] = {}
+
+    def rows(self, run: dict[str, Any]) -> list[tuple[str, ImageRow]] | None:
+        """``(key, row)`` for each test image of ``run`` (key: resolved absolute path), or None without them."""
+        key = f"{run['run_id']}:{run.get('per_image')}"  # a subset's entries share their run's id
+        if key not in self._runs:
+            self._runs[key] = self._read(run)
+        return self._runs[key]
+
+    def _read(self, run: dict[str, Any]) -> list[tuple[str, ImageRow]] | None:
+        root = dataset_root(run)
+        path = self.directory / run["per_image"] if run.get("per_image") else None
+        if root is None or path is None or not path.is_file():
+            return None
+        return [(image_key(row.file, root), row) for row in read_per_image(path)]
+
+    def keys(self, files: frozenset[str], root: Path | None) -> frozenset[str]:
+        """``image_key`` of each file under ``root`` (a run's own: the data may have moved between sessions)."""
+        if (files, root) not in self._keys:
+            self._keys[files, root] = frozenset(image_key(file, root) for file in files) if root else frozenset()
+        return self._keys[files, root]
+
+    def test_rows(self, split_csv: Path) -> tuple[list[dict[str, str]], list[str]]:
+        """The test rows and columns of a split CSV; ``ValueError`` (one line) when it cannot be read."""
+        if split_csv not in self._tests:
+            try:
+                self._tests[split_csv] = read_test_rows(split_csv)
+            except ValueError as error:
+                self._tests[split_csv] = str(error)
+        found = self._tests[split_csv]
+        if isinstance(found, str):
+            raise ValueError(found)
+        return found
+
+
+def dataset_root(run: dict[str, Any]) -> Path | None:
+    """The folder a run's image paths are relative to: its dataset's ``root`` argument."""
+    root = ((run.get("dataset") or {}).get("init_args") or {}).get("root")
+    return Path(root).expanduser().resolve() if isinstance(root, str) and root else None
+
+
+def image_metrics(rows: list[ImageRow]) -> dict[str, float | None]:
+    """Image metrics of some test images from their raw scores, as the run computed them (pixel ones None)."""
+    import torch
+
+    from proxyano_plugin.bench.metrics import IMAGE_METRICS, METRICS, compute_metrics
+
+    results: dict[str, float | None] = dict.fromkeys(METRICS)
+    if rows:
+        # float32, as the run had them: a score written with nine digits reads back to the same float32.
+        scores = torch.tensor([row.score for row in rows], dtype=torch.float32)
+        labels = torch.tensor([row.label for row in rows], dtype=torch.int32)
+        found = compute_metrics(scores, labels)
+        results.update({key: found[key] for key in IMAGE_METRICS})
+    return results
+
+
+def add_subset_groups(
+    groups: list[Group], results: PerImage, extras: Extras, extra: Mapping[str, list[dict[str, str]]]
+) -> list[Group]:
+    """``groups`` with, after each dataset's, one group per subset and model: dataset ``<dataset>-<subset>``,
+    one entry per run that has per-image results, with the image metrics of the subset's test rows."""
+    declared: dict[str, dict[str, str]] = {}
+    for group in groups:
+        for run in group.runs:
+            for subset in (run.get("dataset") or {}).get("subsets") or []:
+                declared.setdefault(group.dataset, {})[subset["name"]] = subset["split_csv"]
+    for dataset, subsets in extra.items():
+        for subset in subsets:
+            declared.setdefault(dataset, {})[subset["name"]] = subset["split_csv"]
+    combined: list[Group] = []
+    for dataset in dict.fromkeys(g.dataset for g in groups):
+        own = [g for g in groups if g.dataset == dataset]
+        combined += own
+        for name, split_csv in declared.get(dataset, {}).items():
+            combined += _subset_groups(dataset, name, Path(split_csv), own, results, extras)
+    return combined
+
+
+def _subset_groups(
+    dataset: str, name: str, split_csv: Path, groups: list[Group], results: PerImage, extras: Extras
+) -> list[Group]:
+    label = f"{dataset}-{name}"
+    try:
+        test_rows, _ = results.test_rows(split_csv)
+    except ValueError as error:
+        extras.warnings.append(f"subset `{label}`: {error}")
+        return []
+    files = frozenset(row["file"] for row in test_rows)
+    subset_groups = []
+    for group in groups:
+        runs = []
+        for run in group.runs:
+            rows = results.rows(run)
+            if rows is None:
+                continue
+            wanted = results.keys(files, dataset_root(run))
+            picked = [row for key, row in rows if key in wanted]
+            counts = {"test_images": len(picked), "test_anomalous": sum(row.label for row in picked)}
+            runs.append(
+                {
+                    "run_id": run["run_id"],
+                    "status": "ok",
+                    "seed": run.get("seed"),
+                    "model": run.get("model"),
+                    "dataset": {"name": label, "subset_of": dataset, "split_csv": str(split_csv)},
+                    "metrics": image_metrics(picked),
+                    "counts": counts,
+                }
+            )
+        if runs:
+            subset_groups.append(Group(label, group.model, runs))
+    if not subset_groups:
+        extras.warnings.append(f"subset `{label}`: no run of `{dataset}` has per-image results to compute it from")
+        return []
+    matched = sorted(
+        {(r["counts"]["test_images"], r["counts"]["test_anomalous"]) for g in subset_groups for r in g.runs}
+    )
+    found = ", ".join(f"{images} ({anomalous} anomalous)" for images, anomalous in matched)
+    extras.notes[label] = [
+        f"The test rows of `{split_csv.name}` ({len(test_rows)} rows) within the test images of `{dataset}`, "
+        f"from the per-image scores of its runs (no training of their own); images found: {found}. "
+        "Image metrics only."
+    ]
+    return subset_groups
+
+
+@dataclass(frozen=True)
+class Stratum:
+    """Test images compared by one AUROC: ``label`` names them; ``files`` as the split CSV gives them."""
+
+    label: str
+    files: frozenset[str]
+
+
+def strata(split_csv: Path, results: PerImage) -> tuple[list[Stratum], list[str]]:
+    """Lesion-size terciles (over the anomalous test rows' ``mask_pixels_256``), each with all normal test
+    images, and institutions (second ``_`` field of ``patient``), each on its own test images; with what they
+    are, in words. Nothing when the split CSV has no ``mask_pixels_256`` column."""
+    try:
+        rows, columns = results.test_rows(split_csv)
+    except ValueError:
+        return [], []
+    if LESION_SIZE_COLUMN not in columns or "label" not in columns:
+        return [], []
+    found: list[Stratum] = []
+    said = []
+    normal = frozenset(row["file"] for row in rows if row["label"].strip() == "0")
+    sized = [
+        (int(row[LESION_SIZE_COLUMN]), row["file"])
+        for row in rows
+        if row["label"].strip() == "1" and (row.get(LESION_SIZE_COLUMN) or "").strip().isdigit()
+    ]
+    if len(sized) >= 3:
+        cuts = statistics.quantiles([size for size, _ in sized], n=3)
+        bins: list[list[tuple[int, str]]] = [[], [], []]
+        for size, file in sized:
+            bins[sum(size > cut for cut in cuts)].append((size, file))
+        for members in (members for members in bins if members):
+            sizes = [size for size, _ in members]
+            found.append(Stratum(f"lesion {min(sizes):,}-{max(sizes):,} px", normal | {f for _, f in members}))
+        said.append(
+            f"all normal test images against the anomalous ones in each tercile of `{LESION_SIZE_COLUMN}` "
+            "(lesion pixels in the 256 px mask)"
+        )
+    patients = [(row.get("patient") or "").split("_") for row in rows]
+    institutions = sorted({parts[1] for parts in patients if len(parts) >= 2})
+    if "patient" in columns and all(len(parts) >= 2 for parts in patients) and len(institutions) > 1:
+        for institution in institutions:
+            files = frozenset(row["file"] for row, parts in zip(rows, patients, strict=True) if parts[1] == institution)
+            found.append(Stratum(f"institution {institution}", files))
+        said.append("each institution (second field of the patient id) on its own normal and anomalous test images")
+    return found, said
+
+
+def strata_table(dataset: str, groups: list[Group], results: PerImage) -> list[str]:
+    """Markdown: the image AUROC of each stratum (rows) for each model (columns), mean ± std over seeds.
+
+    Only for a dataset split by a CSV (a ``split_csv`` argument) that has a ``mask_pixels_256`` column.
+    """
+    from proxyano_plugin.data.split_csv import resolve_split_csv
+    from proxyano_plugin.data.validation import DatasetError
+
+    with_rows = [(g, [r for r in g.runs if results.rows(r) is not None]) for g in groups]
+    with_rows = [(g, runs) for g, runs in with_rows if runs]
+    if not with_rows:
+        return []
+    first = with_rows[0][1][0]
+    split_csv, root = ((first.get("dataset") or {}).get("init_args") or {}).get("split_csv"), dataset_root(first)
+    if not isinstance(split_csv, str) or root is None:
+        return []
+    try:
+        path = resolve_split_csv(root, split_csv)
+    except DatasetError:  # the split file is gone (data moved): no strata, the rest of the report stands
+        return []
+    parts, said = strata(path, results)
+    if not parts:
+        return []
+
+    def picked(run: dict[str, Any], part: Stratum) -> list[ImageRow]:
+        keys = results.keys(part.files, dataset_root(run))
+        return [row for key, row in results.rows(run) or [] if key in keys]
+
+    auroc = next(c for c in COLUMNS if c.key == "image_auroc")
+    lines = [
+        f"### {dataset}: image AUROC by stratum",
+        "",
+        f"Image AUROC (%) on parts of the test set of `{path.name}`, from the runs' per-image scores: "
+        + "; ".join(said)
+        + ".",
+        "",
+        "| Stratum | Normal | Anomalous | " + " | ".join(f"{g.model} (n={len(runs)})" for g, runs in with_rows) + " |",
+        "|---|---:|---:|" + "---:|" * len(with_rows),
+    ]
+    for part in parts:
+        counted = picked(first, part)
+        anomalous = sum(row.label for row in counted)
+        cells = []
+        for _, runs in with_rows:
+            found = (image_metrics(picked(run, part))["image_auroc"] for run in runs)
+            values = [value * auroc.scale for value in found if value is not None]
+            mean = statistics.fmean(values) if values else None
+            std = statistics.stdev(values) if len(values) > 1 else None
+            cells.append("–" if mean is None else auroc.format(mean, std))
+        lines.append(f"| {part.label} | {len(counted) - anomalous} | {anomalous} | " + " | ".join(cells) + " |")
+    return lines
+
+
 # -------------------------------------------------------------------------------------------------- markdown
 
 
@@ -152,7 +415,9 @@ def render_markdown(
     overhead: tuple[float, float, int] | None,
     problems: list[str],
     images: list[str],
+    extras: Extras | None = None,
 ) -> str:
+    extras = extras or Extras()
     suites = sorted({r.get("suite", "?") for r in latest})
     lines = [f"# Benchmark results: {', '.join(suites)}", ""]
     lines += _header(latest, overhead)
@@ -165,13 +430,18 @@ def render_markdown(
     ]
     for dataset in dict.fromkeys(g.dataset for g in groups):
         lines += ["", *_dataset_table(dataset, [g for g in groups if g.dataset == dataset])]
+        if dataset in extras.notes:
+            lines += ["", *extras.notes[dataset]]
+        if dataset in extras.strata:
+            lines += ["", *extras.strata[dataset]]
     lines += ["", "## Plots", ""]
     lines += [f"![{Path(name).stem}]({name})" for name in images]
     not_ok = [r for r in latest if r.get("status") != "ok"]
-    if not_ok or problems:
+    if not_ok or problems or extras.warnings:
         lines += ["", "## Failed and skipped runs", ""]
         lines += [f"- {r['status']}: `{r['name']}`: {r.get('error')}" + _log_link(r) for r in not_ok]
         lines += [f"- unreadable record: {p}" for p in problems]
+        lines += [f"- not reported: {w}" for w in extras.warnings]
     return "\n".join(lines) + "\n"
 
 

@@ -94,6 +94,7 @@ def base_record(spec: RunSpec) -> dict[str, Any]:
             "class_path": spec.dataset.class_path,
             "init_args": spec.dataset.init_args,
             "split": spec.dataset.split,
+            "subsets": spec.dataset.subsets,
         },
         "seed": spec.seed,
         "config": {

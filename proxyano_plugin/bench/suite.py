@@ -13,7 +13,7 @@ import inspect
 import json
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,8 @@ class DatasetSpec:
     split: str | None = None
     # Why the dataset's runs are skipped (missing optional data), or None.
     skip_reason: str | None = None
+    # Subsets reported from the runs' per-image results: ``{"name": ..., "split_csv": absolute path}`` each.
+    subsets: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class RunSpec:
         for key in ("suite", "accelerator", "num_workers", "timing", "examples"):
             config.pop(key)
         config["dataset"].pop("skip_reason")
+        config["dataset"].pop("subsets")  # reported from the per-image results; the run's numbers are the same
         return config
 
     @property
@@ -285,7 +288,8 @@ _MODEL_KEYS = (
     "eval_batch_size",
     "trainer_args",
 )
-_DATASET_KEYS = ("name", "class_path", "init_args", "folder", "paths", "split", "skip_if_missing")
+_DATASET_KEYS = ("name", "class_path", "init_args", "folder", "paths", "split", "skip_if_missing", "subsets")
+_SUBSET_KEYS = ("name", "split_csv")
 # Trainer arguments the harness sets itself; a suite sets them through their own keys.
 _TRAINER_MANAGED = (
     "max_epochs",
@@ -346,6 +350,7 @@ class _Validator:
         datasets = [self._dataset(d, i) for i, d in enumerate(self._list(data, "datasets"))]
         _check_unique([m[0].name for m in models], "models")
         _check_unique([d.name for d in datasets], "datasets")
+        _check_subset_names(datasets)
         runs = [
             RunSpec(model=spec, dataset=dataset, seed=int(seed), trainer_args=targs, **settings, **common)
             for spec, settings, targs in models
@@ -448,7 +453,35 @@ class _Validator:
             elif problem:
                 raise SuiteError(f"{problem}; or mark the dataset skip_if_missing: true")
         _check_init_args(cls, init_args, f"{where}.init_args")
-        return DatasetSpec(name, class_path, init_args, split, skip_reason)
+        subsets = self._subsets(item.get("subsets"), where, init_args, skip_reason is None)
+        return DatasetSpec(name, class_path, init_args, split, skip_reason, subsets)
+
+    def _subsets(self, value: Any, where: str, init_args: dict[str, Any], data_exists: bool) -> list[dict[str, str]]:
+        """Subsets of the test set, each the test rows of a split CSV (a path, or a name under ``root/splits``)."""
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise SuiteError(f"{where}.subsets: expected a list of {{name, split_csv}}, got {type(value).__name__}")
+        root = init_args.get("root")
+        if not isinstance(root, str | os.PathLike) or not str(root):
+            raise SuiteError(
+                f"{where}.subsets: needs the dataset's root (paths.root, folder.root or init_args.root): "
+                "subset files are relative to it"
+            )
+        subsets = []
+        for index, item in enumerate(value):
+            at = f"{where}.subsets[{index}]"
+            if not isinstance(item, dict):
+                raise SuiteError(f"{at}: expected a mapping with name and split_csv, got {item!r}")
+            _check_keys(item, _SUBSET_KEYS, f"{at}.")
+            name = self._name(item, "name", f"{at}.")
+            split_csv = self._str(item, "split_csv", f"{at}.")
+            if data_exists:
+                split_csv = str(_check_subset_csv(Path(root), split_csv, init_args, f"{at}.split_csv"))
+            if name in (s["name"] for s in subsets):
+                raise SuiteError(f"{at}.name: duplicate subset name {name!r}")
+            subsets.append({"name": name, "split_csv": split_csv})
+        return subsets
 
     def _path(self, value: Any, where: str, set_key: str) -> tuple[str, str | None]:
         """An absolute path, and a one-line problem when it does not exist."""
@@ -580,6 +613,52 @@ def _check_unique(names: list[str], section: str) -> None:
                 "run names model/dataset/seed must be unique"
             )
         seen[name] = index
+
+
+def _check_subset_names(datasets: list[DatasetSpec]) -> None:
+    """A subset is reported as dataset ``<dataset>-<subset>``: that name must not be another dataset's."""
+    names = {d.name for d in datasets}
+    for index, dataset in enumerate(datasets):
+        for number, subset in enumerate(dataset.subsets):
+            combined = f"{dataset.name}-{subset['name']}"
+            if combined in names:
+                raise SuiteError(
+                    f"datasets[{index}].subsets[{number}].name: reported as dataset {combined!r}, which is also "
+                    "the name of a dataset; rename one"
+                )
+
+
+def _check_subset_csv(root: Path, split_csv: str, init_args: dict[str, Any], where: str) -> Path:
+    """Find a subset's split CSV like SplitCSV finds its own, and check it has test rows (of the dataset's, where
+    the dataset is split by a CSV too)."""
+    from proxyano_plugin.bench.per_image import image_key, read_test_rows
+    from proxyano_plugin.data.split_csv import resolve_split_csv
+    from proxyano_plugin.data.validation import DatasetError
+
+    root = Path(root).expanduser().resolve()
+    try:
+        path = resolve_split_csv(root, split_csv)
+        rows, _ = read_test_rows(path)
+    except (DatasetError, ValueError) as error:
+        raise SuiteError(f"{where}: {' '.join(str(error).split())}") from error
+    if not rows:
+        raise SuiteError(f"{where}: {path} has no test rows (split == test); a subset is the test rows of its CSV")
+    own = init_args.get("split_csv")
+    try:
+        own_path = resolve_split_csv(root, own) if isinstance(own, str | os.PathLike) else None
+        own_rows = read_test_rows(own_path)[0] if own_path is not None and own_path.suffix == ".csv" else None
+    except (DatasetError, ValueError):
+        own_rows = None  # the datamodule reports its own split file's problems
+    if own_rows is not None:
+        tested = {image_key(row["file"], root) for row in own_rows}
+        outside = [row["file"] for row in rows if image_key(row["file"], root) not in tested]
+        if outside:
+            raise SuiteError(
+                f"{where}: {len(outside)} of the {len(rows)} test rows of {path} are not test rows of the "
+                f"dataset's own split CSV {own_path} (first: {outside[0]}); a subset can only report images "
+                "the runs tested"
+            )
+    return path
 
 
 def _with_image_size(cls: type, init_args: dict[str, Any], size: list[int], where: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from proxyano_plugin.bench.per_image import PER_IMAGE_DIR, write_per_image
 from proxyano_plugin.bench.suite import RunSpec, accepted_kwargs, import_class
 from proxyano_plugin.bench.system import cpu_count, cpu_name
 
@@ -39,7 +40,7 @@ WARM_MODULES = (
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where one run writes; ``log`` and ``examples`` are also named in the record (relative to output)."""
+    """Where one run writes; the record names ``log``, ``examples`` and ``per_image`` (relative to output)."""
 
     output: Path
     run_id: str
@@ -62,6 +63,10 @@ class RunPaths:
     @property
     def examples(self) -> Path:
         return self.output / "examples" / f"{self.run_id}.npz"
+
+    @property
+    def per_image(self) -> Path:
+        return self.output / PER_IMAGE_DIR / f"{self.run_id}.csv"
 
     def relative(self, path: Path) -> str:
         return str(path.relative_to(self.output))
@@ -212,6 +217,8 @@ def execute(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
     trainer = engine.trainer
     if trainer.global_rank != 0:
         return {"status": "ok"}
+    # Scores, labels and mask areas of every test image: subsets and strata are computed from them later.
+    per_image = write_per_image(paths.per_image, collector.per_image)
 
     measure_start = time.perf_counter()
     # Other processes competing for the CPUs distort latency and throughput; record how busy it was.
@@ -251,6 +258,7 @@ def execute(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
         "metrics": collector.metrics,
         "counts": collector.counts,
         "examples": paths.relative(examples) if examples else None,
+        "per_image": paths.relative(per_image),
     }
 
 

@@ -28,6 +28,7 @@ from scipy import ndimage
 from proxyano_plugin.data.anatomy import remap
 
 LESION_KINDS = ("ring", "solid", "diffuse")
+APPEARANCES = ("t1ce", "flair")
 _KIND_PROBABILITIES = (0.45, 0.35, 0.2)
 _MAX_TRIES = 30
 
@@ -50,6 +51,7 @@ def add_tumour(
     rng: np.random.Generator,
     area_range: tuple[float, float] = (0.01, 0.08),
     mass_effect: tuple[float, float] = (0.0, 0.3),
+    appearance: str = "t1ce",
 ) -> tuple[np.ndarray, Lesion]:
     """Paint one tumour-like lesion into a float image in [0, 1].
 
@@ -62,10 +64,15 @@ def add_tumour(
             clipped mask falls inside (the closest one is kept after a few tries).
         mass_effect: range of the outward push, as a share of the tumour radius; ``(0, 0)`` leaves every
             pixel outside the mask untouched.
+        appearance: ``"t1ce"`` (contrast-enhanced T1: dark oedema, enhancing tumour) or ``"flair"``
+            (FLAIR: tumour and oedema hyperintense, the core less so), same shapes and placement.
 
     Returns:
         The new image and the :class:`Lesion`.
     """
+    if appearance not in APPEARANCES:
+        msg = f"appearance must be one of {', '.join(APPEARANCES)}, got {appearance!r}"
+        raise ValueError(msg)
     lo, hi = area_range
     if not 0 < lo <= hi < 1:
         msg = f"area_range must satisfy 0 < low <= high < 1, got {area_range}"
@@ -94,7 +101,8 @@ def add_tumour(
         image, wm, brain = np.moveaxis(pushed, -1, 0)
         brain = brain >= 0.5
         whole &= brain
-    painted = _paint(image, wm, rng, kind, tumour_rho, oedema_rho, whole)
+    paint = _paint if appearance == "t1ce" else _paint_flair
+    painted = paint(image, wm, rng, kind, tumour_rho, oedema_rho, whole)
     return painted, Lesion(mask=whole, kind=kind, area_fraction=float(whole.sum() / brain_area))
 
 
@@ -172,4 +180,38 @@ def _paint(
         core = tumour & ~rim
         out[rim] = white_level * rng.uniform(1.08, 1.2) + 0.04 * texture[rim]
         out[core] = rng.uniform(0.18, 0.35) + 0.03 * texture[core]
+    return np.clip(out, 0.0, 1.0)
+
+
+def _paint_flair(
+    image: np.ndarray,
+    wm: np.ndarray,
+    rng: np.random.Generator,
+    kind: str,
+    tumour_rho: np.ndarray,
+    oedema_rho: np.ndarray,
+    whole: np.ndarray,
+) -> np.ndarray:
+    """Set lesion intensities inside ``whole`` (FLAIR look); pixels outside are left as they are.
+
+    On FLAIR, oedema and non-enhancing tumour are hyperintense against white matter (which is why FLAIR
+    is the sequence glioma masks are drawn on); a necrotic core is less bright than its rim.
+    """
+    texture = ndimage.gaussian_filter(rng.standard_normal(image.shape), 1.0)
+    texture /= texture.std() + 1e-8
+    in_white = whole & (wm > 0.6)
+    white_level = float(np.median(image[in_white])) if in_white.any() else float(image[whole].mean())
+    tumour = whole & (tumour_rho < 1)
+    oedema = whole & ~tumour
+    out = image.copy()
+    closeness = np.clip(1.0 - oedema_rho, 0.0, 1.0)
+    brightening = rng.uniform(0.3, 0.6) * (0.6 + 0.4 * closeness) + 0.03 * texture
+    out[oedema] = np.maximum(image[oedema], white_level) * (1.0 + brightening[oedema])
+    level = white_level * rng.uniform(1.4, 1.8)
+    if kind == "ring":
+        core = tumour & (tumour_rho < 1.0 - rng.uniform(0.25, 0.5))
+        out[tumour] = level + 0.05 * texture[tumour]
+        out[core] = white_level * rng.uniform(1.0, 1.3) + 0.04 * texture[core]
+    else:
+        out[tumour] = level + 0.06 * texture[tumour]
     return np.clip(out, 0.0, 1.0)

@@ -41,7 +41,7 @@ _EROSION = 0.04
 """Share of the image side by which the head mask is eroded before lesions are placed in it."""
 _THRESHOLD_SCALE = 0.5
 """Head = smoothed intensity above this share of Otsu's threshold (measured: no dedup normal below 5 % head)."""
-_MIN_HEAD_FRACTION = 0.05
+MIN_HEAD_FRACTION = 0.05
 """A slice whose head region is smaller than this share of the image cannot host a lesion."""
 
 
@@ -180,7 +180,7 @@ def paint_lesions(
             row |= {"lesion": "", "lesion_area_fraction": ""}
             if abnormal:
                 wm, brain = head_maps(image)
-                if brain.sum() < _MIN_HEAD_FRACTION * brain.size:
+                if brain.sum() < MIN_HEAD_FRACTION * brain.size:
                     msg = f"{root / file}: no head region large enough for a lesion (is it an empty or CT slice?)"
                     raise PrepareError(msg)
                 # One stream per image: the lesion of an image does not depend on the images before it.

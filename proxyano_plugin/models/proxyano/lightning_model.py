@@ -19,7 +19,7 @@ from proxyano_plugin.models.image_inputs import OneClassReconstruction
 from proxyano_plugin.proxies import CachedProxy, create_proxy
 
 from .loss import ProxyAnoLoss
-from .pseudo_anomaly import PatchPaster
+from .pseudo_anomaly import BlobShifter, PatchPaster
 from .torch_model import ProxyAnoModel
 
 __all__ = ["ProxyAno"]
@@ -61,6 +61,14 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         score_topk: Image score = mean of the top fraction of map values (1.0 = mean error).
         error: ``"l1"`` or ``"l2"`` pixel error.
         learning_rate: Adam learning rate for both networks.
+        pem_skips: Where detail passes the PEM: ``"none"`` (one memory bottleneck), ``"plain"`` (U-Net
+            skips around the memory) or ``"memory"`` (a memory on every skip level).
+        proxy_blob_probability: Chance that a training proxy gets an SI-native pseudo lesion: a blob whose
+            intensity is shifted (flat regions stay flat), besides the pasted patches.
+        image_blob_probability: Chance that the PEM's training input gets a lesion-like blob (textured,
+            intensity-shifted) while its target stays the clean image's proxy.
+        blob_area_range: Blob area as a fraction of the image area (both blob kinds).
+        blob_shift_range: Magnitude range of the blobs' intensity shift (sign random).
         reconstruct_from: ``"predicted_proxy"`` (default, the paper) or ``"image"``: no PEM; the IRM is
             trained to repair pasted patches on the raw image and scores the raw image (a CutPaste-style
             repair network, an ablation of the proxy bridge). ``"image"`` needs ``proxy="identity"``.
@@ -87,6 +95,11 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         learning_rate: float = 1e-3,
         reconstruct_from: str = "predicted_proxy",
         error_blur_sigma: float = 0.0,
+        pem_skips: str = "none",
+        proxy_blob_probability: float = 0.0,
+        image_blob_probability: float = 0.0,
+        blob_area_range: tuple[float, float] = (0.005, 0.05),
+        blob_shift_range: tuple[float, float] = (0.15, 0.5),
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -121,9 +134,13 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             error=error,
             reconstruct_from=reconstruct_from,
             error_blur_sigma=error_blur_sigma,
+            pem_skips=pem_skips,
         )
         self.proxy_extractor = CachedProxy(create_proxy(proxy, **(proxy_kwargs or {})), cache_dir=proxy_cache_dir)
         self.paster = PatchPaster(paste_probability, tuple(paste_area_range), tuple(paste_aspect_range))
+        blob_ranges = (tuple(blob_area_range), tuple(blob_shift_range))
+        self.proxy_blobs = BlobShifter(proxy_blob_probability, *blob_ranges)
+        self.image_blobs = BlobShifter(image_blob_probability, *blob_ranges)
         self.loss = ProxyAnoLoss(entropy_weight, predicted_proxy_weight)
         self.learning_rate = learning_rate
 
@@ -162,9 +179,11 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         """The loss terms for a batch already in the model's channels (also used by benchmarks/proxyano_sweep.py)."""
         proxies = self.proxy_extractor(images)
         corrupted, _ = self.paster(proxies, images)
+        corrupted, _ = self.proxy_blobs(corrupted, images)
         if self.model.pem is None:  # reconstruct_from="image": the IRM alone, repairing the raw image
-            return self.loss(images, proxies, None, None, self.model.irm(corrupted), None)
-        predicted, memory_weights = self.model.pem(images)
+            return self.loss(images, proxies, None, [], self.model.irm(corrupted), None)
+        # The PEM sees lesion-like blobs in the image and must still predict the clean image's proxy.
+        predicted, memory_weights = self.model.pem(self.image_blobs(images)[0])
         with_predicted = self.loss.predicted_proxy_weight > 0
         irm_inputs = torch.cat([corrupted, predicted.detach()]) if with_predicted else corrupted
         reconstructions = self.model.irm(irm_inputs)

@@ -12,7 +12,7 @@ class ProxyAnoLoss(nn.Module):
 
     - ``pem``: MSE between the predicted and the extracted proxy (the PEM's target); absent without a PEM
       (``reconstruct_from="image"``).
-    - ``entropy``: MemAE addressing entropy, weighted by ``entropy_weight``.
+    - ``entropy``: MemAE addressing entropy summed over the PEM's memories, weighted by ``entropy_weight``.
     - ``irm``: MSE between the IRM's output on (pseudo-abnormal) extracted proxies and the normal image.
     - ``irm_predicted``: MSE between the IRM's output on the PEM's *predicted* proxy (detached) and the
       image, weighted by ``predicted_proxy_weight``; it closes the gap between training the IRM on
@@ -29,14 +29,15 @@ class ProxyAnoLoss(nn.Module):
         images: torch.Tensor,
         proxies: torch.Tensor,
         predicted_proxies: torch.Tensor | None,
-        memory_weights: torch.Tensor | None,
+        memory_weights: list[torch.Tensor],
         reconstructions: torch.Tensor,
         reconstructions_from_predicted: torch.Tensor | None,
     ) -> dict[str, torch.Tensor]:
         terms = {} if predicted_proxies is None else {"pem": F.mse_loss(predicted_proxies, proxies)}
         terms["irm"] = F.mse_loss(reconstructions, images)
-        if memory_weights is not None and self.entropy_weight > 0:
-            terms["entropy"] = self.entropy_weight * addressing_entropy(memory_weights)
+        if memory_weights and self.entropy_weight > 0:
+            entropy = torch.stack([addressing_entropy(weights) for weights in memory_weights]).sum()
+            terms["entropy"] = self.entropy_weight * entropy
         if reconstructions_from_predicted is not None:
             terms["irm_predicted"] = self.predicted_proxy_weight * F.mse_loss(reconstructions_from_predicted, images)
         terms["loss"] = torch.stack(list(terms.values())).sum()

@@ -63,3 +63,83 @@ class PatchPaster:
             corrupted[index, :, dst_y : dst_y + patch_h, dst_x : dst_x + patch_w] = patch
             mask[index, :, dst_y : dst_y + patch_h, dst_x : dst_x + patch_w] = 1
         return corrupted, mask
+
+
+class BlobShifter:
+    """Shift the intensity of one random lesion-shaped blob per image, with probability ``probability``.
+
+    A lesion in a superpixel image is a few flat regions of unusual intensity, not a textured patch; in an
+    image it is a smooth-edged region whose intensity departs from the tissue around it while keeping its
+    texture. One generator serves both: the blob (an ellipse with a lobed, randomly rotated outline and a
+    one-pixel soft edge) is added as ``values + shift * mask``, so a flat proxy region stays flat and an
+    image region keeps its texture. Blob centres are drawn from pixels brighter than ``foreground`` (inside
+    the head), shifts uniformly from ``+-shift_range`` (brighter or darker than the tissue). Everything is
+    drawn as batched tensors: no Python loop over images.
+
+    Args:
+        probability: Chance that an image gets a blob.
+        area_range: Blob area as a fraction of the image area.
+        shift_range: Magnitude range of the intensity shift, in the [0, 1] intensity scale.
+        foreground: Intensity above which a pixel may be a blob centre.
+    """
+
+    def __init__(
+        self,
+        probability: float = 0.5,
+        area_range: tuple[float, float] = (0.005, 0.05),
+        shift_range: tuple[float, float] = (0.15, 0.5),
+        foreground: float = 0.05,
+    ) -> None:
+        if not 0 <= probability <= 1:
+            msg = f"blob_probability must be in [0, 1], got {probability}"
+            raise ValueError(msg)
+        if not 0 < area_range[0] <= area_range[1] < 1:
+            msg = f"blob_area_range must satisfy 0 < low <= high < 1, got {tuple(area_range)}"
+            raise ValueError(msg)
+        if not 0 < shift_range[0] <= shift_range[1] <= 1:
+            msg = f"blob_shift_range must satisfy 0 < low <= high <= 1, got {tuple(shift_range)}"
+            raise ValueError(msg)
+        self.probability = probability
+        self.area_range = area_range
+        self.shift_range = shift_range
+        self.foreground = foreground
+
+    def masks(self, images: torch.Tensor) -> torch.Tensor:
+        """Soft blob masks ``[B, 1, H, W]`` in [0, 1] (all zero for images left clean)."""
+        batch, _, height, width = images.shape
+        device = images.device
+        weights = (images.mean(dim=1).flatten(1) > self.foreground).float() + 1e-6  # empty slices: anywhere
+        centres = torch.multinomial(weights, 1).squeeze(1)
+        centre_y = (centres // width).float().view(batch, 1, 1)
+        centre_x = (centres % width).float().view(batch, 1, 1)
+        area = torch.empty(batch, device=device).uniform_(*self.area_range) * height * width
+        radius = torch.sqrt(area / math.pi).view(batch, 1, 1)
+        elongation = torch.empty(batch, 1, 1, device=device).uniform_(-0.4, 0.4).exp()
+        angle = torch.rand(batch, 1, 1, device=device) * math.pi
+        ys = torch.arange(height, device=device, dtype=torch.float32).view(1, -1, 1) - centre_y
+        xs = torch.arange(width, device=device, dtype=torch.float32).view(1, 1, -1) - centre_x
+        along = xs * angle.cos() + ys * angle.sin()
+        across = -xs * angle.sin() + ys * angle.cos()
+        distance = torch.sqrt((along / elongation) ** 2 + (across * elongation) ** 2)
+        polar = torch.atan2(across, along).unsqueeze(-1)
+        orders = torch.arange(2, 5, device=device, dtype=torch.float32)
+        amplitudes = torch.empty(batch, 1, 1, 3, device=device).uniform_(0, 0.15)
+        phases = torch.rand(batch, 1, 1, 3, device=device) * 2 * math.pi
+        outline = radius * (1 + (amplitudes * torch.cos(orders * polar + phases)).sum(-1))
+        masks = torch.sigmoid(3 * (outline - distance))  # soft edge about one pixel wide
+        chosen = (torch.rand(batch, device=device) < self.probability).float().view(batch, 1, 1)
+        return (masks * chosen).unsqueeze(1)
+
+    def __call__(self, values: torch.Tensor, images: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``values`` with blobs shifted in, clipped to [0, 1], and the ``[B, 1, H, W]`` soft mask.
+
+        ``images`` (default ``values``) decide where blobs may sit; neither input is modified.
+        """
+        if self.probability == 0:
+            return values, values.new_zeros(values.shape[0], 1, *values.shape[2:])
+        masks = self.masks(values if images is None else images)
+        batch = values.shape[0]
+        magnitude = torch.empty(batch, device=values.device).uniform_(*self.shift_range)
+        sign = torch.where(torch.rand(batch, device=values.device) < 0.5, -1.0, 1.0)
+        shifted = values + (magnitude * sign).view(batch, 1, 1, 1) * masks
+        return shifted.clamp(0, 1), masks

@@ -78,8 +78,17 @@ class Decoder(nn.Module):
         return torch.sigmoid(self.head(x))
 
 
+PEM_SKIPS = ("none", "plain", "memory")
+
+
 class ProxyExtractionModule(nn.Module):
-    """Encoder -> memory -> decoder: predicts the proxy (superpixel image) of an image."""
+    """Encoder -> memory -> decoder: predicts the proxy (superpixel image) of an image.
+
+    ``skips`` decides where detail may pass: ``"none"`` (one bottleneck read through the memory, MemAE's
+    layout: the prediction is the memory's best coarse guess), ``"plain"`` (U-Net skips around the memory)
+    or ``"memory"`` (every skip level is read through a memory of its own, as DAAD does on skips: fine
+    detail reaches the decoder only as a mix of items learned on normal images).
+    """
 
     def __init__(
         self,
@@ -87,19 +96,31 @@ class ProxyExtractionModule(nn.Module):
         widths: Sequence[int],
         memory_size: int,
         shrink_threshold: float,
+        skips: str = "none",
     ) -> None:
         super().__init__()
+        if skips not in PEM_SKIPS:
+            msg = f"pem_skips must be one of {', '.join(PEM_SKIPS)}, got {skips!r}"
+            raise ValueError(msg)
         self.encoder = Encoder(channels, widths)
-        self.memory = MemoryModule(memory_size, widths[-1], shrink_threshold) if memory_size > 0 else None
-        self.decoder = Decoder(widths, channels, skips=False)
+        with_memory = memory_size > 0
+        levels = widths if skips == "memory" else widths[-1:]
+        self.memories = nn.ModuleList(
+            MemoryModule(memory_size, width, shrink_threshold) for width in (levels if with_memory else ())
+        )
+        self.skips = skips != "none"
+        self.decoder = Decoder(widths, channels, skips=self.skips)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return the predicted proxy and the memory addressing weights (``None`` without memory)."""
-        bottleneck = self.encoder(images)[-1]
-        weights = None
-        if self.memory is not None:
-            bottleneck, weights = self.memory(bottleneck)
-        return self.decoder(bottleneck), weights
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Return the predicted proxy and the addressing weights of every memory (empty without memory)."""
+        features = self.encoder(images)
+        read = features[-len(self.memories) :] if self.memories else []
+        weights = []
+        for offset, memory in enumerate(self.memories):
+            level = len(features) - len(self.memories) + offset
+            features[level], level_weights = memory(read[offset])
+            weights.append(level_weights)
+        return self.decoder(features[-1], features if self.skips else ()), weights
 
 
 class ImageReconstructionModule(nn.Module):
@@ -161,6 +182,8 @@ class ProxyAnoModel(nn.Module):
         error: Pixel error, ``"l1"`` (|x - x_hat|) or ``"l2"`` ((x - x_hat)^2), averaged over channels.
         reconstruct_from: ``"predicted_proxy"`` (the paper: image -> PEM -> IRM) or ``"image"`` (no PEM is
             built; the IRM repairs the raw image, a CutPaste-style variant kept for ablations).
+        pem_skips: Where detail passes the PEM: ``"none"``, ``"plain"`` or ``"memory"`` (see
+            :class:`ProxyExtractionModule`).
     """
 
     def __init__(
@@ -174,6 +197,7 @@ class ProxyAnoModel(nn.Module):
         error: str,
         reconstruct_from: str = "predicted_proxy",
         error_blur_sigma: float = 0.0,
+        pem_skips: str = "none",
     ) -> None:
         super().__init__()
         if in_channels not in {1, 3}:
@@ -192,7 +216,7 @@ class ProxyAnoModel(nn.Module):
         self.score_topk = score_topk
         self.error = error
         self.pem = (
-            ProxyExtractionModule(in_channels, widths, memory_size, memory_shrink_threshold)
+            ProxyExtractionModule(in_channels, widths, memory_size, memory_shrink_threshold, pem_skips)
             if reconstruct_from == "predicted_proxy"
             else None
         )
