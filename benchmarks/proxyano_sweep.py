@@ -34,6 +34,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torchmetrics.functional.classification import binary_auroc
@@ -118,12 +119,15 @@ def validation_split(
     groups = paths
     if args.group_column:
         table = pd.read_csv(resolve_split_csv(args.root, args.split_csv))
-        by_file = dict(zip(table.file.map(lambda f: str((Path(args.root) / f).resolve())), table[args.group_column], strict=True))
+        by_file = dict(
+            zip(table.file.map(lambda f: str((Path(args.root) / f).resolve())), table[args.group_column], strict=True)
+        )
         groups = [str(by_file[str(Path(path).resolve())]) for path in paths]
     held = torch.from_numpy(hold_out(groups, args.val_fraction, args.seed)).to(images.device)
-    painted = paint_validation(images[held].mean(1).cpu().numpy(), args.seed, appearance=args.lesion_appearance)
-    as_tensor = [torch.from_numpy(array).to(images.device) for array in painted]
-    return images[~held], (as_tensor[0].unsqueeze(1), as_tensor[2].int(), as_tensor[1].int().unsqueeze(1))
+    painted = paint_validation(list(images[held, 0].cpu().numpy()), args.seed, appearance=args.lesion_appearance)
+    val_images, val_masks = (torch.from_numpy(np.stack(arrays)).unsqueeze(1) for arrays in painted[:2])
+    labels = torch.from_numpy(painted.labels).int()
+    return images[~held], (val_images.to(images.device), labels.to(images.device), val_masks.int().to(images.device))
 
 
 def train_epoch(

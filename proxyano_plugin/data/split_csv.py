@@ -17,7 +17,10 @@ from anomalib.data.datasets.image.tabular import TabularDataset
 from anomalib.data.utils import Split, TestSplitMode, ValSplitMode
 from torchvision.transforms.v2 import Transform
 
+from proxyano_plugin.data.demo_generator import default_cache_root
 from proxyano_plugin.data.intensity import FullDepthDataset, check_intensity, check_split_modes
+from proxyano_plugin.data.lesions import APPEARANCES
+from proxyano_plugin.data.synthetic_validation import hold_out, lesion_validation_dir, materialise_lesion_validation
 from proxyano_plugin.data.validation import (
     SKIPPED_KINDS,
     DataProblem,
@@ -217,8 +220,19 @@ class SplitCSV(AnomalibDataModule):
         val_augmentations: augmentations of validation images.
         test_augmentations: augmentations of test images.
         augmentations: augmentations for every subset without its own.
-        val_split_mode: how the validation set is made (anomalib's ``ValSplitMode``).
-        val_split_ratio: share of the test images moved to validation.
+        val_split_mode: how the validation set is made: anomalib's ``ValSplitMode`` values, or ``"lesions"``:
+            a label-free validation set, held-out normal *training* images with synthetic lesions painted into
+            half of them (:mod:`~proxyano_plugin.data.synthetic_validation`), so that epochs and checkpoints
+            are chosen without touching the test split. Models that support it (ProxyAno) keep the weights
+            of their best validation epoch on such a set.
+        val_split_ratio: share of the test images moved to validation; with ``"lesions"``, the share of
+            training groups (``val_group_column``) or images held out.
+        val_group_column: with ``"lesions"``: a split-CSV column (e.g. ``patient``) whose groups are held
+            out whole, so that no validation patient is also trained on; ``None`` holds out single images.
+        val_lesion_appearance: with ``"lesions"``: ``"t1ce"`` (dark oedema, enhancing tumour) or ``"flair"``
+            (hyperintense lesions), the look of the painted lesions.
+        val_cache_dir: with ``"lesions"``: where the painted set is kept (default: ``<cache>/lesion_validation``,
+            beside the BrainMRIDemo cache); it is painted once per training split and setting.
         seed: seed of the validation split.
         intensity: ``None`` (default) reads images as anomalib does, as 8-bit RGB, which clips 16-bit
             values; ``"minmax"``, ``"percentile"`` (0.5th-99.5th, clipped) or ``"window"`` read them at
@@ -248,8 +262,15 @@ class SplitCSV(AnomalibDataModule):
         intensity_window: list[float] | None = None,
         strict: bool = False,
         pixel_metrics: bool = False,
+        val_group_column: str | None = None,
+        val_lesion_appearance: str = "t1ce",
+        val_cache_dir: str | Path | None = None,
     ) -> None:
         window = check_intensity(intensity, intensity_window)
+        self.label_free_validation = str(getattr(val_split_mode, "value", val_split_mode)) == LESION_VALIDATION
+        if self.label_free_validation:
+            check_lesion_validation(intensity, val_split_ratio, val_lesion_appearance)
+            val_split_mode = ValSplitMode.NONE  # made in _setup, from the training rows
         check_split_modes(intensity, val_split_mode)
         super().__init__(
             train_batch_size=train_batch_size,
@@ -275,6 +296,9 @@ class SplitCSV(AnomalibDataModule):
         # What the image check found (None until setup): kept so that it runs, and reports, only once.
         self.problems: list[DataProblem] | None = None
         self.summary: DatasetSummary | None = None
+        self.val_group_column = val_group_column
+        self.val_lesion_appearance = val_lesion_appearance
+        self.val_cache_dir = val_cache_dir
 
     @property
     def name(self) -> str:
@@ -294,6 +318,8 @@ class SplitCSV(AnomalibDataModule):
         if skipped:
             kept = ~samples.image_path.map(lambda file: str(self.root / file)).isin(skipped)
             samples = samples[kept].reset_index(drop=True)
+        if self.label_free_validation:
+            samples = self._split_off_lesion_validation(samples)
         self.train_data, self.test_data = (
             TabularDataset(name=self.name, samples=samples, split=split, root=self.root)
             for split in (Split.TRAIN, Split.TEST)
@@ -303,3 +329,54 @@ class SplitCSV(AnomalibDataModule):
                 FullDepthTabularDataset.adopt(dataset, self.intensity, self.intensity_window)
                 for dataset in (self.train_data, self.test_data)
             )
+
+    def _split_off_lesion_validation(self, samples: pd.DataFrame) -> pd.DataFrame:
+        """Hold out training rows, paint lesions into half of them as ``val_data``; return the other rows."""
+        train = samples.index[samples.split == Split.TRAIN.value]
+        files = samples.image_path[train].tolist()
+        groups = files
+        if self.val_group_column:
+            column = pd.read_csv(self.split_csv, dtype=str, keep_default_na=False)
+            if self.val_group_column not in column.columns:
+                msg = (
+                    f"val_group_column {self.val_group_column!r} is not a column of {self.split_csv} "
+                    f"(columns: {', '.join(column.columns)})"
+                )
+                raise ValueError(msg)
+            by_file = dict(zip(column.file.str.strip(), column[self.val_group_column], strict=True))
+            groups = [by_file[file] for file in files]
+        held = hold_out(groups, self.val_split_ratio, self.seed or 0)
+        held_files = [file for file, chosen in zip(files, held, strict=True) if chosen]
+        settings = {"seed": self.seed or 0, "appearance": self.val_lesion_appearance}
+        cache_root = Path(self.val_cache_dir).expanduser() if self.val_cache_dir else default_cache_root().parent
+        target = lesion_validation_dir(
+            cache_root / "lesion_validation", [str(self.root / f) for f in held_files], **settings
+        )
+        val_samples = materialise_lesion_validation(
+            self.root, held_files, target, self.seed or 0, self.val_lesion_appearance
+        )
+        self.val_data = TabularDataset(name=self.name, samples=val_samples, split=Split.TEST, root=target)
+        logger.info(
+            "Label-free validation: %d training images of %d held out (%d with painted lesions) in %s",
+            len(held_files),
+            len(files),
+            int(val_samples.label_index.sum()),
+            target,
+        )
+        return samples.drop(index=train[held]).reset_index(drop=True)
+
+
+LESION_VALIDATION = "lesions"
+
+
+def check_lesion_validation(intensity: str | None, ratio: float, appearance: str) -> None:
+    """Refuse settings the lesion validation set cannot honour, before anything is read."""
+    if intensity is not None:
+        msg = f"val_split_mode='lesions' paints 8-bit images and cannot be combined with intensity={intensity!r}"
+        raise ValueError(msg)
+    if not 0 < ratio < 1:
+        msg = f"val_split_ratio is the share of training groups held out with val_split_mode='lesions'; got {ratio}"
+        raise ValueError(msg)
+    if appearance not in APPEARANCES:
+        msg = f"val_lesion_appearance must be one of {', '.join(APPEARANCES)}, got {appearance!r}"
+        raise ValueError(msg)

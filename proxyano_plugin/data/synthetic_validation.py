@@ -9,20 +9,26 @@ stays untouched until a choice is made.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 
 from proxyano_plugin.data.lesions import add_tumour
-from proxyano_plugin.prepare.lesions import MIN_HEAD_FRACTION, head_maps
+
+logger = logging.getLogger(__name__)
 
 
 class LesionValidation(NamedTuple):
-    """Validation images ``[N, H, W]`` in [0, 1], their boolean masks and labels (1 = painted lesion)."""
+    """Validation images (2D floats in [0, 1]), their boolean masks and labels (1 = painted lesion)."""
 
-    images: np.ndarray
-    masks: np.ndarray
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
     labels: np.ndarray
 
 
@@ -44,34 +50,90 @@ def hold_out(groups: Sequence[str], fraction: float, seed: int) -> np.ndarray:
 
 
 def paint_validation(
-    images: np.ndarray,
+    images: Sequence[np.ndarray],
     seed: int,
     lesion_fraction: float = 0.5,
     area_range: tuple[float, float] = (0.01, 0.08),
     appearance: str = "t1ce",
 ) -> LesionValidation:
-    """Paint one lesion into a seeded ``lesion_fraction`` of ``images`` (``[N, H, W]`` floats in [0, 1]).
+    """Paint one lesion into a seeded ``lesion_fraction`` of ``images`` (2D grayscale floats in [0, 1]).
 
     Slices with too little head to host a lesion (end slices) stay normal. Each image draws from its own
     random stream, so an image's lesion does not depend on the others. ``appearance`` is the lesion
     generator's (``"flair"`` for FLAIR data: hyperintense lesions; ``"t1ce"`` otherwise).
     """
-    if images.ndim != 3:
-        msg = f"images must be [N, H, W] grayscale, got shape {images.shape}"
+    from proxyano_plugin.prepare.lesions import MIN_HEAD_FRACTION, head_maps  # scikit-image: imported on use
+
+    painted = [np.asarray(image, dtype=np.float32).copy() for image in images]
+    if any(image.ndim != 2 for image in painted):
+        msg = "images must be 2D grayscale arrays"
         raise ValueError(msg)
-    painted = images.astype(np.float32, copy=True)
-    masks = np.zeros(images.shape, dtype=bool)
-    labels = np.zeros(len(images), dtype=np.int64)
-    order = np.random.default_rng(seed).permutation(len(images))
-    wanted = round(lesion_fraction * len(images))
-    for index in order:
+    masks = [np.zeros(image.shape, dtype=bool) for image in painted]
+    labels = np.zeros(len(painted), dtype=np.int64)
+    wanted = round(lesion_fraction * len(painted))
+    for index in np.random.default_rng(seed).permutation(len(painted)):
         if labels.sum() >= wanted:
             break
         wm, brain = head_maps(painted[index])
         if brain.sum() < MIN_HEAD_FRACTION * brain.size:
             continue
-        painted[index], lesion = add_tumour(
-            painted[index], wm, brain, np.random.default_rng([seed, int(index)]), area_range, appearance=appearance
-        )
-        masks[index], labels[index] = lesion.mask, 1
-    return LesionValidation(np.clip(painted, 0, 1), masks, labels)
+        rng = np.random.default_rng([seed, int(index)])
+        image, lesion = add_tumour(painted[index], wm, brain, rng, area_range, appearance=appearance)
+        painted[index], masks[index], labels[index] = np.clip(image, 0, 1), lesion.mask, 1
+    return LesionValidation(painted, masks, labels)
+
+
+def lesion_validation_dir(cache_root: Path, files: Sequence[str], **settings: object) -> Path:
+    """``cache_root/<hash>``: a hash of the source files and every setting that changes the painted set."""
+    digest = hashlib.sha1(json.dumps([sorted(files), settings], sort_keys=True, default=str).encode())
+    return cache_root / digest.hexdigest()[:16]
+
+
+def materialise_lesion_validation(
+    root: Path,
+    files: Sequence[str],
+    target: Path,
+    seed: int,
+    appearance: str = "t1ce",
+    area_range: tuple[float, float] = (0.01, 0.08),
+) -> pd.DataFrame:
+    """Paint ``files`` (relative to ``root``) into ``target`` once; return its sample table (paths in ``target``).
+
+    The tree (``images/``, ``masks/``, ``samples.csv``) is written into a hidden sibling and moved into
+    place only when complete, so an interrupted run leaves nothing half-written; a complete tree is reused.
+    """
+    from proxyano_plugin.prepare.lesions import read_gray
+    from proxyano_plugin.prepare.pipeline import encode_png, staged_output, write_png
+
+    table = target / "samples.csv"
+    if table.is_file():
+        return _read_samples(table)
+    logger.info("Painting a label-free validation set from %d training images into %s", len(files), target)
+    painted = paint_validation([read_gray(root / file) for file in files], seed, 0.5, area_range, appearance)
+    rows = []
+    with staged_output(target, overwrite=True) as staging:
+        (staging / "images").mkdir()
+        (staging / "masks").mkdir()
+        for index, (image, mask, label) in enumerate(zip(*painted, strict=True)):
+            name = f"{index:05d}.png"
+            write_png(staging / "images" / name, encode_png(image))
+            mask_path = ""
+            if label:
+                mask_path = f"masks/{name}"
+                write_png(staging / mask_path, mask.astype(np.uint8) * 255)
+            rows.append(
+                {
+                    "image_path": f"images/{name}",
+                    "label_index": int(label),
+                    "split": "test",
+                    "mask_path": mask_path,
+                    "source": files[index],
+                }
+            )
+        pd.DataFrame(rows).to_csv(staging / "samples.csv", index=False)
+    return _read_samples(table)
+
+
+def _read_samples(table: Path) -> pd.DataFrame:
+    # object, not pandas' str dtype: anomalib writes Path objects into the path columns.
+    return pd.read_csv(table, keep_default_na=False).astype({"image_path": object, "mask_path": object})

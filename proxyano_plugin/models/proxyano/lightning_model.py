@@ -4,6 +4,7 @@ Zhou et al., "Proxy-bridged Image Reconstruction Network for Anomaly Detection i
 IEEE TMI 2021 (arXiv 2110.01761). See README.md in this folder for every choice the paper leaves open.
 """
 
+import logging
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from proxyano_plugin.models.image_inputs import OneClassReconstruction
+from proxyano_plugin.models.selection import BestEpoch
 from proxyano_plugin.proxies import CachedProxy, create_proxy
 
 from .loss import ProxyAnoLoss
@@ -23,6 +25,8 @@ from .pseudo_anomaly import BlobShifter, PatchPaster
 from .torch_model import ProxyAnoModel
 
 __all__ = ["ProxyAno"]
+
+logger = logging.getLogger(__name__)
 
 CPU_WIDTHS = (16, 32, 64, 128)
 
@@ -69,6 +73,10 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             intensity-shifted) while its target stays the clean image's proxy.
         blob_area_range: Blob area as a fraction of the image area (both blob kinds).
         blob_shift_range: Magnitude range of the blobs' intensity shift (sign random).
+        select_epoch: On a label-free validation set (``SplitCSV(val_split_mode="lesions")``: training
+            normals with painted lesions), keep the weights of the epoch with the best mean of image and pixel
+            validation AUROC and restore them when training ends. Ignored with any other validation set,
+            which may hold test images.
         reconstruct_from: ``"predicted_proxy"`` (default, the paper) or ``"image"``: no PEM; the IRM is
             trained to repair pasted patches on the raw image and scores the raw image (a CutPaste-style
             repair network, an ablation of the proxy bridge). ``"image"`` needs ``proxy="identity"``.
@@ -100,6 +108,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         image_blob_probability: float = 0.0,
         blob_area_range: tuple[float, float] = (0.005, 0.05),
         blob_shift_range: tuple[float, float] = (0.15, 0.5),
+        select_epoch: bool = True,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -143,6 +152,8 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         self.image_blobs = BlobShifter(image_blob_probability, *blob_ranges)
         self.loss = ProxyAnoLoss(entropy_weight, predicted_proxy_weight)
         self.learning_rate = learning_rate
+        self.select_epoch = select_epoch
+        self.best_epoch = BestEpoch()
 
     def _model_images(self, batch: Batch) -> torch.Tensor:
         """The batch in the model's channels, refusing NaN/inf early with the files that carry them."""
@@ -194,7 +205,39 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         """Score the validation batch with the exported inference path."""
         del args, kwargs
         self._model_images(batch)
-        return batch.update(**self.model(batch.image)._asdict())
+        outputs = self.model(batch.image)
+        if self._selecting():
+            self.best_epoch.update(outputs.pred_score, batch.gt_label, outputs.anomaly_map, batch.gt_mask)
+        return batch.update(**outputs._asdict())
+
+    def _selecting(self) -> bool:
+        """Select epochs only on a validation set the datamodule declares label-free (never test images)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return self.select_epoch and bool(getattr(datamodule, "label_free_validation", False))
+
+    def on_validation_epoch_start(self) -> None:
+        self.best_epoch.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the label-free validation AUROCs and keep this epoch's weights if it is the best so far."""
+        metrics = self.best_epoch.compute() if self._selecting() and not self.trainer.sanity_checking else {}
+        self.best_epoch.reset()
+        if not metrics:
+            return
+        self.log_dict({f"val_{name}": value for name, value in metrics.items()}, sync_dist=True)
+        if self.best_epoch.consider(metrics["selection"], self.current_epoch, self.model):
+            logger.info("ProxyAno: epoch %d is the best on the validation set so far (%s)", self.current_epoch, metrics)
+
+    def on_train_end(self) -> None:
+        """Put back the best validation epoch's weights, and save them where the last checkpoint went."""
+        epoch = self.best_epoch.restore(self.model)
+        if epoch is None:
+            return
+        logger.info("ProxyAno: restored the weights of epoch %d (best label-free validation score)", epoch)
+        callback = self.trainer.checkpoint_callback
+        path = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+        if path:
+            self.trainer.save_checkpoint(path)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=self.learning_rate)

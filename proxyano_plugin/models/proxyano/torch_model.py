@@ -18,6 +18,8 @@ from proxyano_plugin.models.image_inputs import to_model_channels
 
 from .memory import MemoryModule
 
+HEAD_BIAS = -3.0
+
 
 class ConvBlock(nn.Sequential):
     """Two 3x3 conv + BatchNorm + ReLU layers (the P-Net convention)."""
@@ -67,6 +69,9 @@ class Decoder(nn.Module):
             ConvBlock(cin + (cout if skips else 0), cout) for cin, cout in pairwise(reversed_widths)
         )
         self.head = nn.Conv2d(widths[0], out_channels, 1)
+        # Start from a dark image (sigmoid(-3) = 0.05): most pixels of a medical slice are background, and a
+        # head starting at 0.5 spends the first hundreds of steps, and the error map, on the background.
+        nn.init.constant_(self.head.bias, HEAD_BIAS)
 
     def forward(self, bottleneck: torch.Tensor, skip_features: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         x = bottleneck

@@ -1,0 +1,78 @@
+"""Label-free epoch selection: keep the weights of the epoch that scored best on a synthetic-lesion validation set.
+
+Reconstruction models on brain MRI reach their best detection early and then lose it as they learn to
+reproduce everything, lesions included. A validation set built from training normals with painted lesions
+(``SplitCSV(val_split_mode="lesions")``) can see that without touching the test split; this keeps the best
+epoch's weights in memory (the networks are small) and puts them back when training ends, so testing,
+the saved checkpoint and export all use them.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from torch import nn
+from torchmetrics.functional.classification import binary_auroc
+
+logger = logging.getLogger(__name__)
+
+
+class BestEpoch:
+    """Accumulates one validation epoch's raw scores and keeps the best epoch's ``state_dict``.
+
+    The selection score is the mean of image AUROC and (where masks exist) pixel AUROC on raw model outputs,
+    before anomalib's post-processor, whose normalisation would tie scores outside the validation range.
+    """
+
+    def __init__(self) -> None:
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.scores: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        self.maps: list[torch.Tensor] = []
+        self.masks: list[torch.Tensor] = []
+
+    def update(
+        self, scores: torch.Tensor, labels: torch.Tensor, maps: torch.Tensor | None, masks: torch.Tensor | None
+    ) -> None:
+        self.scores.append(scores.detach().float().flatten().cpu())
+        self.labels.append(labels.detach().int().flatten().cpu())
+        if maps is not None and masks is not None:
+            self.maps.append(maps.detach().float().reshape(masks.shape).cpu())
+            self.masks.append(masks.detach().int().cpu())
+
+    def compute(self) -> dict[str, float]:
+        """``image_auroc``, ``pixel_auroc`` (where defined) and ``selection``, their mean; empty if undefined."""
+        if not self.scores:
+            return {}
+        labels = torch.cat(self.labels)
+        if labels.min() == labels.max():
+            return {}
+        metrics = {"image_auroc": binary_auroc(torch.cat(self.scores), labels).item()}
+        if self.masks and int(torch.cat(self.masks).sum()) > 0:
+            metrics["pixel_auroc"] = binary_auroc(
+                torch.cat(self.maps).flatten(), torch.cat(self.masks).flatten()
+            ).item()
+        metrics["selection"] = sum(metrics.values()) / len(metrics)
+        return metrics
+
+    def consider(self, score: float, epoch: int, model: nn.Module) -> bool:
+        """Keep ``model``'s weights if ``score`` is the best so far; return whether it was."""
+        if self.best_score is not None and score <= self.best_score:
+            return False
+        self.best_score, self.best_epoch = score, epoch
+        self.best_state = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
+        return True
+
+    def restore(self, model: nn.Module) -> int | None:
+        """Load the best epoch's weights into ``model``; return that epoch (``None`` if none was kept)."""
+        if self.best_state is None:
+            return None
+        model.load_state_dict(copy.deepcopy(self.best_state))
+        return self.best_epoch

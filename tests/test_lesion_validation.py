@@ -1,0 +1,147 @@
+"""The label-free validation set (held-out training normals with painted lesions) and epoch selection on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from proxyano_plugin import ProxyAno
+from proxyano_plugin.data import SplitCSV
+from proxyano_plugin.data.synthetic_validation import hold_out, paint_validation
+from proxyano_plugin.models.selection import BestEpoch
+
+SIZE = 48
+
+
+def head(seed: int) -> np.ndarray:
+    """A bright noisy disc on a dark background: enough head for the lesion painter."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:SIZE, :SIZE]
+    disc = (rows - SIZE / 2) ** 2 + (cols - SIZE / 2) ** 2 < (0.4 * SIZE) ** 2
+    return np.clip(disc * 0.5 + rng.normal(0, 0.03, (SIZE, SIZE)) + 0.02, 0, 1).astype(np.float32)
+
+
+@pytest.fixture
+def patients_tree(tmp_path: Path) -> Path:
+    """6 training patients x 3 slices, 2 test patients; splits/patients.csv has a patient column."""
+    rows = ["file,label,split,mask,patient"]
+    for patient in range(8):
+        split = "train" if patient < 6 else "test"
+        for slice_index in range(3):
+            name = f"images/p{patient}_{slice_index}.png"
+            (tmp_path / "images").mkdir(exist_ok=True)
+            image = head(10 * patient + slice_index)
+            label, mask = 0, ""
+            if split == "test" and slice_index == 1:
+                image[20:28, 20:28] = 1.0
+                label, mask = 1, f"masks/p{patient}_{slice_index}.png"
+                (tmp_path / "masks").mkdir(exist_ok=True)
+                lesion = np.zeros((SIZE, SIZE), np.uint8)
+                lesion[20:28, 20:28] = 255
+                Image.fromarray(lesion).save(tmp_path / mask)
+            Image.fromarray((image * 255).astype(np.uint8)).save(tmp_path / name)
+            rows.append(f"{name},{label},{split},{mask},P{patient}")
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "patients.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path
+
+
+def lesion_datamodule(root: Path, **kwargs) -> SplitCSV:
+    settings = {"val_split_mode": "lesions", "val_split_ratio": 0.34, "val_group_column": "patient"}
+    settings |= {"val_cache_dir": str(root / "cache"), "num_workers": 0, "seed": 0, "train_batch_size": 4}
+    return SplitCSV(root=root, split_csv="patients", **settings | kwargs)
+
+
+def test_hold_out_takes_whole_groups_and_is_seeded():
+    groups = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    held = hold_out(groups, 0.5, seed=3)
+    assert held.sum() == 4
+    for group in set(groups):
+        assert len({bool(h) for g, h in zip(groups, held, strict=True) if g == group}) == 1
+    np.testing.assert_array_equal(held, hold_out(groups, 0.5, seed=3))
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        hold_out(["a", "a"], 0.5, 0)
+
+
+@pytest.mark.parametrize("appearance", ["t1ce", "flair"])
+def test_painted_lesions_change_exactly_their_masks(appearance):
+    images = [head(seed) for seed in range(6)]
+    painted = paint_validation(images, seed=0, appearance=appearance)
+    assert painted.labels.sum() == 3
+    for before, after, mask, label in zip(images, *painted, strict=True):
+        if label:
+            assert mask.sum() > 0
+            assert np.abs(after - before)[mask].mean() > 0.02
+        else:
+            assert not mask.any()
+            np.testing.assert_array_equal(after, before)
+    if appearance == "flair":  # hyperintense on FLAIR
+        assert all((a - b)[m].mean() > 0 for b, a, m, lab in zip(images, *painted, strict=True) if lab)
+
+
+def test_split_csv_lesion_validation_comes_from_training_patients_only(patients_tree: Path):
+    datamodule = lesion_datamodule(patients_tree)
+    assert datamodule.label_free_validation
+    datamodule.setup()
+    train_files = {Path(path).name for path in datamodule.train_data.samples.image_path}
+    sources = set(datamodule.val_data.samples.source)
+    assert len(train_files) == 12  # 2 of 6 training patients held out, whole
+    assert len(sources) == 6
+    assert not {Path(source).name for source in sources} & train_files
+    assert {Path(source).name.split("_")[0] for source in sources} <= {f"p{index}" for index in range(6)}
+    assert len(datamodule.test_data) == 6  # the test split is untouched
+    batch = next(iter(datamodule.val_dataloader()))
+    assert int(batch.gt_label.sum()) == 3
+    assert batch.gt_mask is not None
+    assert int(batch.gt_mask[batch.gt_label].flatten(1).sum(1).min()) > 0
+    # painted once: a second datamodule reuses the same tree
+    written = {path: path.stat().st_mtime_ns for path in (patients_tree / "cache").rglob("*.png")}
+    lesion_datamodule(patients_tree).setup()
+    assert written == {path: path.stat().st_mtime_ns for path in (patients_tree / "cache").rglob("*.png")}
+
+
+def test_split_csv_lesion_validation_errors(patients_tree: Path):
+    with pytest.raises(ValueError, match=r"val_group_column 'subject' is not a column of .*patient"):
+        lesion_datamodule(patients_tree, val_group_column="subject").setup()
+    with pytest.raises(ValueError, match="cannot be combined with intensity='minmax'"):
+        lesion_datamodule(patients_tree, intensity="minmax")
+    with pytest.raises(ValueError, match="val_lesion_appearance must be one of t1ce, flair"):
+        lesion_datamodule(patients_tree, val_lesion_appearance="t2")
+
+
+def test_best_epoch_keeps_and_restores_the_best_weights():
+    model = torch.nn.Linear(2, 1)
+    best = BestEpoch()
+    best.update(torch.tensor([0.1, 0.9]), torch.tensor([0, 1]), None, None)
+    assert best.compute() == {"image_auroc": 1.0, "selection": 1.0}
+    assert best.consider(0.8, 0, model)
+    kept = model.weight.detach().clone()
+    torch.nn.init.constant_(model.weight, 5.0)
+    assert not best.consider(0.7, 1, model)
+    assert best.restore(model) == 0
+    torch.testing.assert_close(model.weight, kept)
+
+
+def test_proxyano_selects_its_epoch_on_lesion_validation_only(patients_tree: Path):
+    from anomalib.engine import Engine
+
+    torch.manual_seed(0)
+    model = ProxyAno(image_size=32, widths=[4, 8], memory_size=0, proxy="blur")
+    engine = Engine(max_epochs=3, default_root_dir=patients_tree / "run", enable_progress_bar=False, logger=False)
+    engine.fit(model, datamodule=lesion_datamodule(patients_tree))
+    assert model.best_epoch.best_epoch in {0, 1, 2}
+    assert "val_selection" in engine.trainer.callback_metrics
+    state = model.best_epoch.best_state
+    for name, value in model.model.state_dict().items():
+        torch.testing.assert_close(value, state[name])
+    # a validation set drawn from the test split never selects
+    other = ProxyAno(image_size=32, widths=[4, 8], memory_size=0, proxy="blur")
+    from_test = SplitCSV(root=patients_tree, split_csv="patients", num_workers=0, val_split_mode="same_as_test")
+    Engine(max_epochs=1, default_root_dir=patients_tree / "run2", enable_progress_bar=False, logger=False).fit(
+        other, datamodule=from_test
+    )
+    assert other.best_epoch.best_epoch is None
