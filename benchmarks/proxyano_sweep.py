@@ -11,7 +11,8 @@ loss terms and the validation AUROCs of several readings of the model:
 - ``pem_error_*``: the PEM's own error |G2*(proxy(x) - PEM(x))| (needs the proxy extractor at test time);
 - ``pem_vs_image_*``: |G2*(x - PEM(x))|, the predicted proxy against the image itself;
 - ``sigma{S}_top{K}_image`` / ``sigma{S}_pixel``: the full path with other map smoothings and top-k;
-- ``preblur{S}_*``: the error of the blurred image and reconstruction, |G*x - G*x_hat|.
+- ``preblur{S}_*``: the error of the blurred image and reconstruction, |G*x - G*x_hat|;
+- ``brighter{S}_*``: its positive part only, max(G*x - G*x_hat, 0) (``error_sign="brighter"``).
 
 The epoch with the best ``--select`` reading (mean of its image and pixel validation AUROC) is kept; with
 ``--test`` that state alone is scored once on the test split of every ``--test-csv`` (a line with
@@ -65,6 +66,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--select", default="full", help="reading whose validation AUROCs choose the epoch")
     parser.add_argument("--test", action="store_true", help="score the selected epoch once on the test split(s)")
     parser.add_argument("--test-csv", action="append", default=[], help="split CSVs to test on (default --split-csv)")
+    parser.add_argument("--save", default=None, help="file to save the selected epoch's model state into")
+    parser.add_argument("--load", default=None, help="train nothing: evaluate a state saved with --save")
     parser.add_argument("--gallery", default=None, help="PNG of validation lesions through the selected epoch")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument(
@@ -181,11 +184,14 @@ def evaluate(
             net.score_topk = fraction
             scores[f"sigma{sigma:g}_top{fraction:g}_image"] = binary_auroc(net.image_score(anomaly_map), labels).item()
         blur = gaussian_kernel(sigma).to(images.device)
-        coarse = gaussian_blur(images - readings["full"], blur).abs().mean(1, keepdim=True)
-        pixel(f"preblur{sigma:g}_pixel", coarse)
-        for fraction in (0.01, 1.0):
-            net.score_topk = fraction
-            scores[f"preblur{sigma:g}_top{fraction:g}_image"] = binary_auroc(net.image_score(coarse), labels).item()
+        blurred = gaussian_blur(images - readings["full"], blur)
+        for prefix, coarse in (("preblur", blurred.abs()), ("brighter", blurred.clamp_min(0))):
+            coarse = coarse.mean(1, keepdim=True)
+            pixel(f"{prefix}{sigma:g}_pixel", coarse)
+            for fraction in (0.01, 1.0):
+                net.score_topk = fraction
+                key = f"{prefix}{sigma:g}_top{fraction:g}_image"
+                scores[key] = binary_auroc(net.image_score(coarse), labels).item()
     net.smoothing_kernel, net.score_topk = kernel, top
     net.train()
     return scores
@@ -250,6 +256,12 @@ def main() -> None:
     optimizer = model.configure_optimizers()
     started = time.perf_counter()
     best: tuple[float, int, dict] | None = None
+    if args.load:
+        saved = torch.load(args.load, map_location=device, weights_only=True)
+        best, args.epochs = (0.0, saved["epoch"], saved["state"]), 0
+        model.model.load_state_dict(saved["state"])
+        scores = evaluate(model, *validation)
+        print(json.dumps({"label": args.label, "split": "validation", "epoch": saved["epoch"]} | scores), flush=True)
     for epoch in range(1, args.epochs + 1):
         model.train()
         order = torch.randperm(train_images.shape[0], device=device)
@@ -266,6 +278,8 @@ def main() -> None:
                 best = (score, epoch, copy.deepcopy(model.model.state_dict()))
     if best is not None:
         model.model.load_state_dict(best[2])
+        if args.save:
+            torch.save({"epoch": best[1], "state": best[2]}, args.save)
     if args.gallery:
         save_gallery(model, validation, args.gallery)
     if args.test and best is not None:

@@ -73,6 +73,8 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             intensity-shifted) while its target stays the clean image's proxy.
         blob_area_range: Blob area as a fraction of the image area (both blob kinds).
         blob_shift_range: Magnitude range of the blobs' intensity shift (sign random).
+        error_sign: ``"both"`` (the paper: |x - x_hat|), ``"brighter"`` (only pixels brighter than their
+            reconstruction score: hyperintense lesions such as gliomas on FLAIR) or ``"darker"``.
         select_epoch: On a label-free validation set (``SplitCSV(val_split_mode="lesions")``: training
             normals with painted lesions), keep the weights of the epoch with the best mean of image and pixel
             validation AUROC and restore them when training ends. Ignored with any other validation set,
@@ -109,6 +111,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         blob_area_range: tuple[float, float] = (0.005, 0.05),
         blob_shift_range: tuple[float, float] = (0.15, 0.5),
         select_epoch: bool = True,
+        error_sign: str = "both",
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -144,6 +147,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             reconstruct_from=reconstruct_from,
             error_blur_sigma=error_blur_sigma,
             pem_skips=pem_skips,
+            error_sign=error_sign,
         )
         self.proxy_extractor = CachedProxy(create_proxy(proxy, **(proxy_kwargs or {})), cache_dir=proxy_cache_dir)
         self.paster = PatchPaster(paste_probability, tuple(paste_area_range), tuple(paste_aspect_range))

@@ -152,6 +152,7 @@ class ProxyAnoOutput(NamedTuple):
 
 
 RECONSTRUCT_FROM = ("predicted_proxy", "image")
+ERROR_SIGNS = ("both", "brighter", "darker")
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -189,6 +190,8 @@ class ProxyAnoModel(nn.Module):
             built; the IRM repairs the raw image, a CutPaste-style variant kept for ablations).
         pem_skips: Where detail passes the PEM: ``"none"``, ``"plain"`` or ``"memory"`` (see
             :class:`ProxyExtractionModule`).
+        error_sign: Which departures score: ``"both"``, ``"brighter"`` (the image brighter than its
+            reconstruction: hyperintense lesions, as on FLAIR and T2) or ``"darker"`` (hypointense ones).
     """
 
     def __init__(
@@ -203,8 +206,13 @@ class ProxyAnoModel(nn.Module):
         reconstruct_from: str = "predicted_proxy",
         error_blur_sigma: float = 0.0,
         pem_skips: str = "none",
+        error_sign: str = "both",
     ) -> None:
         super().__init__()
+        if error_sign not in ERROR_SIGNS:
+            msg = f"error_sign must be one of {', '.join(ERROR_SIGNS)}, got {error_sign!r}"
+            raise ValueError(msg)
+        self.error_sign = error_sign
         if in_channels not in {1, 3}:
             msg = f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels}"
             raise ValueError(msg)
@@ -239,6 +247,10 @@ class ProxyAnoModel(nn.Module):
         difference = images - reconstructions
         if self.error_blur_kernel is not None:  # blur is linear: blurring the difference blurs both sides
             difference = gaussian_blur(difference, self.error_blur_kernel)
+        if self.error_sign == "brighter":
+            difference = difference.clamp_min(0)
+        elif self.error_sign == "darker":
+            difference = difference.clamp_max(0)
         error = difference.abs() if self.error == "l1" else difference.square()
         error = error.mean(dim=1, keepdim=True)
         return error if self.smoothing_kernel is None else gaussian_blur(error, self.smoothing_kernel)
