@@ -145,3 +145,26 @@ def test_proxyano_selects_its_epoch_on_lesion_validation_only(patients_tree: Pat
         other, datamodule=from_test
     )
     assert other.best_epoch.best_epoch is None
+
+
+def test_the_shipped_lgg_config_builds_lesion_validation_by_patient(patients_tree: Path):
+    from testing_utils import parse_data
+
+    config = Path(__file__).parents[1] / "configs" / "data" / "lgg_flair.yaml"
+    datamodule = parse_data(
+        "--config",
+        str(config),
+        "--data.root",
+        str(patients_tree),
+        "--data.split_csv",
+        "patients",
+        "--data.num_workers",
+        "0",
+        "--data.val_cache_dir",
+        str(patients_tree / "cache"),
+    )
+    assert datamodule.label_free_validation
+    assert datamodule.val_group_column == "patient"
+    assert datamodule.val_lesion_appearance == "flair"
+    datamodule.setup()
+    assert len(datamodule.val_data) == 3  # 15 % of 6 training patients: one patient, held out whole

@@ -28,7 +28,7 @@ __all__ = ["ProxyAno"]
 
 logger = logging.getLogger(__name__)
 
-CPU_WIDTHS = (16, 32, 64, 128)
+CPU_WIDTHS = (8, 16, 32, 64)
 
 
 class ProxyAno(OneClassReconstruction, AnomalibModule):
@@ -45,8 +45,8 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
     Args:
         in_channels: 1 for grayscale (MRI, OCT) or 3 for RGB (fundus).
         image_size: Square input size the pre-processor resizes to; a multiple of ``2 ** (len(widths) - 1)``.
-        widths: Encoder widths per level for both networks (defaults to ``[16, 32, 64, 128]``, sized for
-            CPUs; the paper-scale preset uses ``[64, 128, 256, 512]``).
+        widths: Encoder widths per level for both networks (defaults to ``[8, 16, 32, 64]``, sized for
+            CPUs; the paper-scale preset uses ``[64, 128, 256, 512, 512]``).
         memory_size: Memory items in the PEM bottleneck (MemAE default 2000); 0 removes the memory.
         memory_shrink_threshold: Hard-shrinkage threshold of the addressing weights (MemAE: 0.0025).
         entropy_weight: Weight of the addressing-entropy loss (MemAE: 0.0002).
@@ -105,9 +105,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         learning_rate: float = 1e-3,
         reconstruct_from: str = "predicted_proxy",
         error_blur_sigma: float = 0.0,
-        pem_skips: str = "none",
-        proxy_blob_probability: float = 0.0,
-        image_blob_probability: float = 0.0,
+        pem_skips: str = "plain",
+        proxy_blob_probability: float = 0.5,
+        image_blob_probability: float = 1.0,
         blob_area_range: tuple[float, float] = (0.005, 0.05),
         blob_shift_range: tuple[float, float] = (0.15, 0.5),
         select_epoch: bool = True,
