@@ -79,6 +79,7 @@ def parse_args() -> argparse.Namespace:
 # The image-level readings the results READMEs tabulate: JSON key -> column title.
 TABLE_COLUMNS = {
     "full_image": "default score (top 1 %)",
+    "full_pixel": "pixel, default map",
     "sigma1_top1_image": "mean error",
     "preblur4_top0.01_image": "blurred error σ=4, top 1 %",
     "preblur4_top1_image": "blurred error σ=4, mean",

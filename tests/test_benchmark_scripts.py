@@ -174,6 +174,6 @@ def test_sweep_table_prints_every_line_of_every_output_in_percent(tmp_path: Path
     rows = sweep.markdown_table([str(first), str(second)]).splitlines()
 
     assert len(rows) == 2 + 3
-    assert rows[2] == "| a | 2 | 55.6 |  |  | 80.0 |  |"
-    assert rows[3] == "| a | 4 | 25.0 | 10.0 |  |  |  |"
-    assert rows[4] == "| b | 30 |  |  |  |  | 19.0 |"
+    assert rows[2] == "| a | 2 | 55.6 |  |  |  | 80.0 |  |"
+    assert rows[3] == "| a | 4 | 25.0 |  | 10.0 |  |  |  |"
+    assert rows[4] == "| b | 30 |  |  |  |  |  | 19.0 |"
