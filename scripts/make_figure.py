@@ -86,9 +86,16 @@ def main() -> None:
 
     model = ProxyAno.load_from_checkpoint(args.ckpt).eval()
     if args.root:
-        datamodule = SplitCSV(args.root, args.split_csv, eval_batch_size=64, num_workers=0, pixel_metrics=True)
+        datamodule = SplitCSV(
+            args.root,
+            args.split_csv,
+            eval_batch_size=64,
+            num_workers=0,
+            pixel_metrics=True,
+            val_split_mode="same_as_test",
+        )
     else:
-        datamodule = BrainMRIDemo(eval_batch_size=64, num_workers=0)
+        datamodule = BrainMRIDemo(eval_batch_size=64, num_workers=0, val_split_mode="same_as_test")
         datamodule.prepare_data()
     datamodule.setup("test")
     split = run_test_split(model, datamodule.test_dataloader())

@@ -744,3 +744,159 @@ def test_subsets_of_a_split_csv_dataset(tmp_path: Path, folder: Path) -> None:
         SuiteError, match=r"^datasets\[0\]\.subsets\[0\]\.split_csv: 1 of the 1 test rows .* \(first: normal/n0\.png\)"
     ):
         load_suite(str(path))
+
+
+# ------------------------------------------------------------------------------------------- no-model scores
+
+SHORTCUTS_HEADER = "split,statistic,level,auroc"
+
+
+def test_report_shows_no_model_scores_beside_the_dataset_and_its_subset(tmp_path: Path) -> None:
+    """A hand-made results directory whose records name a shortcuts.csv: each table gets its split's rows."""
+    from proxyano_plugin.bench.report import write_report
+
+    root = tmp_path / "lgg"
+    header = "file,label,split"
+    names = {"n1": 0, "n2": 0, "a1": 1, "a2": 1}
+    write_csv(root / "splits" / "all.csv", header, [f"images/{n}.png,{label},test" for n, label in names.items()])
+    write_csv(root / "splits" / "mid.csv", header, ["images/n1.png,0,test", "images/a1.png,1,test"])
+    shortcuts = write_csv(
+        tmp_path / "shortcuts" / "shortcuts.csv",
+        SHORTCUTS_HEADER,
+        [
+            "all,mean intensity,image,0.696101",
+            '"all","slice position: closeness to the patient\'s middle, -abs(pos - 0.5)",image,0.849985',
+            "all,pixel: intensity,pixel,0.954806",
+            "mid,mean intensity,image,0.607138",
+            '"mid","slice position: closeness to the patient\'s middle, -abs(pos - 0.5)",image,0.543241',
+            "other,mean intensity,image,0.123456",
+        ],
+    )
+    output = tmp_path / "out"
+    scores = {"n1": 0.1, "n2": 0.5, "a1": 0.4, "a2": 0.6}
+    dataset = {
+        "name": "lgg",
+        "class_path": "proxyano_plugin.data.SplitCSV",
+        "init_args": {"root": str(root), "split_csv": "all"},
+        "subsets": [{"name": "midbrain", "split_csv": str(root / "splits" / "mid.csv")}],
+        "shortcuts": str(shortcuts),
+    }
+    per_image = [f"{root / 'images' / n}.png,{names[n]},{score}," for n, score in scores.items()]
+    write_csv(output / "per_image" / "run0.csv", "file,label,score,mask_pixels", per_image)
+    record = {"run_id": "run0", "name": "m/lgg/seed0", "status": "ok", "seed": 0, "dataset": dataset}
+    record |= {"model": {"name": "m"}, "metrics": {"image_auroc": 0.75}, "per_image": "per_image/run0.csv"}
+    (output / records.RECORDS_NAME).write_text(json.dumps(record) + "\n")
+
+    write_report(output)
+
+    report = (output / "report.md").read_text()
+    lgg = report[report.index("## lgg\n") : report.index("## lgg-midbrain")]
+    midbrain = report[report.index("## lgg-midbrain") : report.index("## Plots")]
+    assert "No-model scores (benchmarks/split_shortcuts.py), split `all` of `shortcuts.csv`" in lgg
+    assert "| No-model score | Image AUROC | Pixel AUROC |" in lgg
+    assert "| mean intensity | 69.6 | – |" in lgg
+    assert "| slice position: closeness to the patient's middle, -abs(pos - 0.5) | 85.0 | – |" in lgg
+    assert "| pixel: intensity | – | 95.5 |" in lgg
+    assert "No-model scores (benchmarks/split_shortcuts.py), split `mid` of `shortcuts.csv`" in midbrain
+    assert "| No-model score | Image AUROC |" in midbrain
+    assert "Pixel AUROC" not in midbrain  # no pixel rows for this split, and subsets have no pixel metrics
+    assert "| mean intensity | 60.7 |" in midbrain
+    assert "| slice position: closeness to the patient's middle, -abs(pos - 0.5) | 54.3 |" in midbrain
+    assert "12.3" not in report  # another split's rows
+    with (output / "summary.csv").open(newline="") as handle:
+        summary = [(row["dataset"], row["model"], row) for row in csv.DictReader(handle)]
+    assert [(dataset, model) for dataset, model, _ in summary] == [
+        ("lgg", "m"),
+        ("lgg", "no-model: mean intensity"),
+        ("lgg", "no-model: slice position: closeness to the patient's middle, -abs(pos - 0.5)"),
+        ("lgg", "no-model: pixel: intensity"),
+        ("lgg-midbrain", "m"),
+        ("lgg-midbrain", "no-model: mean intensity"),
+        ("lgg-midbrain", "no-model: slice position: closeness to the patient's middle, -abs(pos - 0.5)"),
+    ]
+    mean_intensity = summary[1][2]
+    assert float(mean_intensity["image_auroc_mean"]) == pytest.approx(0.696101)
+    assert mean_intensity["n"] == mean_intensity["image_auroc_std"] == mean_intensity["pixel_auroc_mean"] == ""
+    assert float(summary[3][2]["pixel_auroc_mean"]) == pytest.approx(0.954806)
+    assert summary[3][2]["image_auroc_mean"] == ""
+
+    # The caller's file (the suite as it is now) replaces the records'; one without the split's rows is said.
+    other = write_csv(tmp_path / "other.csv", SHORTCUTS_HEADER, ["all,mean intensity,image,0.5"])
+    write_report(output, shortcuts={"lgg": str(other)})
+    report = (output / "report.md").read_text()
+    assert "| mean intensity | 50.0 | – |" not in report  # no pixel rows now: one column
+    assert "| mean intensity | 50.0 |" in report
+    assert f"not reported: no-model scores of `lgg-midbrain`: {other} has no rows for split `mid`" in report
+
+
+@pytest.mark.parametrize(
+    ("csv_text", "message"),
+    [
+        (None, r"^datasets\[0\]\.shortcuts: path does not exist: .*--set datasets\.csv\.shortcuts=PATH"),
+        ("split,statistic,auroc\nmain,mean,0.5\n", r"^datasets\[0\]\.shortcuts: .*missing column\(s\) level"),
+        ("split,statistic,level,auroc\nmain,mean,image,71.2\n", r"^datasets\[0\]\.shortcuts: .* line 2: auroc '71"),
+        ("split,statistic,level,auroc\nmain,mean,voxel,0.5\n", r"^datasets\[0\]\.shortcuts: .* level 'voxel'"),
+    ],
+)
+def test_invalid_shortcuts_name_the_key(tmp_path: Path, folder: Path, csv_text: str | None, message: str) -> None:
+    root = tmp_path / "data"  # the split file only: validation reads no image
+    write_csv(root / "splits" / "main.csv", "file,label,split", ["normal/n0.png,0,train", "normal/n1.png,0,test"])
+    shortcuts = tmp_path / "shortcuts.csv"
+    if csv_text is not None:
+        shortcuts.write_text(csv_text)
+    path = make_suite(tmp_path, folder, [model("mean")])
+    raw = yaml.safe_load(path.read_text())
+    raw["datasets"] = [
+        {
+            "name": "csv",
+            "class_path": "proxyano_plugin.data.SplitCSV",
+            "init_args": {"split_csv": "main"},
+            "paths": {"root": str(root)},
+            "shortcuts": str(shortcuts),
+        }
+    ]
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SuiteError, match=message):
+        load_suite(str(path))
+
+
+def test_shortcuts_change_no_run_id_and_may_be_missing_with_the_data(
+    tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is recorded, relative to the current directory and with ``${VAR:-default}``, and changes no run id;
+    where the data is missing (runs skipped), so may the file be."""
+    root = tmp_path / "data"
+    write_csv(root / "splits" / "main.csv", "file,label,split", ["normal/n0.png,0,train", "normal/n1.png,0,test"])
+    write_csv(tmp_path / "scores" / "shortcuts.csv", SHORTCUTS_HEADER, ["main,mean intensity,image,0.6"])
+    monkeypatch.chdir(tmp_path)
+    path = make_suite(tmp_path, folder, [model("mean")])
+    raw = yaml.safe_load(path.read_text())
+    plain = {"name": "csv", "class_path": "proxyano_plugin.data.SplitCSV", "init_args": {"split_csv": "main"}}
+    plain["paths"] = {"root": str(root)}
+    raw["datasets"] = [plain]
+    path.write_text(yaml.safe_dump(raw))
+    before = [run.run_id for run in load_suite(str(path)).runs]
+
+    raw["datasets"] = [{**plain, "shortcuts": "${PROXYANO_TEST_SCORES:-scores}/shortcuts.csv"}]
+    path.write_text(yaml.safe_dump(raw))
+    suite = load_suite(str(path))
+
+    assert [run.run_id for run in suite.runs] == before
+    assert suite.runs[0].dataset.shortcuts == str((tmp_path / "scores" / "shortcuts.csv").resolve())
+    from proxyano_plugin.bench.runner import base_record
+
+    assert base_record(suite.runs[0])["dataset"]["shortcuts"] == suite.runs[0].dataset.shortcuts
+
+    raw["datasets"] = [
+        {**plain, "paths": {"root": str(tmp_path / "nowhere")}, "skip_if_missing": True, "shortcuts": "gone.csv"}
+    ]
+    path.write_text(yaml.safe_dump(raw))
+    (run, *_) = load_suite(str(path)).runs
+    assert run.dataset.skip_reason
+    assert run.dataset.shortcuts == str((tmp_path / "gone.csv").resolve())
+
+    raw = yaml.safe_load(make_suite(tmp_path, folder, [model("mean")]).read_text())
+    raw["datasets"][0]["shortcuts"] = "scores/shortcuts.csv"  # a Folder dataset: no split CSV to pick rows by
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SuiteError, match=r"^datasets\[0\]\.shortcuts: the dataset has no init_args\.split_csv"):
+        load_suite(str(path))

@@ -79,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
             log=_progress,
         )
         if not args.dry_run and not args.no_report and (output / "records.jsonl").exists():
-            # The suite's subsets as it is now: one added since the runs is reported from their per-image results.
-            subsets = {run.dataset.name: run.dataset.subsets for run in suite.runs if not run.dataset.skip_reason}
-            _report(output, subsets)
+            # The suite's subsets and no-model scores as it is now: ones added since the runs are reported too.
+            datasets = {run.dataset.name: run.dataset for run in suite.runs if not run.dataset.skip_reason}
+            subsets = {name: dataset.subsets for name, dataset in datasets.items()}
+            shortcuts = {name: dataset.shortcuts for name, dataset in datasets.items() if dataset.shortcuts}
+            _report(output, subsets, shortcuts)
         return code
     except (SuiteError, ResultsError) as error:
         print(f"proxyano-bench: error: {error}", file=sys.stderr)
@@ -99,10 +101,14 @@ def _progress(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
 
 
-def _report(directory: Path, subsets: dict[str, list[dict[str, str]]] | None = None) -> int:
+def _report(
+    directory: Path,
+    subsets: dict[str, list[dict[str, str]]] | None = None,
+    shortcuts: dict[str, str] | None = None,
+) -> int:
     from proxyano_plugin.bench.report import write_report
 
-    for path in write_report(directory, subsets):
+    for path in write_report(directory, subsets, shortcuts):
         print(f"wrote {path}")
     return EXIT_OK
 

@@ -3,7 +3,8 @@
 Everything is computed from the records alone (no clock, no machine lookup), so a report regenerates
 identically anywhere: the header's machine, dates and versions are those the records carry. Subsets of a
 dataset (rows ``<dataset>-<subset>``) and strata (lesion size, institution) come from the runs' per-image
-results (``per_image/<run_id>.csv``) and the split CSVs the records name.
+results (``per_image/<run_id>.csv``) and the split CSVs the records name; no-model scores beside a dataset's
+table from the ``shortcuts.csv`` of ``benchmarks/split_shortcuts.py`` its records name.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from proxyano_plugin.bench import records as records_io
 from proxyano_plugin.bench.per_image import ImageRow, image_key, read_per_image, read_test_rows
 
 LESION_SIZE_COLUMN = "mask_pixels_256"
+SHORTCUTS_COLUMNS = ("split", "statistic", "level", "auroc")
+SHORTCUTS_SOURCE = "benchmarks/split_shortcuts.py"
 
 
 @dataclass(frozen=True)
@@ -88,11 +91,16 @@ class Group:
         return statistics.stdev(values) if len(values) > 1 else None
 
 
-def write_report(directory: Path, subsets: Mapping[str, list[dict[str, str]]] | None = None) -> list[Path]:
+def write_report(
+    directory: Path,
+    subsets: Mapping[str, list[dict[str, str]]] | None = None,
+    shortcuts: Mapping[str, str] | None = None,
+) -> list[Path]:
     """Write the report files into ``directory``; returns their paths.
 
     ``subsets`` (dataset name to ``[{"name", "split_csv"}]``, e.g. from the suite just run) add to and replace,
     by name, the subsets the records carry: a subset added to a suite is reported without training again.
+    ``shortcuts`` (dataset name to a ``shortcuts.csv``) likewise replace the ones the records carry.
     """
     loaded = records_io.read_records(directory / records_io.RECORDS_NAME)
     if not loaded.records:
@@ -103,6 +111,7 @@ def write_report(directory: Path, subsets: Mapping[str, list[dict[str, str]]] | 
     extras = Extras()
     results = PerImage(directory)
     groups = add_subset_groups(groups, results, extras, subsets or {})
+    extras.no_model = no_model_scores(groups, extras, shortcuts or {})
     for dataset in dict.fromkeys(g.dataset for g in groups):
         lines = strata_table(dataset, [g for g in groups if g.dataset == dataset], results)
         if lines:
@@ -111,7 +120,8 @@ def write_report(directory: Path, subsets: Mapping[str, list[dict[str, str]]] | 
     plots = write_plots(directory, groups)
     overhead = harness_overhead(sessions, loaded.records)
     markdown = render_markdown(latest, groups, overhead, loaded.problems, [p.name for p in plots], extras)
-    return [_write(directory / "report.md", markdown), write_summary_csv(directory / "summary.csv", groups), *plots]
+    summary = write_summary_csv(directory / "summary.csv", groups, extras.no_model)
+    return [_write(directory / "report.md", markdown), summary, *plots]
 
 
 def _write(path: Path, text: str) -> Path:
@@ -169,6 +179,7 @@ class Extras:
     notes: dict[str, list[str]] = field(default_factory=dict)
     strata: dict[str, list[str]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    no_model: dict[str, NoModel] = field(default_factory=dict)
 
 
 class PerImage:
@@ -406,6 +417,131 @@ def strata_table(dataset: str, groups: list[Group], results: PerImage) -> list[s
     return lines
 
 
+# ------------------------------------------------------------------------------------------ no-model scores
+
+
+@dataclass(frozen=True)
+class NoModelScore:
+    """The AUROCs (fractions) of one statistic of ``benchmarks/split_shortcuts.py`` used as the anomaly score."""
+
+    statistic: str
+    image_auroc: float | None = None
+    pixel_auroc: float | None = None
+
+
+@dataclass(frozen=True)
+class NoModel:
+    """The no-model scores of one report dataset: its split's rows of a ``shortcuts.csv``."""
+
+    path: Path
+    split: str
+    scores: list[NoModelScore]
+
+
+def read_shortcuts(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``shortcuts.csv`` (``split,statistic,level,auroc``) with ``auroc`` a float; ``ValueError``
+    (one line) when the file cannot be read or a row is not one."""
+    try:
+        with Path(path).open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in SHORTCUTS_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                msg = (
+                    f"{path}: missing column(s) {', '.join(missing)} (a shortcuts.csv of {SHORTCUTS_SOURCE} has "
+                    f"{','.join(SHORTCUTS_COLUMNS)})"
+                )
+                raise ValueError(msg)
+            rows = []
+            for row in reader:
+                where = f"{path} line {reader.line_num}"
+                if row["level"] not in ("image", "pixel"):
+                    raise ValueError(f"{where}: level {row['level']!r} is neither image nor pixel")
+                try:
+                    auroc = float(row["auroc"])
+                except (TypeError, ValueError):
+                    auroc = math.nan
+                if not 0.0 <= auroc <= 1.0:
+                    raise ValueError(f"{where}: auroc {row['auroc']!r} is not a fraction in [0, 1]")
+                rows.append({**{c: row[c] for c in SHORTCUTS_COLUMNS}, "auroc": auroc})
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        msg = f"{path}: cannot be read ({type(error).__name__}: {error})"
+        raise ValueError(msg) from error
+    return rows
+
+
+def no_model_scores(groups: list[Group], extras: Extras, extra: Mapping[str, str]) -> dict[str, NoModel]:
+    """Each report dataset's no-model scores: the rows of its dataset's ``shortcuts.csv`` (the records', or
+    ``extra``'s) whose ``split`` is the stem of its split CSV (a subset's own CSV for ``<dataset>-<subset>``)."""
+    files: dict[str, str] = {}
+    for group in groups:
+        for run in group.runs:
+            declared = (run.get("dataset") or {}).get("shortcuts")
+            if declared:
+                files[group.dataset] = declared
+    files.update({name: path for name, path in extra.items() if path})
+    read: dict[str, list[dict[str, Any]] | None] = {}
+    found: dict[str, NoModel] = {}
+    for dataset in dict.fromkeys(g.dataset for g in groups):
+        section = next(g for g in groups if g.dataset == dataset).runs[0].get("dataset") or {}
+        if "subset_of" in section:
+            parent, split_csv = section["subset_of"], section.get("split_csv")
+        else:
+            parent, split_csv = dataset, (section.get("init_args") or {}).get("split_csv")
+        if parent not in files:
+            continue
+        if not isinstance(split_csv, str) or not split_csv:
+            extras.warnings.append(f"no-model scores of `{dataset}`: its runs name no split CSV to pick rows by")
+            continue
+        path = files[parent]
+        if path not in read:
+            try:
+                read[path] = read_shortcuts(Path(path))
+            except ValueError as error:
+                read[path] = None
+                extras.warnings.append(f"no-model scores of `{parent}`: {error}")
+        rows = read[path]
+        if rows is None:
+            continue
+        split = Path(split_csv).stem
+        scores: dict[str, dict[str, float]] = {}
+        for row in rows:
+            if row["split"] == split:
+                scores.setdefault(row["statistic"], {})[f"{row['level']}_auroc"] = row["auroc"]
+        if not scores:
+            extras.warnings.append(f"no-model scores of `{dataset}`: {path} has no rows for split `{split}`")
+            continue
+        found[dataset] = NoModel(Path(path), split, [NoModelScore(name, **v) for name, v in scores.items()])
+    return found
+
+
+def no_model_table(no_model: NoModel) -> list[str]:
+    """Markdown: one row per statistic, its image and (where scored) pixel AUROC in %."""
+    levels = [
+        (key, title)
+        for key, title in (("image_auroc", "Image AUROC"), ("pixel_auroc", "Pixel AUROC"))
+        if any(getattr(score, key) is not None for score in no_model.scores)
+    ]
+    lines = [
+        f"No-model scores ({SHORTCUTS_SOURCE}), split `{no_model.split}` of `{no_model.path.name}`: AUROC in % of "
+        "a per-image statistic (image) or a per-pixel prior (pixel) used as the anomaly score, no training.",
+        "",
+        "| No-model score | " + " | ".join(title for _, title in levels) + " |",
+        "|---|" + "---:|" * len(levels),
+    ]
+    for score in no_model.scores:
+        cells = [getattr(score, key) for key, _ in levels]
+        text = ["–" if value is None else f"{100 * value:.1f}" for value in cells]
+        lines.append(f"| {_markdown_cell(score.statistic)} | " + " | ".join(text) + " |")
+    return lines
+
+
+def _markdown_cell(text: str) -> str:
+    """``text`` in a Markdown table cell, read literally (no column break, emphasis or code span)."""
+    for char in "\\|*`":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
 # -------------------------------------------------------------------------------------------------- markdown
 
 
@@ -432,6 +568,8 @@ def render_markdown(
         lines += ["", *_dataset_table(dataset, [g for g in groups if g.dataset == dataset])]
         if dataset in extras.notes:
             lines += ["", *extras.notes[dataset]]
+        if dataset in extras.no_model:
+            lines += ["", *no_model_table(extras.no_model[dataset])]
         if dataset in extras.strata:
             lines += ["", *extras.strata[dataset]]
     lines += ["", "## Plots", ""]
@@ -561,17 +699,30 @@ def _best(groups: list[Group], column: Column) -> float | None:
 # ------------------------------------------------------------------------------------------------------- csv
 
 
-def write_summary_csv(path: Path, groups: list[Group]) -> Path:
-    """One row per model and dataset: n, and mean and std of every column (metrics as fractions)."""
+def write_summary_csv(path: Path, groups: list[Group], no_model: Mapping[str, NoModel] | None = None) -> Path:
+    """One row per model and dataset: n, and mean and std of every column (metrics as fractions); after a
+    dataset's models, one row per no-model score, model ``no-model: <statistic>``, only its AUROCs filled."""
+    no_model = no_model or {}
+    header = ["dataset", "model", "n"] + [f"{c.key}_{s}" for c in COLUMNS for s in ("mean", "std")]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["dataset", "model", "n"] + [f"{c.key}_{s}" for c in COLUMNS for s in ("mean", "std")])
-        for group in groups:
+        writer.writerow(header)
+        for index, group in enumerate(groups):
             row: list[Any] = [group.dataset, group.model, len(group.runs)]
             for column in COLUMNS:
                 for value in (group.mean(column), group.std(column)):
                     row.append("" if value is None else f"{value / column.scale:.6g}")
             writer.writerow(row)
+            last = index + 1 == len(groups) or groups[index + 1].dataset != group.dataset
+            if last and group.dataset in no_model:
+                for score in no_model[group.dataset].scores:
+                    filled = {
+                        f"{key}_mean": f"{value:.6g}"
+                        for key in ("image_auroc", "pixel_auroc")
+                        if (value := getattr(score, key)) is not None
+                    }
+                    named = {"dataset": group.dataset, "model": f"no-model: {score.statistic}"}
+                    writer.writerow([{**named, **filled}.get(column, "") for column in header])
     return path
 
 

@@ -95,6 +95,7 @@ def base_record(spec: RunSpec) -> dict[str, Any]:
             "init_args": spec.dataset.init_args,
             "split": spec.dataset.split,
             "subsets": spec.dataset.subsets,
+            "shortcuts": spec.dataset.shortcuts,
         },
         "seed": spec.seed,
         "config": {

@@ -60,6 +60,8 @@ class DatasetSpec:
     skip_reason: str | None = None
     # Subsets reported from the runs' per-image results: ``{"name": ..., "split_csv": absolute path}`` each.
     subsets: list[dict[str, str]] = field(default_factory=list)
+    # A ``shortcuts.csv`` of benchmarks/split_shortcuts.py (absolute path): no-model AUROCs shown beside the runs.
+    shortcuts: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class RunSpec:
             config.pop(key)
         config["dataset"].pop("skip_reason")
         config["dataset"].pop("subsets")  # reported from the per-image results; the run's numbers are the same
+        config["dataset"].pop("shortcuts")  # numbers computed without any model, shown beside the run's
         return config
 
     @property
@@ -288,7 +291,17 @@ _MODEL_KEYS = (
     "eval_batch_size",
     "trainer_args",
 )
-_DATASET_KEYS = ("name", "class_path", "init_args", "folder", "paths", "split", "skip_if_missing", "subsets")
+_DATASET_KEYS = (
+    "name",
+    "class_path",
+    "init_args",
+    "folder",
+    "paths",
+    "split",
+    "skip_if_missing",
+    "subsets",
+    "shortcuts",
+)
 _SUBSET_KEYS = ("name", "split_csv")
 # Trainer arguments the harness sets itself; a suite sets them through their own keys.
 _TRAINER_MANAGED = (
@@ -454,7 +467,31 @@ class _Validator:
                 raise SuiteError(f"{problem}; or mark the dataset skip_if_missing: true")
         _check_init_args(cls, init_args, f"{where}.init_args")
         subsets = self._subsets(item.get("subsets"), where, init_args, skip_reason is None)
-        return DatasetSpec(name, class_path, init_args, split, skip_reason, subsets)
+        shortcuts = self._shortcuts(item.get("shortcuts"), where, name, init_args, skip_reason is None)
+        return DatasetSpec(name, class_path, init_args, split, skip_reason, subsets, shortcuts)
+
+    def _shortcuts(self, value: Any, where: str, name: str, init_args: dict[str, Any], data_exists: bool) -> str | None:
+        """A ``shortcuts.csv`` of benchmarks/split_shortcuts.py, made absolute; checked when the data exists."""
+        if value is None:
+            return None
+        at = f"{where}.shortcuts"
+        resolved, problem = self._path(value, at, f"datasets.{name}.shortcuts")
+        if not data_exists:
+            return resolved or None
+        if not isinstance(init_args.get("split_csv"), str | os.PathLike):
+            raise SuiteError(
+                f"{at}: the dataset has no init_args.split_csv; the file's rows are picked by the split CSV's name "
+                "(benchmarks/split_shortcuts.py scores split CSVs)"
+            )
+        if problem:
+            raise SuiteError(problem)
+        from proxyano_plugin.bench.report import read_shortcuts
+
+        try:
+            read_shortcuts(Path(resolved))
+        except ValueError as error:
+            raise SuiteError(f"{at}: {error}") from error
+        return resolved
 
     def _subsets(self, value: Any, where: str, init_args: dict[str, Any], data_exists: bool) -> list[dict[str, str]]:
         """Subsets of the test set, each the test rows of a split CSV (a path, or a name under ``root/splits``)."""
