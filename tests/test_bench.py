@@ -587,6 +587,7 @@ def test_run_writes_per_image_results_and_reports_a_subset(tmp_path: Path, folde
     (record,) = read(output)
     assert record["status"] == "ok", record.get("error")
     assert record["per_image"] == f"per_image/{record['run_id']}.csv"
+    assert record["selected_epoch"] is None  # the toy model chooses no epoch
     assert record["dataset"]["subsets"] == [{"name": "part", "split_csv": str(part.resolve())}]
     with (output / record["per_image"]).open(newline="") as handle:
         rows = list(csv.DictReader(handle))

@@ -259,6 +259,8 @@ def execute(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
         "counts": collector.counts,
         "examples": paths.relative(examples) if examples else None,
         "per_image": paths.relative(per_image),
+        # The epoch (0-based) whose weights were tested, when the model chose it on a label-free validation set.
+        "selected_epoch": getattr(getattr(model, "best_epoch", None), "best_epoch", None),
     }
 
 
@@ -283,7 +285,10 @@ def _epoch_progress(interval_s: float = 30.0) -> Any:
                 return
             self.last = now
             metrics = trainer.callback_metrics.items()
-            losses = " ".join(f"{name}={float(value):.4g}" for name, value in metrics if name.startswith("train"))
+            # Training losses, and the label-free validation scores of models that select their epoch.
+            losses = " ".join(
+                f"{name}={float(value):.4g}" for name, value in metrics if name.startswith(("train", "val_"))
+            )
             of_total = f"/{total}" if total is not None and total > 0 else ""
             print(
                 f"{PROGRESS_PREFIX} epoch {epoch}{of_total}, step {trainer.global_step}, "
