@@ -149,6 +149,18 @@ def _push_outward(images: np.ndarray, centre: tuple[float, float], radius: float
     return remap(images, np.stack([centre[0] + dy * shrink, centre[1] + dx * shrink]).astype(np.float32))
 
 
+def _regions(
+    image: np.ndarray, wm: np.ndarray, rng: np.random.Generator, tumour_rho: np.ndarray, whole: np.ndarray
+) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """What both looks paint with: unit-variance texture, the white-matter level, tumour and oedema masks."""
+    texture = ndimage.gaussian_filter(rng.standard_normal(image.shape), 1.0)
+    texture /= texture.std() + 1e-8
+    in_white = whole & (wm > 0.6)
+    white_level = float(np.median(image[in_white])) if in_white.any() else float(image[whole].mean())
+    tumour = whole & (tumour_rho < 1)
+    return texture, white_level, tumour, whole & ~tumour
+
+
 def _paint(
     image: np.ndarray,
     wm: np.ndarray,
@@ -159,12 +171,7 @@ def _paint(
     whole: np.ndarray,
 ) -> np.ndarray:
     """Set lesion intensities inside ``whole`` (T1 post-contrast look); pixels outside are left as they are."""
-    texture = ndimage.gaussian_filter(rng.standard_normal(image.shape), 1.0)
-    texture /= texture.std() + 1e-8
-    in_white = whole & (wm > 0.6)
-    white_level = float(np.median(image[in_white])) if in_white.any() else float(image[whole].mean())
-    tumour = whole & (tumour_rho < 1)
-    oedema = whole & ~tumour
+    texture, white_level, tumour, oedema = _regions(image, wm, rng, tumour_rho, whole)
     out = image.copy()
     # Vasogenic oedema: hypointense, most where it meets the tumour.
     closeness = np.clip(1.0 - oedema_rho, 0.0, 1.0)
@@ -197,12 +204,7 @@ def _paint_flair(
     On FLAIR, oedema and non-enhancing tumour are hyperintense against white matter (which is why FLAIR
     is the sequence glioma masks are drawn on); a necrotic core is less bright than its rim.
     """
-    texture = ndimage.gaussian_filter(rng.standard_normal(image.shape), 1.0)
-    texture /= texture.std() + 1e-8
-    in_white = whole & (wm > 0.6)
-    white_level = float(np.median(image[in_white])) if in_white.any() else float(image[whole].mean())
-    tumour = whole & (tumour_rho < 1)
-    oedema = whole & ~tumour
+    texture, white_level, tumour, oedema = _regions(image, wm, rng, tumour_rho, whole)
     out = image.copy()
     closeness = np.clip(1.0 - oedema_rho, 0.0, 1.0)
     brightening = rng.uniform(0.3, 0.6) * (0.6 + 0.4 * closeness) + 0.03 * texture
