@@ -154,6 +154,18 @@ def make_suite(directory: Path, folder: Path, models: list[dict[str, Any]], **to
     return path
 
 
+def split_csv_suite(directory: Path, folder: Path, root: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """A written suite of the ``mean`` model on one SplitCSV dataset (split ``main`` under ``root``); returns its
+    path, its raw YAML content and that dataset entry, for tests that rewrite the entry."""
+    path = make_suite(directory, folder, [model("mean")])
+    raw = yaml.safe_load(path.read_text())
+    plain = {"name": "csv", "class_path": "proxyano_plugin.data.SplitCSV", "init_args": {"split_csv": "main"}}
+    plain["paths"] = {"root": str(root)}
+    raw["datasets"] = [plain]
+    path.write_text(yaml.safe_dump(raw))
+    return path, raw, plain
+
+
 def model(name: str, cls: str = "MeanScore", **init_args: Any) -> dict[str, Any]:
     return {"name": name, "class_path": f"{TOYS}.{cls}", "init_args": init_args}
 
@@ -724,12 +736,7 @@ def test_subsets_of_a_split_csv_dataset(tmp_path: Path, folder: Path) -> None:
     write_csv(root / "splits" / "main.csv", header, ["normal/n0.png,0,train", "normal/n1.png,0,test"])
     write_csv(root / "splits" / "mid.csv", header, ["normal/n1.png,0,test"])
     write_csv(root / "splits" / "bad.csv", header, ["normal/n0.png,0,test"])
-    path = make_suite(tmp_path, folder, [model("mean")])
-    raw = yaml.safe_load(path.read_text())
-    plain = {"name": "csv", "class_path": "proxyano_plugin.data.SplitCSV", "init_args": {"split_csv": "main"}}
-    plain["paths"] = {"root": str(root)}
-    raw["datasets"] = [plain]
-    path.write_text(yaml.safe_dump(raw))
+    path, raw, plain = split_csv_suite(tmp_path, folder, root)
     before = [run.run_id for run in load_suite(str(path)).runs]
 
     raw["datasets"] = [{**plain, "subsets": [{"name": "midbrain", "split_csv": "mid"}]}]
@@ -870,12 +877,7 @@ def test_shortcuts_change_no_run_id_and_may_be_missing_with_the_data(
     write_csv(root / "splits" / "main.csv", "file,label,split", ["normal/n0.png,0,train", "normal/n1.png,0,test"])
     write_csv(tmp_path / "scores" / "shortcuts.csv", SHORTCUTS_HEADER, ["main,mean intensity,image,0.6"])
     monkeypatch.chdir(tmp_path)
-    path = make_suite(tmp_path, folder, [model("mean")])
-    raw = yaml.safe_load(path.read_text())
-    plain = {"name": "csv", "class_path": "proxyano_plugin.data.SplitCSV", "init_args": {"split_csv": "main"}}
-    plain["paths"] = {"root": str(root)}
-    raw["datasets"] = [plain]
-    path.write_text(yaml.safe_dump(raw))
+    path, raw, plain = split_csv_suite(tmp_path, folder, root)
     before = [run.run_id for run in load_suite(str(path)).runs]
 
     raw["datasets"] = [{**plain, "shortcuts": "${PROXYANO_TEST_SCORES:-scores}/shortcuts.csv"}]

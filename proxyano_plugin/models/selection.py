@@ -9,14 +9,9 @@ the saved checkpoint and export all use them.
 
 from __future__ import annotations
 
-import copy
-import logging
-
 import torch
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc
-
-logger = logging.getLogger(__name__)
 
 
 class BestEpoch:
@@ -74,5 +69,5 @@ class BestEpoch:
         """Load the best epoch's weights into ``model``; return that epoch (``None`` if none was kept)."""
         if self.best_state is None:
             return None
-        model.load_state_dict(copy.deepcopy(self.best_state))
+        model.load_state_dict(self.best_state)  # copies the values: the kept state stays untouched
         return self.best_epoch

@@ -119,11 +119,10 @@ class ProxyExtractionModule(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Return the predicted proxy and the addressing weights of every memory (empty without memory)."""
         features = self.encoder(images)
-        read = features[-len(self.memories) :] if self.memories else []
         weights = []
-        for offset, memory in enumerate(self.memories):
-            level = len(features) - len(self.memories) + offset
-            features[level], level_weights = memory(read[offset])
+        first = len(features) - len(self.memories)  # the memories read the last levels, the bottleneck last
+        for level, memory in enumerate(self.memories, start=first):
+            features[level], level_weights = memory(features[level])
             weights.append(level_weights)
         return self.decoder(features[-1], features if self.skips else ()), weights
 
