@@ -282,7 +282,7 @@ def test_resume_after_kill_loses_only_the_run_in_flight(tmp_path: Path, folder: 
         assert process.poll() is None, "the suite ended before it could be killed"
         assert time.monotonic() < deadline, "no record within 120 s"
         time.sleep(0.2)
-    os.kill(process.pid, signal.SIGKILL)  # the harness only: its run dies with it (PR_SET_PDEATHSIG)
+    os.kill(process.pid, signal.SIGKILL)  # the harness only: its run dies with it
     process.wait()
     first = read(output)
     assert len(first) in (1, 2)
@@ -432,6 +432,52 @@ def test_invalid_suites_name_the_key(tmp_path: Path, folder: Path, change: dict[
     path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), **change}))
     with pytest.raises(SuiteError, match=message):
         load_suite(str(path))
+
+
+PROXYANO = "proxyano_plugin.ProxyAno"
+AVAILABLE = "available: blur, edges, identity, superpixel"
+
+
+@pytest.mark.parametrize(
+    ("init_args", "message"),
+    [
+        ({"proxy": "nosuch"}, rf"^models\[1\]\.init_args\.proxy: unknown proxy 'nosuch'; {AVAILABLE}$"),
+        (
+            {"proxy": "blur", "proxy_kwargs": {"sigmaa": 3}},
+            r"^models\[1\]\.init_args\.proxy_kwargs: proxy 'blur' got unexpected argument\(s\) sigmaa "
+            r"\(did you mean 'sigma'\?\); it accepts: sigma$",
+        ),
+        ({"proxy_kwargs": {"n_segments": 0}}, r"^models\[1\]\.init_args\.proxy_kwargs: proxy 'superpixel': n_segm"),
+        ({"proxy": "blur", "proxy_kwargs": [3]}, r"^models\[1\]\.init_args\.proxy_kwargs: expected a mapping"),
+        ({"proxy": 3}, r"^models\[1\]\.init_args\.proxy: expected a proxy name, got 3$"),
+    ],
+)
+def test_proxies_are_validated_with_the_suite(
+    tmp_path: Path, folder: Path, init_args: dict[str, Any], message: str
+) -> None:
+    """A bad proxy fails loading (before anything trains), not every run of the model."""
+    proxyano = {"name": "proxyano", "class_path": PROXYANO, "init_args": init_args}
+    path = make_suite(tmp_path, folder, [model("mean"), proxyano])
+    with pytest.raises(SuiteError, match=message):
+        load_suite(str(path))
+
+
+def test_unknown_proxy_fails_the_dry_run_in_one_line(
+    tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    proxyano = {"name": "proxyano", "class_path": PROXYANO, "init_args": {"proxy": "bluur"}}
+    path = make_suite(tmp_path, folder, [model("mean"), proxyano])
+
+    assert main(["run", str(path), "--output", str(tmp_path / "out"), "--dry-run"]) == 2
+
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"proxyano-bench: error: models[1].init_args.proxy: unknown proxy 'bluur' (did you mean 'blur'?); {AVAILABLE}"
+    ]
+    assert "mean/tiny" not in captured.out  # no run listed: the suite never got that far
+    assert not (tmp_path / "out").exists()
+    # A good proxy passes, and so does the --set that fixes the typo.
+    assert load_suite(str(path), ["models.proxyano.init_args.proxy=blur"]).runs
 
 
 def test_invalid_dataset_path_names_the_key(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:

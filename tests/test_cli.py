@@ -164,3 +164,60 @@ def test_third_party_proxy_trains_by_name(tmp_path, example_proxy_site):
     (checkpoint,) = (tmp_path / "results").rglob("*.ckpt")
     hyperparameters = torch.load(checkpoint, weights_only=True)["hyper_parameters"]
     assert hyperparameters["proxy"] == "median"
+
+
+AVAILABLE = "available: blur, edges, identity, superpixel"
+
+
+@pytest.mark.parametrize(
+    ("options", "last_line"),
+    [
+        (["--model.proxy", "nosuchproxy"], f"unknown proxy 'nosuchproxy'; {AVAILABLE}"),
+        (
+            ["--model.proxy", "blur", "--model.proxy_kwargs", "{sigmaa: 3}"],
+            "proxy 'blur' got unexpected argument(s) sigmaa (did you mean 'sigma'?); it accepts: sigma",
+        ),
+        (
+            ["--model.proxy", "quits"],
+            "proxy 'quits' from fake-exit 0.1 failed to import (fake_exit_module:Proxy): SystemExit: 3",
+        ),
+    ],
+)
+def test_proxy_errors_end_the_command_in_one_line(tmp_path: Path, options: list[str], last_line: str) -> None:
+    """Not jsonargparse's two tracebacks around 'Does not validate against any of the Union subtypes': our line
+    last, exit code 2, before any data is generated or anything trains (and a plugin's sys.exit() at import
+    does not end anomalib with its own code). The plugin that exits is on the path for the last case only."""
+    plugin = tmp_path / "plugin"
+    info = plugin / "fake_exit-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-exit\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[proxyano_plugin.proxies]\nquits = fake_exit_module:Proxy\n")
+    (plugin / "fake_exit_module.py").write_text("import sys\nsys.exit(3)\n")
+
+    result = anomalib_cli(
+        "train", "--model", "proxyano_plugin.ProxyAno", *options, "--data", "proxyano_plugin.BrainMRIDemo",
+        *TINY_DATA, "--data.root", str(tmp_path / "demo"), "--default_root_dir", str(tmp_path / "results"),
+        cwd=tmp_path, extra_path=plugin if "quits" in options else None,
+    )  # fmt: skip
+
+    assert result.returncode == 2, result.stderr[-4000:]
+    assert result.stderr.splitlines()[-1] == f"error: ProxyAno: {last_line}"
+    assert "Traceback" not in result.stderr
+    assert "Union subtypes" not in result.stderr
+    assert not (tmp_path / "demo").exists()
+    assert not (tmp_path / "results").exists()
+
+
+def test_only_proxy_errors_are_shortened(capsys: pytest.CaptureFixture[str]) -> None:
+    """The instantiator the CLI registers: a ProxyError becomes one line and exit 2; any other error (a bug, or
+    another argument's check) keeps its type and traceback."""
+    from proxyano_plugin.anomalib_cli import build_or_exit
+    from proxyano_plugin.models.proxyano import ProxyAno
+
+    with pytest.raises(SystemExit) as exited:
+        build_or_exit(ProxyAno, proxy="nosuchproxy")
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == f"error: ProxyAno: unknown proxy 'nosuchproxy'; {AVAILABLE}\n"
+    with pytest.raises(ValueError, match="reconstruct_from='image'"):
+        build_or_exit(ProxyAno, reconstruct_from="image", proxy="blur")
+    assert isinstance(build_or_exit(ProxyAno, image_size=32, widths=[8, 16, 32], memory_size=10), ProxyAno)

@@ -118,11 +118,17 @@ def test_best_epoch_keeps_and_restores_the_best_weights():
     best = BestEpoch()
     best.update(torch.tensor([0.1, 0.9]), torch.tensor([0, 1]), None, None)
     assert best.compute() == {"image_auroc": 1.0, "selection": 1.0}
-    assert best.consider(0.8, 0, model)
+    assert best.consider({"image_auroc": 0.8, "selection": 0.8}, 0, model)
     kept = model.weight.detach().clone()
     torch.nn.init.constant_(model.weight, 5.0)
-    assert not best.consider(0.7, 1, model)
-    assert best.restore(model) == 0
+    assert not best.consider({"image_auroc": 0.7, "selection": 0.7}, 1, model)
+    assert best.best_metrics == {"image_auroc": 0.8, "selection": 0.8}
+
+    # A fit resumed from a checkpoint continues the same selection.
+    resumed = BestEpoch()
+    resumed.load_state_dict(best.state_dict())
+    assert not resumed.consider({"selection": 0.75}, 2, model)
+    assert resumed.restore(model) == 0
     torch.testing.assert_close(model.weight, kept)
 
 

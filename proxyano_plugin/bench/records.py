@@ -23,8 +23,10 @@ MEASURED_KEYS = ("fit_s", "test_s", "measure_s")
 
 
 def measured_seconds(timing: Mapping[str, Any] | None) -> float:
-    """Seconds of a run's ``timing`` spent fitting, testing and measuring speed."""
-    return sum((timing or {}).get(key) or 0.0 for key in MEASURED_KEYS)
+    """Seconds of a run's ``timing`` spent fitting, testing and measuring speed (in this process: a resumed
+    run's ``fit_s`` also counts the earlier segments, ``fit_previous_s``)."""
+    timing = timing or {}
+    return sum(timing.get(key) or 0.0 for key in MEASURED_KEYS) - (timing.get("fit_previous_s") or 0.0)
 
 
 def session_overhead(wall_s: float, runs: Iterable[tuple[float, float, float]]) -> tuple[float, float]:

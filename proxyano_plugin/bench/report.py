@@ -21,6 +21,7 @@ from typing import Any
 
 from proxyano_plugin.bench import records as records_io
 from proxyano_plugin.bench.per_image import ImageRow, image_key, read_per_image, read_test_rows
+from proxyano_plugin.bench.suite import NOT_IDENTITY
 
 LESION_SIZE_COLUMN = "mask_pixels_256"
 SHORTCUTS_COLUMNS = ("split", "statistic", "level", "auroc")
@@ -152,7 +153,8 @@ def group_runs(latest: list[dict[str, Any]]) -> list[Group]:
 def _settings(record: dict[str, Any]) -> dict[str, str]:
     """What fixes a run's numbers besides its seed and where its data lives, flattened to JSON values."""
     model = record.get("model") or {}
-    flat = {"class_path": model.get("class_path"), **(model.get("init_args") or {}), **(record.get("config") or {})}
+    config = {key: value for key, value in (record.get("config") or {}).items() if key not in NOT_IDENTITY}
+    flat = {"class_path": model.get("class_path"), **(model.get("init_args") or {}), **config}
     return {key: json.dumps(value, sort_keys=True, default=str) for key, value in flat.items()}
 
 

@@ -125,6 +125,8 @@ class Runner:
     output: Path
     slots: list[list[str] | None]
     log: Callable[[str], None] = print
+    resume: bool = False
+    """Continue unfinished runs from their checkpoints (``--resume``); else they start over."""
     results: list[dict[str, Any]] = field(default_factory=list)
     intervals: list[tuple[float, float, float]] = field(default_factory=list)
     """``(start, end, measured_s)`` of each finished run, on the ``perf_counter`` clock (for the overhead)."""
@@ -148,14 +150,31 @@ class Runner:
                 self._finish(spec, {"status": "skipped", "error": spec.dataset.skip_reason}, None, now(), 0.0)
             else:
                 todo.append(spec)
+        todo = [spec for spec in todo if not self._adopt_finished(spec)]
         if self.suite.isolation == "inline":
             for spec in todo:
                 started, started_at = time.perf_counter(), now()
                 self._announce(spec, None)
-                result = run_captured(spec, RunPaths(self.output, spec.run_id))
+                result = run_captured(spec, RunPaths(self.output, spec.run_id), self.resume)
                 self._finish(spec, result, None, started_at, time.perf_counter() - started)
             return
         self._run_parallel(todo)
+
+    def _adopt_finished(self, spec: RunSpec) -> bool:
+        """Record a run that finished while no harness was there to collect it (killed meanwhile)."""
+        result_path = RunPaths(self.output, spec.run_id).result
+        if not (self.resume and result_path.exists()):
+            return False
+        try:
+            result = json.loads(result_path.read_text())
+        except (OSError, ValueError):
+            return False
+        if result.get("status") != "ok":
+            return False
+        self.log(f"{self._tag(spec)} {spec.name} had finished before the harness stopped; recording it")
+        self._finish(spec, result, None, now(), 0.0)
+        result_path.unlink()
+        return True
 
     def _run_parallel(self, todo: list[RunSpec]) -> None:
         pending = list(todo)
@@ -197,7 +216,9 @@ class Runner:
         for rank in range(world):
             rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)} if world > 1 else env
             process = context.Process(
-                target=child_main, args=(spec.to_dict(), str(self.output), rank_env), name=f"bench-{spec.run_id}"
+                target=child_main,
+                args=(spec.to_dict(), str(self.output), rank_env, os.getpid(), self.resume),
+                name=f"bench-{spec.run_id}",
             )
             process.start()
             processes.append(process)
@@ -230,7 +251,9 @@ class Runner:
 
     def _announce(self, spec: RunSpec, gpus: list[str] | None) -> None:
         where = f" on GPU {','.join(gpus)}" if gpus else ""
-        self.log(f"{self._tag(spec)} start {spec.name} ({spec.run_id}){where}{self._eta()}")
+        checkpoint = RunPaths(self.output, spec.run_id).resume_checkpoint
+        again = ", continuing from its checkpoint" if self.resume and checkpoint.exists() else ""
+        self.log(f"{self._tag(spec)} start {spec.name} ({spec.run_id}){where}{again}{self._eta()}")
 
     def _tag(self, spec: RunSpec) -> str:
         return f"[{self._index[spec.run_id]}/{len(self._index)}]"
@@ -251,6 +274,8 @@ class Runner:
         if gpus is not None:
             record.setdefault("device", {})["gpus"] = gpus
         records.append_record(self.records_path, record)
+        if result["status"] == "ok":  # recorded: its checkpoint has served
+            RunPaths(self.output, spec.run_id).resume_checkpoint.unlink(missing_ok=True)
         self.results.append(record)
         self._remaining.remove(spec)
         if result["status"] == "ok":
@@ -348,7 +373,7 @@ def run_suite(
             f"suite {suite.name} ({suite.description or 'no description'}): {len(runs)} runs, "
             f"{len(runs) - len(todo)} already recorded, {len(todo)} to run, {len(slots)} at a time; results in {output}"
         )
-        runner = Runner(suite, output, slots, log=log)
+        runner = Runner(suite, output, slots, log=log, resume=resume)
         interrupted = True
         try:
             runner.run(todo)

@@ -64,6 +64,10 @@ class DatasetSpec:
     shortcuts: str | None = None
 
 
+# Run settings that change where a run executes, how fast, or what it saves besides its numbers.
+NOT_IDENTITY = ("suite", "accelerator", "num_workers", "timing", "examples", "checkpoint_interval_s")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One fully resolved run: everything the worker needs, all plain data."""
@@ -84,6 +88,8 @@ class RunSpec:
     trainer_args: dict[str, Any]
     timing: Timing
     examples: int
+    # Seconds between the checkpoints an interrupted run continues from with --resume (0: none).
+    checkpoint_interval_s: float = 600.0
 
     @property
     def name(self) -> str:
@@ -92,7 +98,7 @@ class RunSpec:
     def identity(self) -> dict[str, Any]:
         """What determines the numbers of a run (not where or how fast it runs)."""
         config = asdict(self)
-        for key in ("suite", "accelerator", "num_workers", "timing", "examples"):
+        for key in NOT_IDENTITY:
             config.pop(key)
         config["dataset"].pop("skip_reason")
         config["dataset"].pop("subsets")  # reported from the per-image results; the run's numbers are the same
@@ -277,6 +283,7 @@ _TOP_KEYS = (
     "timing",
     "examples",
     "run_timeout_s",
+    "checkpoint_interval_s",
     "isolation",
     "models",
     "datasets",
@@ -350,6 +357,7 @@ class _Validator:
             "deterministic": self._deterministic(data.get("deterministic", "warn")),
             "timing": self._timing(data.get("timing", {})),
             "examples": self._int(data, "examples", 4, 0, ""),
+            "checkpoint_interval_s": self._seconds(data, "checkpoint_interval_s", 600.0),
         }
         parallel = data.get("parallel", False)
         if not isinstance(parallel, bool):
@@ -399,6 +407,7 @@ class _Validator:
         cls = import_class(class_path, "AnomalibModule", f"{where}.class_path")
         init_args = self._mapping(item.get("init_args", {}), f"{where}.init_args")
         _check_init_args(cls, init_args, f"{where}.init_args")
+        _check_proxy(cls, init_args, f"{where}.init_args")
         settings = {
             "image_size": self._image_size(item["image_size"], f"{where}.image_size")
             if "image_size" in item
@@ -573,6 +582,13 @@ class _Validator:
         return int(value)
 
     @staticmethod
+    def _seconds(data: dict[str, Any], key: str, default: float) -> float:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise SuiteError(f"{key}: expected a number of seconds >= 0 (0: never), got {value!r}")
+        return float(value)
+
+    @staticmethod
     def _epochs(data: dict[str, Any], default: int | None, prefix: str) -> int | None:
         """``max_epochs``: an int >= 1, or -1 for models that stop themselves (iteration-based training)."""
         value = data.get("max_epochs", default)
@@ -725,6 +741,32 @@ def _check_init_args(cls: type, init_args: dict[str, Any], where: str) -> None:
             close = difflib.get_close_matches(key, sorted(accepted), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise SuiteError(f"{where}.{key}: {cls.__name__}.__init__ has no parameter {key!r}{hint}")
+
+
+def _check_proxy(cls: type, init_args: dict[str, Any], where: str) -> None:
+    """Build the proxy of a model that takes ``proxy`` and ``proxy_kwargs`` (ProxyAno) once, here: an unknown
+    name, a broken plugin or a mistyped keyword would otherwise fail every run of the model, after the others
+    trained. The registry's message names the available proxies (and the closest one)."""
+    parameters = inspect.signature(cls.__init__).parameters
+    if "proxy" not in parameters or "proxy_kwargs" not in parameters:
+        return
+    name = init_args.get("proxy", parameters["proxy"].default)
+    kwargs = init_args.get("proxy_kwargs", parameters["proxy_kwargs"].default)
+    if name is inspect.Parameter.empty:
+        return  # required and not given: the model's own call reports it
+    if not isinstance(name, str):
+        raise SuiteError(f"{where}.proxy: expected a proxy name, got {name!r}")
+    if kwargs is None or kwargs is inspect.Parameter.empty:
+        kwargs = {}
+    if not (isinstance(kwargs, dict) and all(isinstance(key, str) for key in kwargs)):
+        raise SuiteError(f"{where}.proxy_kwargs: expected a mapping of parameter names to values, got {kwargs!r}")
+    from proxyano_plugin.proxies import ProxyArgumentError, ProxyError, ProxyValueError, create_proxy
+
+    try:
+        create_proxy(name, **kwargs)
+    except ProxyError as error:
+        key = "proxy_kwargs" if isinstance(error, ProxyArgumentError | ProxyValueError) else "proxy"
+        raise SuiteError(f"{where}.{key}: {error}") from error
 
 
 def _missing_subdirs(root: Path, folder_args: dict[str, Any], where: str) -> str | None:

@@ -7,14 +7,15 @@ This module runs inside the process that executes the run (a forked child, or th
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import math
 import os
 import resource
+import select
 import signal
 import statistics
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from proxyano_plugin.bench.checkpointing import RESUME_CHECKPOINT
 from proxyano_plugin.bench.per_image import PER_IMAGE_DIR, write_per_image
 from proxyano_plugin.bench.suite import RunSpec, accepted_kwargs, import_class
 from proxyano_plugin.bench.system import cpu_count, cpu_name
@@ -61,6 +63,10 @@ class RunPaths:
         return self.run_dir / "result.json"
 
     @property
+    def resume_checkpoint(self) -> Path:
+        return self.run_dir / RESUME_CHECKPOINT
+
+    @property
     def examples(self) -> Path:
         return self.output / "examples" / f"{self.run_id}.npz"
 
@@ -75,22 +81,25 @@ class RunPaths:
 # ------------------------------------------------------------------------------------------- process entry
 
 
-def child_main(spec: dict[str, Any], output: str, env: dict[str, str]) -> None:
-    """Entry point of a forked (or spawned) run process: its result goes to ``result.json``, its output to a log."""
+def child_main(spec: dict[str, Any], output: str, env: dict[str, str], harness_pid: int, resume: bool = False) -> None:
+    """Entry point of a forked (or spawned) run process: its result goes to ``result.json``, its output to a log.
+
+    With ``resume`` the run continues from its checkpoint when it has one.
+    """
     os.environ.update(env)
-    _die_with_parent()
+    _die_with_harness(harness_pid)
     # Ctrl-C reaches the whole process group; the parent decides what an interrupted run means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     run_spec = RunSpec.from_dict(spec)
     paths = RunPaths(Path(output), run_spec.run_id, int(os.environ.get("RANK", "0")))
-    result = run_captured(run_spec, paths)
+    result = run_captured(run_spec, paths, resume)
     if paths.rank == 0:
         tmp = paths.result.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, default=str))
         os.replace(tmp, paths.result)
 
 
-def run_captured(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
+def run_captured(spec: RunSpec, paths: RunPaths, resume: bool = False) -> dict[str, Any]:
     """Run with stdout and stderr going to the run's log; an exception becomes a failed result."""
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     paths.log.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +107,7 @@ def run_captured(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
     with _redirected(paths.log):
         print(f"run {spec.name} ({spec.run_id})\n{json.dumps(spec.to_dict(), indent=1, default=str)}", flush=True)
         try:
-            result = execute(spec, paths)
+            result = execute(spec, paths, resume)
         except Exception as error:  # a run may fail in any way; the suite goes on
             traceback.print_exc()
             sys.stderr.flush()
@@ -135,12 +144,34 @@ def _redirected(log: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
-def _die_with_parent() -> None:
-    """Linux: end this run when the harness dies (``kill -9``), instead of computing for nobody."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            pr_set_pdeathsig = 1
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+def _die_with_harness(harness_pid: int) -> None:
+    """End this run when the harness dies (``kill -9``), instead of computing for nobody and racing the run
+    that ``--resume`` starts. The run's parent is the forkserver, which outlives the harness, so the parent
+    death signal would not fire: a thread waits on the harness itself (a pidfd on Linux, else polling)."""
+
+    def watch() -> None:
+        try:
+            handle = os.pidfd_open(harness_pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3, or the harness is already gone
+            handle = None
+        if handle is not None:
+            select.select([handle], [], [])  # readable once the harness has exited
+        else:
+            while _alive(harness_pid):
+                time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="harness-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else (the pid was reused)
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------------------------- the run
@@ -176,14 +207,19 @@ def build_model(spec: RunSpec) -> Any:
     return model
 
 
-def execute(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
-    """Fit, test and measure one run in this process; returns the measured part of its record."""
+def execute(spec: RunSpec, paths: RunPaths, resume: bool = False) -> dict[str, Any]:
+    """Fit, test and measure one run in this process; returns the measured part of its record.
+
+    Training saves a checkpoint every ``spec.checkpoint_interval_s`` (at an epoch end); with ``resume`` a run
+    continues from it, else an old one is discarded.
+    """
     start = time.perf_counter()
     import torch
     from anomalib.callbacks.checkpoint import ModelCheckpoint
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
+    from proxyano_plugin.bench.checkpointing import ResumeCheckpoint, usable_checkpoint
     from proxyano_plugin.bench.metrics import Collector
 
     seed_everything(spec.seed, workers=True)
@@ -191,10 +227,19 @@ def execute(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
     model = build_model(spec)
     collector = Collector(spec.examples, spec.timing.batch_size)
     progress = _epoch_progress()
+    checkpoint = ResumeCheckpoint(paths.resume_checkpoint, spec.checkpoint_interval_s)
+    if not resume and paths.rank == 0:
+        paths.resume_checkpoint.unlink(missing_ok=True)
+    resume_from = usable_checkpoint(paths.resume_checkpoint, model) if resume else None
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     engine = Engine(
         # A checkpoint callback that saves nothing: Engine would add one that writes every epoch.
-        callbacks=[collector, progress, ModelCheckpoint(dirpath=paths.run_dir, save_top_k=0, save_last=False)],
+        callbacks=[
+            collector,
+            progress,
+            checkpoint,
+            ModelCheckpoint(dirpath=paths.run_dir, save_top_k=0, save_last=False),
+        ],
         logger=False,
         default_root_dir=paths.run_dir,
         max_epochs=spec.max_epochs,
@@ -212,7 +257,7 @@ def execute(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
     if use_cuda and torch.cuda.is_initialized():  # a previous run in this process (isolation: inline)
         torch.cuda.reset_peak_memory_stats()
     setup_s = time.perf_counter() - start
-    fit_s = _timed(lambda: engine.fit(model, datamodule=datamodule), sync)
+    fit_s = _timed(lambda: engine.fit(model, datamodule=datamodule, ckpt_path=resume_from), sync)
     test_s = _timed(lambda: engine.test(model, datamodule=datamodule, verbose=False), sync)
     trainer = engine.trainer
     if trainer.global_rank != 0:
@@ -248,7 +293,9 @@ def execute(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
         "device": describe_device(device, world_size),
         "timing": {
             "setup_s": setup_s,
-            "fit_s": fit_s,
+            # Training time of the whole run: earlier segments up to their checkpoint, and this one.
+            "fit_s": checkpoint.trained_s + fit_s,
+            "fit_previous_s": checkpoint.trained_s,
             "test_s": test_s,
             "metrics_s": collector.metrics_s,
             "measure_s": measure_s,
@@ -261,6 +308,10 @@ def execute(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
         "per_image": paths.relative(per_image),
         # The epoch (0-based) whose weights were tested, when the model chose it on a label-free validation set.
         "selected_epoch": getattr(getattr(model, "best_epoch", None), "best_epoch", None),
+        "selected_scores": getattr(getattr(model, "best_epoch", None), "best_metrics", None),
+        # How many times this run was continued from a checkpoint, and the epoch the last one started at.
+        "resumes": checkpoint.resumes,
+        "resumed_from_epoch": checkpoint.resumed_from_epoch,
     }
 
 

@@ -24,6 +24,7 @@ class BestEpoch:
     def __init__(self) -> None:
         self.best_score: float | None = None
         self.best_epoch: int | None = None
+        self.best_metrics: dict[str, float] | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.reset()
 
@@ -57,11 +58,12 @@ class BestEpoch:
         metrics["selection"] = sum(metrics.values()) / len(metrics)
         return metrics
 
-    def consider(self, score: float, epoch: int, model: nn.Module) -> bool:
-        """Keep ``model``'s weights if ``score`` is the best so far; return whether it was."""
+    def consider(self, metrics: dict[str, float], epoch: int, model: nn.Module) -> bool:
+        """Keep ``model``'s weights if ``metrics["selection"]`` is the best so far; return whether it was."""
+        score = metrics["selection"]
         if self.best_score is not None and score <= self.best_score:
             return False
-        self.best_score, self.best_epoch = score, epoch
+        self.best_score, self.best_epoch, self.best_metrics = score, epoch, dict(metrics)
         self.best_state = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
         return True
 
@@ -71,3 +73,19 @@ class BestEpoch:
             return None
         model.load_state_dict(self.best_state)  # copies the values: the kept state stays untouched
         return self.best_epoch
+
+    def state_dict(self) -> dict[str, object]:
+        """The selection so far, for a training checkpoint (plain data: loads with ``weights_only=True``)."""
+        return {
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "best_metrics": self.best_metrics,
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Continue a selection from :meth:`state_dict` (a resumed fit keeps its best epoch so far)."""
+        self.best_score = state["best_score"]  # type: ignore[assignment]
+        self.best_epoch = state["best_epoch"]  # type: ignore[assignment]
+        self.best_metrics = state["best_metrics"]  # type: ignore[assignment]
+        self.best_state = state["best_state"]  # type: ignore[assignment]

@@ -1,8 +1,9 @@
 """Proxy extractors: what ProxyAno's Proxy Extraction Module learns to predict from an image.
 
 - :class:`ProxyExtractor`: the protocol (``[B, C, H, W]`` in [0, 1] -> same shape; ``name``, ``cache_key``).
-- :func:`available_proxies` / :func:`create_proxy`: the registry (entry-point group
+- :func:`available_proxies` / :func:`create_proxy` / :func:`broken_proxies`: the registry (entry-point group
   ``proxyano_plugin.proxies``), through which the built-ins and third-party proxies are found.
+- :class:`ProxyError`: base of the one-line errors (unknown, duplicate, broken, bad arguments or values).
 - :class:`CachedProxy`: per-image memory/disk cache around any extractor.
 - Built-ins: ``superpixel`` (:class:`SuperpixelProxy`), ``blur``, ``edges``, ``identity``.
 
@@ -18,13 +19,15 @@ from .base import (
     PerImageProxy,
     Proxy,
     ProxyArgumentError,
+    ProxyError,
     ProxyExtractor,
     ProxyLoadError,
     ProxyLoadWarning,
     ProxyOutputError,
+    ProxyValueError,
     UnknownProxyError,
 )
-from .registry import ENTRY_POINT_GROUP, available_proxies, create_proxy
+from .registry import BUILT_IN_DISTRIBUTION, ENTRY_POINT_GROUP, available_proxies, broken_proxies, create_proxy
 
 _LAZY = {
     "CachedProxy": "proxyano_plugin.proxies.cache",
@@ -36,6 +39,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "BUILT_IN_DISTRIBUTION",
     "ENTRY_POINT_GROUP",
     "BlurProxy",
     "CachedProxy",
@@ -45,13 +49,16 @@ __all__ = [
     "PerImageProxy",
     "Proxy",
     "ProxyArgumentError",
+    "ProxyError",
     "ProxyExtractor",
     "ProxyLoadError",
     "ProxyLoadWarning",
     "ProxyOutputError",
+    "ProxyValueError",
     "SuperpixelProxy",
     "UnknownProxyError",
     "available_proxies",
+    "broken_proxies",
     "create_proxy",
     "superpixel_mean",
 ]

@@ -25,10 +25,12 @@ __all__ = [
     "PerImageProxy",
     "Proxy",
     "ProxyArgumentError",
+    "ProxyError",
     "ProxyExtractor",
     "ProxyLoadError",
     "ProxyLoadWarning",
     "ProxyOutputError",
+    "ProxyValueError",
     "UnknownProxyError",
     "check_images",
     "map_images",
@@ -55,28 +57,41 @@ class ProxyExtractor(Protocol):
         ...
 
 
-class UnknownProxyError(ValueError):
+class ProxyError(Exception):
+    """Base of the proxy errors: one line saying what is wrong and what to do.
+
+    A command line can catch exactly these to print the line instead of a traceback (as ProxyAno does under
+    ``anomalib``): they are the user's input, not a bug.
+    """
+
+
+class UnknownProxyError(ProxyError, ValueError):
     """No installed distribution registers a proxy of that name."""
 
 
-class DuplicateProxyError(ValueError):
-    """Two installed distributions register the same proxy name."""
+class DuplicateProxyError(ProxyError, ValueError):
+    """Two installed plugins (neither of them proxyano-plugin) register the same proxy name."""
 
 
-class ProxyLoadError(ValueError):
+class ProxyLoadError(ProxyError, ValueError):
     """A registered proxy could not be imported, or does not produce a proxy extractor."""
 
 
-class ProxyArgumentError(TypeError):
+class ProxyArgumentError(ProxyError, TypeError):
     """``create_proxy`` got keyword arguments the proxy's factory does not accept."""
 
 
-class ProxyOutputError(ValueError):
+class ProxyValueError(ProxyError, ValueError):
+    """The proxy's factory refused a parameter value (its own message, prefixed with the proxy's name)."""
+
+
+class ProxyOutputError(ProxyError, ValueError):
     """A proxy extractor returned a wrong shape or non-finite values."""
 
 
 class ProxyLoadWarning(UserWarning):
-    """A registered proxy failed to import and was left out; the others still work."""
+    """A registered proxy was left out or overridden (failed to import, duplicate or shadowing name); the
+    others still work."""
 
 
 def check_images(images: object, name: str) -> None:

@@ -27,6 +27,8 @@ from .torch_model import ProxyAnoModel
 __all__ = ["ProxyAno"]
 
 logger = logging.getLogger(__name__)
+# Where a checkpoint keeps the label-free epoch selection (best epoch, its scores and weights).
+SELECTION_KEY = "proxyano_epoch_selection"
 
 CPU_WIDTHS = (8, 16, 32, 64)
 
@@ -229,8 +231,16 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         if not metrics:
             return
         self.log_dict({f"val_{name}": value for name, value in metrics.items()}, sync_dist=True)
-        if self.best_epoch.consider(metrics["selection"], self.current_epoch, self.model):
+        if self.best_epoch.consider(metrics, self.current_epoch, self.model):
             logger.info("ProxyAno: epoch %d is the best on the validation set so far (%s)", self.current_epoch, metrics)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the epoch selection in the checkpoint, so that a fit resumed from it selects the same epoch."""
+        checkpoint[SELECTION_KEY] = self.best_epoch.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if SELECTION_KEY in checkpoint:
+            self.best_epoch.load_state_dict(checkpoint[SELECTION_KEY])
 
     def on_train_end(self) -> None:
         """Put back the best validation epoch's weights, and save them where the last checkpoint went."""
