@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 from anomalib.models.components import AnomalibModule
-from PIL import Image
-from testing_utils import save_checkpoint
+from testing_utils import save_checkpoint, write_tiny_folder_dataset
 
 from proxyano_plugin.models.autoencoder import Autoencoder
 from proxyano_plugin.models.fanogan import FAnoGAN
@@ -105,28 +104,10 @@ def test_onnx_export_matches_eager(name, tmp_path):
     np.testing.assert_allclose(outputs["pred_score"], expected.pred_score.numpy(), rtol=1e-3, atol=1e-5)
 
 
-def _write_tiny_folder_dataset(root: Path) -> None:
-    """8 normal training images, 4 normal and 4 abnormal test images with masks, 64 px grayscale PNGs."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:64, :64]
-    for sub, count, abnormal in (("train/good", 8, False), ("test/good", 4, False), ("test/bad", 4, True)):
-        (root / sub).mkdir(parents=True)
-        for index in range(count):
-            image = 0.5 + 0.2 * np.sin(xx / 7 + rng.uniform(0, 3)) * np.cos(yy / 9)
-            mask = np.zeros((64, 64), dtype=bool)
-            if abnormal:
-                cy, cx = rng.integers(16, 48, 2)
-                mask = (yy - cy) ** 2 + (xx - cx) ** 2 < 64
-                image[mask] = 1.0
-                (root / "mask/bad").mkdir(parents=True, exist_ok=True)
-                Image.fromarray(mask.astype(np.uint8) * 255).save(root / "mask/bad" / f"{index}.png")
-            Image.fromarray((image * 255).astype(np.uint8)).save(root / sub / f"{index}.png")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CLI_OVERRIDES))
 def test_cli_trains_and_tests_from_the_shipped_config(name, tmp_path):
-    _write_tiny_folder_dataset(tmp_path / "data")
+    write_tiny_folder_dataset(tmp_path / "data")
     command = [
         str(ANOMALIB), "train",
         "--config", str(REPO / "configs" / "model" / f"{name}.yaml"), *CLI_OVERRIDES[name],
@@ -166,3 +147,14 @@ def test_plain_patchcore_finds_the_weights_through_the_hub_cache(tmp_path):
     env = {**os.environ, "HF_HUB_CACHE": hub_cache, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", list(TINY_MODELS))
+def test_get_model_resolves_each_model_by_its_class_name(name):
+    """anomalib's ``get_model`` scans direct ``AnomalibModule`` subclasses only (PatchcoreLite0 names it)."""
+    from anomalib.models import get_model
+
+    import proxyano_plugin.autoload  # noqa: F401
+
+    model_class, arguments = TINY_MODELS[name]
+    assert type(get_model(model_class.__name__, **arguments)) is model_class

@@ -7,6 +7,7 @@ from the test process, so they find this module already imported.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import shutil
@@ -355,6 +356,81 @@ def test_lock_prevents_two_writers(tmp_path: Path, folder: Path, capsys: pytest.
     assert "in use by another proxyano-bench" in capsys.readouterr().err
 
 
+@pytest.fixture
+def refuse_writes(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Make ``folder`` refuse new files as a read-only mount would (chmod cannot stop root, who runs CI)."""
+
+    def refuse(folder: Path) -> None:
+        real_open = os.open
+        real_temporary = records.tempfile.TemporaryFile
+
+        def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            if Path(path).parent == folder and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        def temporary(*args: Any, dir: Any = None, **kwargs: Any) -> Any:
+            if dir is not None and Path(dir) == folder:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
+            return real_temporary(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(records.os, "open", open_)
+        monkeypatch.setattr(records.tempfile, "TemporaryFile", temporary)
+
+    return refuse
+
+
+def test_read_only_results_folder_is_refused_in_one_line(
+    tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str], refuse_writes: Any
+) -> None:
+    """``run --resume`` and ``report`` on a folder that refuses writes: one line, exit 2, nothing trained."""
+    suite = make_suite(tmp_path, folder, [model("mean")], seeds=[0])
+    output = tmp_path / "out"
+    assert main(["run", str(suite), "--output", str(output), "--no-report"]) == 0
+    before = (output / "records.jsonl").read_bytes()
+    refuse_writes(output)
+
+    assert main(["run", str(suite), "--output", str(output), "--resume", "--set", "seeds=[0,1]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"proxyano-bench: error: {output} is not writable (Read-only file system): make it writable, "
+        "or pass --output DIR for a writable folder"
+    )
+    assert main(["report", str(output)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"proxyano-bench: error: {output} is not writable (Read-only file system): make it writable, "
+        f"or report on a writable copy (cp -r {output} /tmp/report)"
+    )
+    assert (output / "records.jsonl").read_bytes() == before
+
+
+def test_full_disk_keeps_whole_records_and_says_what_to_free(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails part-way with ENOSPC is cut back: the file holds whole records only."""
+    path = tmp_path / "records.jsonl"
+    records.append_record(path, {"run_id": "a1", "status": "ok"})
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "big.npz").write_bytes(b"x" * 2_000_000)
+    real_write = os.write
+
+    def write_half_then_fail(descriptor: int, data: bytes) -> int:
+        if len(data) > 10:
+            real_write(descriptor, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(descriptor, data)
+
+    monkeypatch.setattr(records.os, "write", write_half_then_fail)
+    with pytest.raises(records.ResultsError) as raised:
+        records.append_record(path, {"run_id": "b2", "status": "ok", "metrics": {"image_auroc": 0.5}})
+
+    message = str(raised.value)
+    assert message.startswith(f"no space left to write {path}: ")
+    assert f"{tmp_path / 'examples'}/ holds 2.0 MB (gallery images of the report)" in message
+    assert message.endswith("then continue with --resume (the file holds whole records only)")
+    assert "\n" not in message
+    loaded = records.read_records(path)
+    assert (loaded.records, loaded.problems) == ([{"run_id": "a1", "status": "ok"}], [])
+
+
 def test_missing_optional_data_is_skipped(tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TOY_DATA", raising=False)
     path = make_suite(tmp_path, folder, [model("mean")], seeds=[0])
@@ -533,7 +609,7 @@ def test_corrupt_records_are_reported_with_line_numbers(tmp_path: Path) -> None:
 
     assert loaded.records == [good]
     assert [p.split(": ")[0] for p in loaded.problems] == [f"{path}:2", f"{path}:3", f"{path}:4"]
-    assert "truncated last line" in loaded.problems[2]
+    assert loaded.problems[2] == f"{path}:4: cut off (its writer was interrupted)"
     assert loaded.finished_ids() == {"a1"}
 
 
@@ -615,6 +691,23 @@ def test_report_matches_golden(tmp_path: Path) -> None:
     assert written == {"report.md", "summary.csv", "auroc.png", "accuracy_vs_throughput.png"}
     header = (tmp_path / "summary.csv").read_text().splitlines()[0]
     assert header.startswith("dataset,model,n,image_auroc_mean,image_auroc_std")
+
+
+def test_report_on_a_cut_off_records_file_says_so_on_the_console(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A writer killed mid-line leaves a partial last record: the console says the report leaves it out."""
+    text = (HERE / "data" / "bench_records.jsonl").read_text()
+    (tmp_path / records.RECORDS_NAME).write_text(text + '{"run_id": "cut", "stat')
+
+    assert main(["report", str(tmp_path)]) == 0
+
+    lines = capsys.readouterr().err.strip().splitlines()
+    path = tmp_path / records.RECORDS_NAME
+    count = len(text.splitlines()) + 1
+    assert [line for line in lines if line.startswith("proxyano-bench: warning:")] == [
+        f"proxyano-bench: warning: {path}:{count}: cut off (its writer was interrupted) (left out of the report)"
+    ]
 
 
 # ------------------------------------------------------------------------------ per-image results and subsets

@@ -221,3 +221,28 @@ def test_only_proxy_errors_are_shortened(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(ValueError, match="reconstruct_from='image'"):
         build_or_exit(ProxyAno, reconstruct_from="image", proxy="blur")
     assert isinstance(build_or_exit(ProxyAno, image_size=32, widths=[8, 16, 32], memory_size=10), ProxyAno)
+
+
+def test_checkpoint_of_another_model_ends_the_command_in_one_line(tmp_path: Path) -> None:
+    """Not 190 lines of missing keys: which model wrote the checkpoint and the ``--model`` to pass, exit code 2,
+    before anything is built (tests/test_checkpoints.py checks the other bad files in-process)."""
+    from testing_utils import save_checkpoint
+
+    from proxyano_plugin import Autoencoder
+
+    checkpoint = tmp_path / "autoencoder.ckpt"
+    save_checkpoint(Autoencoder(image_size=32), checkpoint)
+    result = anomalib_cli(
+        "predict", "--model", "ProxyAno", *TINY_MODEL, "--ckpt_path", str(checkpoint), "--data", str(tmp_path),
+        "--default_root_dir", str(tmp_path / "results"),
+        cwd=tmp_path,
+    )  # fmt: skip
+
+    assert result.returncode == 2, result.stderr[-4000:]
+    assert result.stderr.splitlines()[-1] == (
+        f"error: ProxyAno: {checkpoint} is a checkpoint of Autoencoder (image_size=32, the other hyper-parameters "
+        "at their defaults), not of ProxyAno: pass --model Autoencoder --model.image_size 32"
+    )
+    assert "Traceback" not in result.stderr
+    assert "weights_only" not in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()

@@ -6,6 +6,9 @@ No anomalib here: these run in a second or two.
 from __future__ import annotations
 
 import json
+import os
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -172,3 +175,22 @@ def test_cache_root_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp
     assert default_cache_root() == tmp_path / "brain_mri_demo"
     monkeypatch.delenv("PROXYANO_PLUGIN_CACHE")
     assert default_cache_root() == Path("datasets") / "brain_mri_demo"
+
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], None]]:
+    """Set the process umask for one test; the original is restored after it."""
+    original = os.umask(0o022)
+    yield os.umask
+    os.umask(original)
+
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o755), (0o077, 0o700)])
+def test_generated_tree_has_the_mode_the_umask_gives(
+    tmp_path: Path, umask: Callable[[int], None], mask: int, mode: int
+) -> None:
+    """Not ``mkdtemp``'s 0700 carried over by the rename: others may read a cache the umask lets them read."""
+    umask(mask)
+    directory = materialise_demo(SMALL, tmp_path)
+    assert stat.S_IMODE(directory.stat().st_mode) == mode
+    assert stat.S_IMODE((directory / "train/good").stat().st_mode) == mode

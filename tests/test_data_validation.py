@@ -94,6 +94,17 @@ def test_16_bit_images_are_flagged_once_per_folder(tree: Path) -> None:
     assert str(tree / "good" / "a.png") in message
 
 
+def test_images_with_an_alpha_channel_are_flagged_once_per_folder(tree: Path) -> None:
+    for name in ("a", "c"):
+        write_png(tree / "good" / f"{name}.png", channels=2)  # LA: grayscale with alpha
+    message = only(check(tree), "alpha")
+    assert message == (
+        f"2 normal images have an alpha channel (first: {tree / 'good' / 'a.png'}); anomalib's reader drops it, "
+        "so transparent pixels count with the colour they store: flatten them onto a background first if that "
+        "is not what they show"
+    )
+
+
 def test_missing_mask(tree: Path) -> None:
     (tree / "masks" / "y.png").unlink()
     message = only(check(tree), "mask_missing")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -458,3 +460,17 @@ def test_one_brats_sized_volume_is_fast(tmp_path: Path) -> None:
     assert summary.slices["test/abnormal"] == 30
     assert summary.dropped["ambiguous_lesion"] == 2
     assert elapsed < 10, f"one 240x240x155 volume took {elapsed:.1f} s"
+
+
+def test_prepared_output_has_the_mode_the_umask_gives(tmp_path: Path) -> None:
+    """``staged_output`` writes into a ``mkdtemp`` folder (0700); the output must get the umask's mode."""
+    from proxyano_plugin.prepare.pipeline import staged_output
+
+    original = os.umask(0o027)
+    try:
+        with staged_output(tmp_path / "out") as staging:
+            (staging / "train").mkdir()
+    finally:
+        os.umask(original)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "out" / "train").stat().st_mode) == 0o750

@@ -1,11 +1,12 @@
 """CachedProxy: per-image hits and misses, invalidation, disk round trip, output validation."""
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from proxyano_plugin.proxies import BlurProxy, CachedProxy, ProxyOutputError
+from proxyano_plugin.proxies import BlurProxy, CachedProxy, ProxyOutputError, SuperpixelProxy
 
 
 class CountingProxy:
@@ -43,8 +44,8 @@ class BrokenProxy:
         return output
 
 
-def _images(count: int, seed: int = 0) -> torch.Tensor:
-    return torch.rand(count, 1, 6, 6, generator=torch.Generator().manual_seed(seed))
+def _images(count: int, seed: int = 0, size: int = 6) -> torch.Tensor:
+    return torch.rand(count, 1, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def test_computes_only_the_misses_and_counts_them() -> None:
@@ -115,9 +116,53 @@ def test_memory_limit_evicts_least_recently_used() -> None:
     cached(a)
     cached(b)
     assert (cached.hits, cached.misses) == (2, 4)
-    disk_only = CachedProxy(CountingProxy(), max_items=0)
-    disk_only(a), disk_only(a)
-    assert disk_only.hits == 0
+
+
+def _resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident size from /proc")
+def test_memory_stays_flat_over_augmented_epochs_and_repeated_images_still_hit() -> None:
+    """50 epochs of 16 fixed and 48 always-new (augmented) 64 px images: the cache stays at its limit.
+
+    Unbounded, it would gain 48 x 16 KB per epoch (30 MB over the last 40 epochs) and never hit them.
+    """
+    fixed = _images(16, size=64)
+    cached = CachedProxy(CountingProxy(), max_items=64)
+    resident = []
+    for epoch in range(50):
+        augmented = torch.rand(48, 1, 64, 64, generator=torch.Generator().manual_seed(epoch + 1))
+        for batch in torch.cat([fixed, augmented]).split(32):
+            torch.testing.assert_close(cached(batch), batch + 0.5)
+        assert len(cached) <= 64
+        resident.append(_resident_bytes())
+    # Between two reads of a fixed image come at most 63 others, so the least-recently-used rule keeps it.
+    assert (cached.hits, cached.misses) == (16 * 49, 16 + 48 * 50)
+    assert resident[-1] - resident[9] < 10 * 2**20
+
+
+def test_no_cache_calls_the_proxy_directly_without_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_hashing(image: torch.Tensor) -> str:
+        raise AssertionError("hashed although nothing is cached")
+
+    monkeypatch.setattr("proxyano_plugin.proxies.cache._digest", no_hashing)
+    proxy = CountingProxy()
+    cached = CachedProxy(proxy, max_items=0)
+    assert not cached.caching
+    images = _images(3)
+    torch.testing.assert_close(cached(images), images + 0.5)
+    cached(images)
+    assert (cached.hits, cached.misses, len(cached), proxy.batches) == (0, 0, 0, [3, 3])
+
+
+def test_cached_and_uncached_superpixel_proxies_are_identical() -> None:
+    images = _images(6, size=32).expand(-1, 3, -1, -1)
+    cached = CachedProxy(SuperpixelProxy())
+    first = cached(images[:4])
+    mixed = cached(images[2:])  # two hits, two misses computed as a batch of two
+    uncached = CachedProxy(SuperpixelProxy(), max_items=0)(images)
+    assert torch.equal(torch.cat([first, mixed[2:]]), uncached)
 
 
 def test_returns_input_dtype_and_computes_on_cpu() -> None:
@@ -135,6 +180,7 @@ def test_returns_input_dtype_and_computes_on_cpu() -> None:
     assert seen == ["cpu"]
 
 
+@pytest.mark.parametrize("max_items", [None, 0])
 @pytest.mark.parametrize(
     ("fault", "message"),
     [
@@ -142,17 +188,18 @@ def test_returns_input_dtype_and_computes_on_cpu() -> None:
         ("nan", r"proxy broken\(\) returned NaN or inf for 1 of 2 images"),
     ],
 )
-def test_bad_proxy_output_is_caught(fault: str, message: str) -> None:
+def test_bad_proxy_output_is_caught(fault: str, message: str, max_items: int | None) -> None:
     with pytest.raises(ProxyOutputError, match=message):
-        CachedProxy(BrokenProxy(fault))(_images(2))
+        CachedProxy(BrokenProxy(fault), max_items=max_items)(_images(2))
 
 
-def test_non_finite_input_is_refused_before_computing() -> None:
+@pytest.mark.parametrize("max_items", [None, 0])
+def test_non_finite_input_is_refused_before_computing(max_items: int | None) -> None:
     proxy = CountingProxy()
     images = _images(2)
     images[1, 0, 2, 2] = float("inf")
     with pytest.raises(ValueError, match=r"proxy counting\(offset=0.5\): the input images contain NaN or inf"):
-        CachedProxy(proxy)(images)
+        CachedProxy(proxy, max_items=max_items)(images)
     assert proxy.batches == []
 
 

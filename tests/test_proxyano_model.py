@@ -56,6 +56,18 @@ def test_superpixel_proxies_are_cached_across_epochs():
     _train(model, batch, steps=2)
     assert model.proxy_extractor.misses == 8
     assert model.proxy_extractor.hits == 8
+    assert model.proxy_extractor.max_items == 10_000
+
+
+def test_training_without_the_proxy_cache_is_the_same_training():
+    runs = []
+    for cache_items in (10_000, 0):
+        lightning.seed_everything(3)
+        model = ProxyAno(**TINY, proxy="superpixel", proxy_cache_items=cache_items)
+        _train(model, _batch(), steps=2)
+        runs.append(torch.cat([parameter.detach().flatten() for parameter in model.model.parameters()]))
+    assert len(model.proxy_extractor) == 0
+    assert torch.equal(runs[0], runs[1])
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])
@@ -107,6 +119,7 @@ def test_nan_loss_stops_training_with_a_clear_message():
         ({"score_topk": 0.0}, "score_topk"),
         ({"reconstruct_from": "image"}, "set proxy='identity'"),
         ({"reconstruct_from": "pem", "proxy": "identity"}, "reconstruct_from must be one of"),
+        ({"proxy_cache_items": None}, "proxy_cache_items must be a non-negative integer"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, message):

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning
+import numpy as np
 import torch
 from anomalib.data import AnomalibDataModule
 from anomalib.models import AnomalibModule
 from jsonargparse import ActionConfigFile, ArgumentParser
+from PIL import Image
 
 
 def parse_data(*args: str) -> AnomalibDataModule:
@@ -28,3 +30,24 @@ def save_checkpoint(model: AnomalibModule, path: Path) -> None:
     }
     model.on_save_checkpoint(checkpoint)
     torch.save(checkpoint, path)
+
+
+def write_tiny_folder_dataset(root: Path) -> None:
+    """8 normal training images, 4 normal and 4 abnormal test images with masks, 64 px grayscale PNGs.
+
+    Laid out for ``anomalib.data.Folder``: ``train/good``, ``test/good``, ``test/bad``, ``mask/bad``.
+    """
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    for sub, count, abnormal in (("train/good", 8, False), ("test/good", 4, False), ("test/bad", 4, True)):
+        (root / sub).mkdir(parents=True)
+        for index in range(count):
+            image = 0.5 + 0.2 * np.sin(xx / 7 + rng.uniform(0, 3)) * np.cos(yy / 9)
+            mask = np.zeros((64, 64), dtype=bool)
+            if abnormal:
+                cy, cx = rng.integers(16, 48, 2)
+                mask = (yy - cy) ** 2 + (xx - cx) ** 2 < 64
+                image[mask] = 1.0
+                (root / "mask/bad").mkdir(parents=True, exist_ok=True)
+                Image.fromarray(mask.astype(np.uint8) * 255).save(root / "mask/bad" / f"{index}.png")
+            Image.fromarray((image * 255).astype(np.uint8)).save(root / sub / f"{index}.png")

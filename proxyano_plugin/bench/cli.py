@@ -4,8 +4,9 @@
     proxyano-bench report DIR
     proxyano-bench list
 
-Exit codes: 0 all runs ok (or skipped), 1 some run failed, 2 the suite or the command is invalid,
-130 interrupted (finished runs are kept; continue with ``--resume``).
+Exit codes: 0 all runs ok (or skipped), 1 some run failed, 2 the suite or the command is invalid, or the
+results folder cannot be written (read-only, full), 130 interrupted (finished runs are kept; continue with
+``--resume``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a suite (models x datasets x seeds), one record per run")
     run.add_argument("suite", help=f"a suite YAML file, or a shipped suite: {', '.join(shipped_suites())}")
     run.add_argument("--output", type=Path, help=f"results directory (default: {DEFAULT_RESULTS}/<suite name>)")
-    run.add_argument("--resume", action="store_true", help="skip runs already recorded as ok; append the rest")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip runs recorded as ok, continue unfinished ones from their checkpoint, append the rest",
+    )
     run.add_argument(
         "--only",
         metavar="PATTERN",
@@ -106,11 +111,24 @@ def _report(
     subsets: dict[str, list[dict[str, str]]] | None = None,
     shortcuts: dict[str, str] | None = None,
 ) -> int:
+    from proxyano_plugin.bench.records import RECORDS_NAME, check_writable, write_failed
     from proxyano_plugin.bench.report import write_report
 
-    for path in write_report(directory, subsets, shortcuts):
+    if (directory / RECORDS_NAME).is_file():  # else write_report says there is nothing to report
+        fix = f"make it writable, or report on a writable copy (cp -r {directory} /tmp/report)"
+        check_writable(directory, fix)
+    try:
+        paths = write_report(directory, subsets, shortcuts, warn=_warn)
+    except OSError as error:
+        target = Path(error.filename) if error.filename else directory / "report.md"
+        raise write_failed(target, error, f"run proxyano-bench report {directory}") from None
+    for path in paths:
         print(f"wrote {path}")
     return EXIT_OK
+
+
+def _warn(message: str) -> None:
+    print(f"proxyano-bench: warning: {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

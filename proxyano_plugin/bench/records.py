@@ -7,10 +7,13 @@ line of a file whose writer was killed mid-write is expected to be truncated.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +55,69 @@ def session_overhead(wall_s: float, runs: Iterable[tuple[float, float, float]]) 
 
 
 class ResultsError(RuntimeError):
-    """The output directory cannot be used as asked (exists, locked)."""
+    """The output directory cannot be used as asked (exists, locked, not writable, full)."""
+
+
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+# What a results directory holds, biggest first in practice, and what deleting it costs.
+_FREEABLE = (
+    ("runs", "checkpoints of unfinished runs; deleting them restarts those runs"),
+    ("examples", "gallery images of the report"),
+    ("logs", "the runs' logs"),
+)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def _folder_size(folder: Path) -> int:
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except OSError:
+            continue
+    return total
+
+
+def disk_full_hint(directory: Path) -> str:
+    """How much is free where ``directory`` lives, and which of its own folders could be freed."""
+    try:
+        free = f"{_megabytes(shutil.disk_usage(directory).free)} free there"
+    except OSError:
+        free = "free space unknown"
+    own = [(name, _folder_size(directory / name), why) for name, why in _FREEABLE if (directory / name).is_dir()]
+    listed = "; ".join(f"{directory / name}/ holds {_megabytes(size)} ({why})" for name, size, why in own if size)
+    return f"{free}; free space on that disk (other files on it first{'; ' + listed if listed else ''})"
+
+
+def write_failed(path: Path, error: OSError, then: str) -> ResultsError:
+    """A :class:`ResultsError` for a failed write of ``path``: a full disk says what to free, ``then`` what next."""
+    if error.errno in _FULL:
+        msg = f"no space left to write {path}: {disk_full_hint(path.parent)}; then {then}"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        msg = f"cannot write {path} ({error.strerror}): make {path.parent} writable, then {then}"
+    else:
+        msg = f"cannot write {path} ({error.strerror or error}): then {then}"
+    return ResultsError(msg)
+
+
+def check_writable(directory: Path, fix: str) -> None:
+    """Refuse at once a ``directory`` this process cannot create files in (read-only mode bits or mount).
+
+    A trial file is created and deleted: ``os.access`` misjudges root, ACLs and read-only mounts. ``fix``
+    ends the message (what to do instead).
+    """
+    try:
+        with tempfile.TemporaryFile(dir=directory, prefix=".writable-"):
+            pass
+    except OSError as error:
+        if error.errno in _FULL:
+            msg = f"{directory} has no space left: {disk_full_hint(directory)}"
+        else:
+            msg = f"{directory} is not writable ({error.strerror or error}): {fix}"
+        raise ResultsError(msg) from None
 
 
 @dataclass
@@ -72,13 +137,37 @@ class Records:
         return list(by_id.values())
 
 
+def _write_all(descriptor: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (a write may take only part of it)."""
+    written = 0
+    while written < len(data):
+        written += os.write(descriptor, data[written:])
+
+
 def append_record(path: Path, record: dict[str, Any]) -> None:
-    """Append one record as a single line and make it durable before returning."""
-    line = json.dumps(record, sort_keys=True, default=str, allow_nan=False)
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Append one record as a single line and make it durable before returning.
+
+    A write that fails part-way (a full disk) is cut back off, so the file keeps whole lines only, and
+    raised as a :class:`ResultsError` that says what to free.
+    """
+    data = (json.dumps(record, sort_keys=True, default=str, allow_nan=False) + "\n").encode("utf-8")
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as error:
+        raise write_failed(path, error, "run the same command again") from None
+    try:
+        start = os.fstat(descriptor).st_size
+        try:
+            _write_all(descriptor, data)
+            os.fsync(descriptor)
+        except OSError as error:
+            # Shrinking needs no space; should it fail anyway, readers skip a cut-off last line (and run_suite
+            # repairs the file).
+            with suppress(OSError):
+                os.ftruncate(descriptor, start)
+            raise write_failed(path, error, "continue with --resume (the file holds whole records only)") from None
+    finally:
+        os.close(descriptor)
 
 
 def read_records(path: Path) -> Records:
@@ -94,8 +183,8 @@ def read_records(path: Path) -> Records:
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as error:
-                ending = "" if line.endswith("\n") else " (truncated last line: the writer was interrupted)"
-                result.problems.append(f"{path}:{number}: not valid JSON{ending}: {error.msg}")
+                why = f"not valid JSON: {error.msg}" if line.endswith("\n") else "cut off (its writer was interrupted)"
+                result.problems.append(f"{path}:{number}: {why}")
                 continue
             if not isinstance(record, dict) or "run_id" not in record or "status" not in record:
                 result.problems.append(f"{path}:{number}: not a run record (no run_id/status)")
@@ -107,11 +196,15 @@ def read_records(path: Path) -> Records:
 def repair(path: Path, records: Records) -> None:
     """Rewrite the file with only its valid lines, so that appends start on a clean line."""
     tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for record in records.records:
-            handle.write(json.dumps(record, sort_keys=True, default=str) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            for record in records.records:
+                handle.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        tmp.unlink(missing_ok=True)  # the original is untouched
+        raise write_failed(tmp, error, "run the same command again") from None
     backup = path.with_suffix(".jsonl.corrupt")
     os.replace(path, backup)
     os.replace(tmp, path)
@@ -126,7 +219,10 @@ def locked(directory: Path) -> Iterator[None]:
     import fcntl  # POSIX only; imported here so that reading records works everywhere.
 
     path = directory / LOCK_NAME
-    handle = path.open("a+")
+    try:
+        handle = path.open("a+")
+    except OSError as error:
+        raise write_failed(path, error, "run the same command again") from None
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -96,17 +96,22 @@ def write_report(
     directory: Path,
     subsets: Mapping[str, list[dict[str, str]]] | None = None,
     shortcuts: Mapping[str, str] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Write the report files into ``directory``; returns their paths.
 
     ``subsets`` (dataset name to ``[{"name", "split_csv"}]``, e.g. from the suite just run) add to and replace,
     by name, the subsets the records carry: a subset added to a suite is reported without training again.
     ``shortcuts`` (dataset name to a ``shortcuts.csv``) likewise replace the ones the records carry.
+    ``warn`` gets one line per unreadable line of the records (e.g. one cut off by a killed writer), which the
+    report leaves out: a reader of the console would otherwise not know the tables miss a run.
     """
     loaded = records_io.read_records(directory / records_io.RECORDS_NAME)
     if not loaded.records:
         msg = f"{directory / records_io.RECORDS_NAME}: no records to report"
         raise records_io.ResultsError(msg)
+    for problem in loaded.problems if warn else ():
+        warn(f"{problem} (left out of the report)")
     latest = loaded.latest()
     groups = group_runs(latest)
     extras = Extras()

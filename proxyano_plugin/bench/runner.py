@@ -353,7 +353,12 @@ def run_suite(
             log(f"{state:4}  {spec.run_id}  {spec.name}{reason}")
         log(f"{len(runs)} runs; {len(slots)} at a time; results would go to {output}")
         return EXIT_OK
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise records.write_failed(output, error, "run the same command again, or pass another --output") from None
+    # Up front: a folder that refuses writes would otherwise fail at the lock (or a run's record) with a traceback.
+    records.check_writable(output, "make it writable, or pass --output DIR for a writable folder")
     with records.locked(output):
         existing = records.read_records(records_path)
         if not resume and records_path.exists() and records_path.stat().st_size > 0:
@@ -379,7 +384,12 @@ def run_suite(
             runner.run(todo)
             interrupted = False
         finally:
-            _log_session(output, runner, started_at, session_start, startup_s, interrupted)
+            try:
+                _log_session(output, runner, started_at, session_start, startup_s, interrupted)
+            except records.ResultsError as error:
+                if not interrupted:
+                    raise
+                log(f"warning: the session was not logged: {error}")  # keep the error that stopped the suite
     failed = [r for r in runner.results if r["status"] == "failed"]
     if failed:
         log(f"{len(failed)} of {len(runner.results)} runs failed: " + ", ".join(r["name"] for r in failed))

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -174,6 +173,8 @@ def demo_dir(spec: DemoSpec, root: str | Path | None = None) -> Path:
 
 def materialise_demo(spec: DemoSpec, root: str | Path | None = None) -> Path:
     """Write the Folder tree for ``spec`` unless it is already there; return its directory."""
+    from proxyano_plugin.prepare.pipeline import staging_dir  # prepare imports this package
+
     target = demo_dir(spec, root)
     if (target / "manifest.json").is_file():
         return target
@@ -182,7 +183,7 @@ def materialise_demo(spec: DemoSpec, root: str | Path | None = None) -> Path:
         raise FileExistsError(msg)
     target.parent.mkdir(parents=True, exist_ok=True)
     logger.info("Generating the BrainMRIDemo dataset in %s", target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    staging = staging_dir(target)
     try:
         _write_tree(staging, spec)
         os.rename(staging, target)

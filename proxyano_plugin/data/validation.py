@@ -33,6 +33,7 @@ PROBLEM_KINDS = (
     "unreadable",  # an image or mask does not decode in full; skipped unless strict
     "non_finite",  # a float image holds NaN or infinite values; skipped unless strict
     "16_bit",  # anomalib's reader would clip the values
+    "alpha",  # anomalib's RGB conversion drops the transparency channel
     "mixed_sizes",  # the images do not all have one size (anomalib resizes them all to the model's input)
     "mixed_channels",  # grayscale and colour images are mixed (anomalib converts every image to RGB)
     "no_masks",  # pixel metrics are requested but abnormal images have no masks
@@ -49,6 +50,7 @@ SKIPPED_KINDS = ("unreadable", "non_finite")
 _SHOWN = 20  # problems listed in one error or log burst before "... and N more"
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError)  # what PIL raises for damaged files
 _16_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _GRAY_MODES = {"1", "L", "LA", "F", *_16_BIT_MODES}  # anomalib's RGB conversion replicates these
 
 
@@ -292,8 +294,8 @@ def inspect_images(
     """Decode every image of every group (e.g. ``{"normal_dir": [...], "abnormal_dir": [...]}``).
 
     Returns the problems (unreadable or non-finite files, skippable unless ``strict``; 16-bit files once per
-    group unless ``full_depth``; mixed sizes and mixed grayscale/colour across all groups, as warnings),
-    the summary, and what was learnt of each readable file.
+    group unless ``full_depth``; files with an alpha channel once per group; mixed sizes and mixed
+    grayscale/colour across all groups, as warnings), the summary, and what was learnt of each readable file.
     """
     problems: list[DataProblem] = []
     summary = DatasetSummary()
@@ -301,7 +303,7 @@ def inspect_images(
     for group, files in groups.items():
         role = f"{group.removesuffix('_dir')} image"
         counts = summary.groups.setdefault(group, GroupSummary())
-        deep = []
+        deep, transparent = [], []
         for path in files:
             try:
                 info = decode(path)
@@ -321,6 +323,8 @@ def inspect_images(
             summary.modes[info.mode] += 1
             if info.mode in _16_BIT_MODES and not full_depth:
                 deep.append(path)
+            if info.mode in _ALPHA_MODES:
+                transparent.append(path)
         if deep:
             message = (
                 f"{len(deep)} {role}s are 16-bit (first: {deep[0]}); anomalib's reader clips them to 0-255: "
@@ -328,6 +332,13 @@ def inspect_images(
                 "depth, or rescale them to 8-bit first"
             )
             problems.append(DataProblem("16_bit", deep[0], message, False))
+        if transparent:
+            message = (
+                f"{len(transparent)} {role}s have an alpha channel (first: {transparent[0]}); anomalib's reader "
+                "drops it, so transparent pixels count with the colour they store: flatten them onto a "
+                "background first if that is not what they show"
+            )
+            problems.append(DataProblem("alpha", transparent[0], message, False))
     summary.skipped = sum(problem.kind in SKIPPED_KINDS for problem in problems)
     return problems + _mixed(infos), summary, infos
 

@@ -12,6 +12,8 @@ from anomalib import LearningType
 from anomalib.pre_processing import PreProcessor
 from torchvision.transforms.v2 import Compose, Resize
 
+from proxyano_plugin.models.checkpoints import CheckedCheckpoint
+
 
 def to_model_channels(images: torch.Tensor, in_channels: int, model_name: str) -> torch.Tensor:
     """Reduce anomalib's 3-channel batch to ``in_channels`` (1: channel mean, 3: unchanged)."""
@@ -29,8 +31,11 @@ def resize_pre_processor(image_size: tuple[int, int]) -> PreProcessor:
     return PreProcessor(transform=Compose([Resize(list(image_size), antialias=True)]))
 
 
-class OneClassReconstruction:
-    """Mixin (listed before ``AnomalibModule``) for models trained on normal images to reproduce their input."""
+class OneClassReconstruction(CheckedCheckpoint):
+    """Mixin (listed before ``AnomalibModule``) for models trained on normal images to reproduce their input.
+
+    ``load_from_checkpoint`` checks the file first (:class:`~proxyano_plugin.models.checkpoints.CheckedCheckpoint`).
+    """
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:

@@ -382,6 +382,19 @@ def write_tree(
     return summary
 
 
+def staging_dir(target: Path) -> Path:
+    """A new hidden sibling folder to write ``target`` into, with the mode a plain ``mkdir`` would give.
+
+    ``tempfile.mkdtemp`` creates it 0700, which the rename would carry to ``target``: a dataset others on the
+    machine could not read although the umask (typically 022) says they may.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
+    return staging
+
+
 @contextmanager
 def staged_output(output: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a hidden sibling folder to write ``output`` into; move it into place only if the block succeeds.
@@ -393,7 +406,7 @@ def staged_output(output: Path, overwrite: bool = False) -> Iterator[Path]:
         msg = f"--output {output} already exists: pass --overwrite to replace it"
         raise PrepareError(msg)
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    staging = staging_dir(output)
     try:
         yield staging
         _move_into_place(staging, output)

@@ -1,7 +1,9 @@
 """Per-image proxy cache (memory, optionally disk), keyed by image content and proxy parameters.
 
 ProxyAno needs the proxy of every training image in every epoch, but the proxy of an image never changes:
-computing it once turns the superpixel proxy from a per-step cost into a first-epoch cost.
+computing it once turns the superpixel proxy from a per-step cost into a first-epoch cost. That only pays
+when images repeat: with random augmentations every image is new, so the memory cache is bounded (least
+recently used go first) and can be switched off, which also skips its host copy and hashing.
 """
 
 from __future__ import annotations
@@ -26,15 +28,20 @@ class CachedProxy:
 
     An image's entry is keyed by a hash of its tensor content (bytes, dtype, shape) together with the
     proxy's ``cache_key``, so changing a parameter never returns stale proxies. Misses of a batch are
-    computed in one call on CPU (the extractor parallelises it: see :class:`~.base.PerImageProxy`), checked
-    (shape, finite values), and returned on the input's device and dtype.
+    computed in one call on CPU (the extractor parallelises it: see :class:`~.base.PerImageProxy`), so that
+    cached proxies do not depend on the device that asked first; they are checked (shape, finite values)
+    and returned on the input's device and dtype.
+
+    With ``max_items=0`` and no ``cache_dir`` nothing is cached: the proxy runs on the input where it is
+    (on the GPU for torch proxies), with the same checks but no host copy and no hashing.
 
     Args:
         proxy: The extractor to cache.
         cache_dir: Optional folder for an on-disk cache shared across runs and processes: one ``.npy`` per
-            image under a sub-folder named after the parameters; written atomically.
+            image under a sub-folder named after the parameters; written atomically. Unbounded: meant for
+            fixed image sets, not for randomly augmented ones.
         max_items: Memory cache size in images (least recently used go first); ``None`` = unbounded,
-            0 = disk only.
+            0 = none (disk only, or no cache at all without ``cache_dir``).
     """
 
     def __init__(
@@ -63,16 +70,27 @@ class CachedProxy:
         """The wrapped proxy's cache key (caching does not change the output)."""
         return self.proxy.cache_key
 
+    @property
+    def caching(self) -> bool:
+        """Whether proxies are kept anywhere (memory or disk); if not, calls pass straight to the proxy."""
+        return self.max_items != 0 or self.cache_dir is not None
+
+    def __len__(self) -> int:
+        """Proxies held in memory."""
+        return len(self._memory)
+
     def __repr__(self) -> str:
         return f"CachedProxy({self.proxy!r}, cache_dir={self.cache_dir!r}, max_items={self.max_items!r})"
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Proxies of ``images``, computing only those not cached yet."""
         check_images(images, self.name)
-        cpu = images.detach().to("cpu").contiguous()
-        if not bool(torch.isfinite(cpu).all()):
+        if not bool(torch.isfinite(images).all()):
             msg = f"proxy {self.cache_key}: the input images contain NaN or inf values"
             raise ValueError(msg)
+        if not self.caching:
+            return self._compute(images.detach()).to(images.device, images.dtype)
+        cpu = images.detach().to("cpu").contiguous()
         key = self.proxy.cache_key
         digests = [_digest(image) for image in cpu]
         results = [self._lookup(key, digest, image.shape) for digest, image in zip(digests, cpu, strict=True)]
@@ -80,8 +98,9 @@ class CachedProxy:
         self.hits += len(results) - len(missing)
         self.misses += len(missing)
         if missing:
-            computed = self._compute(cpu[missing])
-            for index, proxy in zip(missing, computed, strict=True):
+            computed = self._compute(cpu[missing]).to("cpu")
+            for index, row in zip(missing, computed, strict=True):
+                proxy = row.clone()  # its own storage: a view would keep its whole batch alive in the cache
                 results[index] = proxy
                 self._remember(key, digests[index], proxy)
                 self._write(key, digests[index], proxy)
@@ -97,7 +116,7 @@ class CachedProxy:
         if not bool(finite.all()):
             msg = f"proxy {self.cache_key} returned NaN or inf for {int((~finite).sum())} of {len(batch)} images"
             raise ProxyOutputError(msg)
-        return output.detach().to("cpu")
+        return output.detach()
 
     def _lookup(self, key: str, digest: str, shape: torch.Size) -> torch.Tensor | None:
         entry = self._memory.get((key, digest))

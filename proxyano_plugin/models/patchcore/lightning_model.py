@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 from anomalib.metrics import Evaluator
-from anomalib.models import Patchcore
+from anomalib.models import AnomalibModule, Patchcore
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
@@ -26,11 +26,13 @@ LITE0_LAYERS = ("blocks.2", "blocks.4")  # stride 8 and 16: 40 and 112 channels
 CORESET_SAMPLERS = ("low_memory", "anomalib")
 
 
-class PatchcoreLite0(Patchcore):
+class PatchcoreLite0(Patchcore, AnomalibModule):
     """PatchCore with timm's ``efficientnet_lite0`` backbone, pretrained on ImageNet, loaded offline.
 
     The weights are loaded into the feature extractor right after anomalib builds it (with
     ``pre_trained=False``, so timm never contacts the hub), and the log names the file they came from.
+    ``AnomalibModule`` is named as a base although ``Patchcore`` already is one: ``get_model`` and
+    ``list_models`` look only at its direct subclasses (the method resolution order is unchanged).
 
     Args:
         layers: Backbone blocks whose features form the patch embedding (default: stride 8 and 16).
