@@ -32,7 +32,7 @@ from proxyano_plugin.bench.cli import main
 from proxyano_plugin.bench.metrics import compute_metrics
 from proxyano_plugin.bench.runner import device_slots, run_suite
 from proxyano_plugin.bench.suite import SuiteError, load_suite
-from proxyano_plugin.models.image_inputs import OneClassReconstruction
+from proxyano_plugin.models.base import OneClassReconstruction
 
 HERE = Path(__file__).parent
 TOYS = __name__  # class paths below: f"{TOYS}.MeanScore"
@@ -673,6 +673,27 @@ def test_report_splits_runs_whose_settings_differ() -> None:
     assert sorted(groups) == ["Autoencoder [max_epochs=600]", "Autoencoder [max_epochs=unset]"]
     assert len(groups["Autoencoder [max_epochs=600]"].runs) == 3
     assert len(groups["Autoencoder [max_epochs=unset]"].runs) == 2
+
+
+def test_report_shows_the_validation_score_and_how_many_runs_have_it(tmp_path: Path) -> None:
+    """The label-free selection score gets its own column; runs recorded before it existed are counted out."""
+    loaded = records.read_records(HERE / "data" / "bench_records.jsonl").records
+    autoencoder = [r for r in loaded if r["model"]["name"] == "Autoencoder" and r["dataset"]["name"] == "demo"]
+    autoencoder[0] = {**autoencoder[0], "selected_scores": {"image_auroc": 0.7, "pixel_auroc": 0.9, "selection": 0.8}}
+    path = tmp_path / records.RECORDS_NAME
+    for record in autoencoder:
+        records.append_record(path, record)
+
+    from proxyano_plugin.bench.report import write_report
+
+    write_report(tmp_path)
+
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    header = next(index for index, line in enumerate(lines) if line.startswith("| Model | n |"))
+    titles, row = ([cell.strip() for cell in lines[index].split("|")] for index in (header, header + 2))
+    assert row[titles.index("Validation (selection)")] == "80.0 (n=1)"
+    summary = (tmp_path / "summary.csv").read_text().splitlines()
+    assert "val_selection_mean,val_selection_std" in summary[0]
 
 
 def test_report_matches_golden(tmp_path: Path) -> None:

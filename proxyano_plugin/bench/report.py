@@ -63,6 +63,9 @@ COLUMNS = (
     Column("pixel_aupro", "Pixel AUPRO", _metric("pixel_aupro"), True, 1, 100),
     Column("pixel_aupr", "Pixel AUPR", _metric("pixel_aupr"), True, 1, 100),
     Column("pixel_dice_oracle", "Pixel Dice (oracle)", _metric("pixel_dice_oracle"), True, 1, 100),
+    # The label-free validation score the run's epoch was chosen on (ProxyAno on a lesion validation set):
+    # what a design choice may be read from, where every column before it is the test split's.
+    Column("val_selection", "Validation (selection)", _section("selected_scores", "selection"), True, 1, 100),
     Column("throughput_ips", "Throughput (img/s)", _section("perf", "throughput_ips"), True),
     Column("latency_ms", "Latency b1 (ms)", _section("perf", "latency_ms"), False),
     Column("fit_s", "Fit (s)", _section("timing", "fit_s"), False),
@@ -691,7 +694,9 @@ def _dataset_table(dataset: str, groups: list[Group]) -> list[str]:
                 cells.append("–")
                 continue
             text = column.format(mean, std)
-            cells.append(f"**{text}**" if best[column.key] is not None and mean == best[column.key] else text)
+            text = f"**{text}**" if best[column.key] is not None and mean == best[column.key] else text
+            counted = len(group.values(column))
+            cells.append(text if counted == len(group.runs) else f"{text} (n={counted})")  # e.g. older records
         lines.append(f"| {group.model} | {len(group.runs)} | " + " | ".join(cells) + " |")
     return lines
 
