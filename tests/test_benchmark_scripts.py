@@ -1,5 +1,5 @@
 """The analysis scripts in benchmarks/: split_shortcuts.py (per-image statistics as anomaly scores) and
-proxyano_sweep.py's --table (the results READMEs' tables from its raw output)."""
+proxyano_sweep.py's --table (the results READMEs' tables from its raw output) and proxyano_profile.py (time per module)."""
 
 import importlib.util
 import json
@@ -177,3 +177,20 @@ def test_sweep_table_prints_every_line_of_every_output_in_percent(tmp_path: Path
     assert rows[2] == "| a | 2 | 55.6 |  |  |  | 80.0 |  |"
     assert rows[3] == "| a | 4 | 25.0 |  | 10.0 |  |  |  |"
     assert rows[4] == "| b | 30 |  |  |  |  |  | 19.0 |"
+
+
+def test_proxyano_profile_splits_the_forward_pass_by_module(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every timed part gets a row with its FLOPs; the parts' FLOPs add up to the whole pass's."""
+    profile = load_script("proxyano_profile")
+    monkeypatch.setattr("sys.argv", ["proxyano_profile.py", "--sizes", "32", "--batch-size", "2", "--repeats", "1"])
+    profile.main()
+    printed = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in printed.splitlines() if line.startswith(("pem.", "irm."))}
+    assert sorted(rows) == ["irm.decoder", "irm.encoder", "pem.decoder", "pem.encoder", "pem.memory"]
+    assert all(float(values[2]) > 0 for values in rows.values())  # MFLOP per image
+    header = next(line for line in printed.splitlines() if line.startswith("== 32 px"))
+    total = float(header.split(", ")[1].split()[0])
+    parts = sum(float(values[2]) for values in rows.values())
+    assert abs(total - parts) < 1.0  # the scoring head is a fraction of a MFLOP
