@@ -1,5 +1,6 @@
-"""The analysis scripts in benchmarks/: split_shortcuts.py (per-image statistics as anomaly scores) and
-proxyano_sweep.py's --table (the results READMEs' tables from its raw output) and proxyano_profile.py (time per module)."""
+"""The analysis scripts in benchmarks/: split_shortcuts.py (per-image statistics as anomaly scores),
+proxyano_sweep.py's --table (the results READMEs' tables from its raw output) and proxyano_profile.py (time
+per module)."""
 
 import importlib.util
 import json
