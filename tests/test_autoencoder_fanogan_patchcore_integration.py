@@ -158,3 +158,24 @@ def test_get_model_resolves_each_model_by_its_class_name(name):
 
     model_class, arguments = TINY_MODELS[name]
     assert type(get_model(model_class.__name__, **arguments)) is model_class
+
+
+@pytest.mark.parametrize("name", ["autoencoder", "fanogan", "proxyano"])
+def test_channels_last_on_the_cpu_gives_the_same_scores(name):
+    """The CPU memory format is a speed choice only: weights go channels-last, scores stay (to rounding)."""
+    from proxyano_plugin import ProxyAno
+
+    model_class, arguments = {**TINY_MODELS, "proxyano": (ProxyAno, {"image_size": 64, "widths": [8, 16, 32]})}[name]
+    lightning.seed_everything(0)
+    reference = model_class(**arguments).eval()
+    converted = model_class(**arguments).eval()
+    converted.load_state_dict(reference.state_dict())
+    converted.use_device_memory_format()
+
+    convolutions = [m.weight for m in converted.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convolutions
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convolutions)
+    with torch.no_grad():
+        expected, actual = reference.model(_images()), converted.model(_images())
+    torch.testing.assert_close(actual.pred_score, expected.pred_score, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(actual.anomaly_map, expected.anomaly_map, rtol=1e-4, atol=1e-5)

@@ -14,7 +14,7 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch.nn import functional as F  # noqa: N812
 
-from proxyano_plugin.models.image_inputs import OneClassReconstruction
+from proxyano_plugin.models.base import OneClassReconstruction
 
 from .torch_model import AutoencoderModel
 
@@ -50,14 +50,7 @@ class Autoencoder(OneClassReconstruction, AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        if pre_processor is True:
-            pre_processor = self.configure_pre_processor((image_size, image_size))
-        super().__init__(
-            pre_processor=pre_processor,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
+        super().__init__(pre_processor, post_processor, evaluator, visualizer, image_size=image_size)
         self.model = AutoencoderModel(in_channels, image_size, base_width, latent_size, hidden_size)
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
@@ -65,21 +58,12 @@ class Autoencoder(OneClassReconstruction, AnomalibModule):
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """One MSE step on a batch of normal images."""
         del args, kwargs
+        self.check_finite_images(batch)
         images, reconstructions = self.model.reconstruct(batch.image)
         loss = F.mse_loss(reconstructions, images)
-        if not torch.isfinite(loss):
-            msg = (
-                f"Autoencoder: training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
-                "lower --model.learning_rate or check the input intensities"
-            )
-            raise FloatingPointError(msg)
+        self.check_finite_loss(loss)
         self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=images.shape[0])
         return loss
-
-    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Score the validation batch with the exported inference path."""
-        del args, kwargs
-        return batch.update(**self.model(batch.image)._asdict())
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)

@@ -12,7 +12,7 @@ import torch
 from anomalib.data import InferenceBatch
 from torch import nn
 
-from proxyano_plugin.models.image_inputs import to_model_channels
+from proxyano_plugin.models.base import to_model_channels
 
 DOWNSAMPLING = 16  # four stride-2 stages
 

@@ -18,7 +18,7 @@ from anomalib.data import InferenceBatch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from proxyano_plugin.models.image_inputs import to_model_channels
+from proxyano_plugin.models.base import to_model_channels
 
 SUPPORTED_IMAGE_SIZES = (64, 128)
 BASE_RESOLUTION = 4  # the generator starts from, and the critic ends at, a 4x4 feature map

@@ -16,7 +16,7 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from proxyano_plugin.models.image_inputs import OneClassReconstruction
+from proxyano_plugin.models.base import OneClassReconstruction
 from proxyano_plugin.models.selection import BestEpoch
 from proxyano_plugin.proxies import CachedProxy, create_proxy
 
@@ -143,14 +143,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         if isinstance(proxy_cache_items, bool) or not isinstance(proxy_cache_items, int) or proxy_cache_items < 0:
             msg = f"proxy_cache_items must be a non-negative integer (0: no cache), got {proxy_cache_items!r}"
             raise ValueError(msg)
-        if pre_processor is True:
-            pre_processor = self.configure_pre_processor((image_size, image_size))
-        super().__init__(
-            pre_processor=pre_processor,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
+        super().__init__(pre_processor, post_processor, evaluator, visualizer, image_size=image_size)
         self.model = ProxyAnoModel(
             in_channels=in_channels,
             widths=widths,
@@ -176,29 +169,13 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         self.select_epoch = select_epoch
         self.best_epoch = BestEpoch()
 
-    def _model_images(self, batch: Batch) -> torch.Tensor:
-        """The batch in the model's channels, refusing NaN/inf early with the files that carry them."""
-        images = self.model.to_model_channels(batch.image)
-        finite = torch.isfinite(images).flatten(1).all(dim=1)
-        if not bool(finite.all()):
-            paths = batch.image_path or []
-            bad = [str(paths[i]) if i < len(paths) else f"batch index {i}" for i in (~finite).nonzero().flatten()]
-            msg = f"ProxyAno: input images contain NaN or inf values: {', '.join(bad)}"
-            raise ValueError(msg)
-        return images
-
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """One joint step of both networks (the IRM sees only detached PEM outputs)."""
         del args, kwargs
-        images = self._model_images(batch)
+        self.check_finite_images(batch)
+        images = self.model.to_model_channels(batch.image)
         terms = self.training_losses(images)
-        if not torch.isfinite(terms["loss"]):
-            values = ", ".join(f"{name}={value.item():.4g}" for name, value in terms.items())
-            msg = (
-                f"ProxyAno: training loss is not finite at epoch {self.current_epoch}, step {self.global_step} "
-                f"({values}); lower --model.learning_rate or check the input intensities"
-            )
-            raise FloatingPointError(msg)
+        self.check_finite_loss(terms["loss"], terms=terms)
         self.log_dict(
             {f"train_{name}": value for name, value in terms.items()},
             on_step=False,
@@ -223,13 +200,11 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         return self.loss(images, proxies, predicted, memory_weights, from_extracted, from_predicted)
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Score the validation batch with the exported inference path."""
-        del args, kwargs
-        self._model_images(batch)
-        outputs = self.model(batch.image)
+        """Score as every model does, then feed the scores to the label-free epoch selection."""
+        batch = super().validation_step(batch, *args, **kwargs)
         if self._selecting():
-            self.best_epoch.update(outputs.pred_score, batch.gt_label, outputs.anomaly_map, batch.gt_mask)
-        return batch.update(**outputs._asdict())
+            self.best_epoch.update(batch.pred_score, batch.gt_label, batch.anomaly_map, batch.gt_mask)
+        return batch
 
     def _selecting(self) -> bool:
         """Select epochs only on a validation set the datamodule declares label-free (never test images)."""

@@ -14,7 +14,7 @@ from anomalib.data import InferenceBatch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from proxyano_plugin.models.image_inputs import to_model_channels
+from proxyano_plugin.models.base import to_model_channels
 
 from .memory import MemoryModule
 
