@@ -206,6 +206,30 @@ def test_split_csv_reports_every_bad_line(csv_tree: Path) -> None:
     assert "line 4: file normal/x2.png" in str(error.value).splitlines()[1]
 
 
+def test_split_csv_file_linked_outside_the_root_is_named_with_the_fix(
+    csv_tree: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """anomalib refuses such a file with a bare 'Access denied'; the CSV check names it and says what to do."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    common = Path(os.path.commonpath([csv_tree, elsewhere]))
+    (csv_tree / "normal" / "n1.png").rename(elsewhere / "n1.png")
+    (csv_tree / "normal" / "n1.png").symlink_to(elsewhere / "n1.png")
+    inside = csv_tree / "normal" / "n2.png"
+    inside.rename(csv_tree / "n2-real.png")
+    inside.symlink_to(csv_tree / "n2-real.png")  # a link that stays under root is fine
+    path = csv_tree / "splits" / "basic.csv"
+
+    with pytest.raises(DatasetError) as error:
+        SplitCSV(root=csv_tree, split_csv="basic").setup()
+
+    assert [problem.kind for problem in error.value.problems] == ["outside_root"]
+    assert str(error.value) == (
+        f"{path} line 3: normal/n1.png is a link to {elsewhere / 'n1.png'}, outside root {csv_tree}, and anomalib "
+        f"reads only files under its root: copy the files into {csv_tree}, or set root to {common} (a folder "
+        "above both) with paths relative to it"
+    )
+
+
 def test_split_csv_missing_root_or_csv(csv_tree: Path) -> None:
     with pytest.raises(DatasetError, match=f"dataset root {csv_tree / 'nope'} does not exist"):
         SplitCSV(root=csv_tree / "nope", split_csv="basic")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -90,6 +91,8 @@ def read_split_csv(root: str | Path, split_csv: str | Path) -> pd.DataFrame:
             bad(where, f"file {file} not found under {root}", "missing_file")
         elif mask and not (root / mask).is_file():
             bad(where, f"mask {mask} not found under {root}", "missing_file")
+        elif outside := next((name for name in (file, mask) if name and _outside(root, name)), None):
+            bad(where, _outside_message(root, outside), "outside_root")
         elif has_masks and label == "1" and not mask:
             bad(where, f"abnormal image {file} has no mask while other rows have: give every abnormal row one")
         first.setdefault(file, where)
@@ -102,6 +105,20 @@ def read_split_csv(root: str | Path, split_csv: str | Path) -> pd.DataFrame:
     samples = pd.DataFrame(rows, columns=["image_path", "label_index", "split", "mask_path"])
     # object, not pandas 3's default str dtype: anomalib writes Path objects into mask_path.
     return samples.astype({"label_index": "Int64", "mask_path": object})
+
+
+def _outside(root: Path, name: str) -> bool:
+    """Whether ``root / name`` really lives outside ``root`` (a symbolic link), which anomalib refuses to read."""
+    return not (root / name).resolve().is_relative_to(root)
+
+
+def _outside_message(root: Path, name: str) -> str:
+    real = (root / name).resolve()
+    common = Path(os.path.commonpath([root, real]))
+    return (
+        f"{name} is a link to {real}, outside root {root}, and anomalib reads only files under its root: "
+        f"copy the files into {root}, or set root to {common} (a folder above both) with paths relative to it"
+    )
 
 
 def _csv_entries(path: Path) -> tuple[list[Entry], bool]:

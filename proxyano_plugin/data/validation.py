@@ -43,6 +43,7 @@ PROBLEM_KINDS = (
     "mask_size",  # a mask whose size differs from its image's
     "mask_order",  # anomalib's positional pairing would differ from the pairing by name
     "missing_file",  # a file listed in a split CSV does not exist
+    "outside_root",  # a file listed in a split CSV links outside its root (anomalib refuses to read it)
     "bad_csv",  # a split CSV is missing, lacks a column, or has an invalid or duplicate row
 )
 SKIPPED_KINDS = ("unreadable", "non_finite")
