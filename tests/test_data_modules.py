@@ -63,6 +63,31 @@ def test_demo_reuses_its_tree_and_keys_it_by_parameters(tmp_path: Path) -> None:
     assert BrainMRIDemo(root=tmp_path, **{**TINY, "lesion_fraction": 0.25}).dataset_dir != first.dataset_dir
 
 
+def test_demo_lesion_validation_uses_further_training_subjects(tmp_path: Path) -> None:
+    """Label-free validation: new normal subjects, half their slices painted; train and test sets stay whole."""
+    datamodule = BrainMRIDemo(root=tmp_path, **TINY, val_split_mode="lesions", val_subjects=3, eval_batch_size=16)
+    datamodule.setup()
+
+    assert datamodule.label_free_validation
+    assert (len(datamodule.train_data), len(datamodule.test_data), len(datamodule.val_data)) == (8, 8, 12)
+    samples = datamodule.val_data.samples
+    assert int(samples.label_index.sum()) == 6
+    trained_on = {Path(path).name for path in datamodule.train_data.samples.image_path}
+    sources = {Path(source).name for source in samples.source}
+    assert {name[:5] for name in sources} == {"tr002", "tr003", "tr004"}  # subjects 0-1 are the training set
+    assert not sources & trained_on
+    batch = next(iter(datamodule.val_dataloader()))
+    assert batch.image.shape[-2:] == (128, 128)
+    assert all(bool(mask.any()) == bool(label) for label, mask in zip(batch.gt_label, batch.gt_mask, strict=True))
+
+    table = Path(samples.image_path[0]).parents[1] / "samples.csv"
+    stamp = table.stat().st_mtime_ns
+    BrainMRIDemo(root=tmp_path, **TINY, val_split_mode="lesions", val_subjects=3).setup()
+    assert table.stat().st_mtime_ns == stamp  # painted once, then reused
+    with pytest.raises(ValueError, match="val_subjects must be at least 1"):
+        BrainMRIDemo(root=tmp_path, **TINY, val_split_mode="lesions", val_subjects=0)
+
+
 def test_demo_from_the_shipped_config_and_by_bare_name(tmp_path: Path) -> None:
     config = REPO / "configs" / "data" / "brain_mri_demo.yaml"
     from_config = parse_data("--config", str(config), "--data.root", str(tmp_path), "--data.seed", "3")

@@ -11,11 +11,22 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 from anomalib.data import Folder
-from anomalib.data.utils import TestSplitMode, ValSplitMode
+from anomalib.data.datasets.image.tabular import TabularDataset
+from anomalib.data.utils import Split, TestSplitMode, ValSplitMode
 from torchvision.transforms.v2 import Transform
 
-from proxyano_plugin.data.demo_generator import FOLDER_LAYOUT, DemoSpec, demo_dir, materialise_demo
+from proxyano_plugin.data.demo_generator import (
+    FOLDER_LAYOUT,
+    DemoSpec,
+    default_cache_root,
+    demo_dir,
+    materialise_demo,
+    subject_images,
+)
+from proxyano_plugin.data.split_csv import LESION_VALIDATION, check_lesion_validation
+from proxyano_plugin.data.synthetic_validation import lesion_validation_dir, write_lesion_validation
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +36,10 @@ class BrainMRIDemo(Folder):
 
     The defaults (12 training and 8 test pseudo-subjects, 20 slices each, half of the test slices with a
     lesion of 1-8 % of the brain area) give 240 training and 80 + 80 test images of 128x128 pixels,
-    sized for CPU demos. Validation images are drawn from the test images, lesions included, as anomalib
-    does by default, so that thresholds are calibrated on anomalies.
+    sized for CPU demos. By default validation images are drawn from the test images, lesions included, as
+    anomalib does, so that thresholds are calibrated on anomalies; ``val_split_mode="lesions"`` validates on
+    further normal *training* subjects with painted lesions instead, which leaves the test set whole and lets
+    a model choose its epoch without seeing it.
 
     Args:
         root: directory under which the generated tree is cached, in a sub-folder named after the
@@ -45,8 +58,15 @@ class BrainMRIDemo(Folder):
         val_augmentations: augmentations of validation images.
         test_augmentations: augmentations of test images.
         augmentations: augmentations for every subset without its own.
-        val_split_mode: how the validation set is made (anomalib's ``ValSplitMode``).
-        val_split_ratio: share of the test images moved to validation.
+        val_split_mode: how the validation set is made: anomalib's ``ValSplitMode`` values, or ``"lesions"``: a
+            label-free validation set of ``val_subjects`` further pseudo-subjects of the training distribution
+            (training subjects numbered past ``train_subjects``: never trained on, and the training set keeps
+            every image), with lesions painted into half of their slices by the lesion generator of
+            ``proxyano-prepare lesions`` (:mod:`~proxyano_plugin.data.synthetic_validation`). Models that
+            select an epoch (``ProxyAno(select_epoch=True)``) select on it; the test split is not touched.
+        val_split_ratio: share of the test images moved to validation (not used with ``"lesions"``).
+        val_subjects: with ``"lesions"``: the number of validation pseudo-subjects.
+        val_lesion_appearance: with ``"lesions"``: ``"t1ce"`` (the demo's look: T1 with contrast) or ``"flair"``.
 
     Example:
         >>> datamodule = BrainMRIDemo(train_batch_size=16)
@@ -73,7 +93,18 @@ class BrainMRIDemo(Folder):
         augmentations: Transform | None = None,
         val_split_mode: ValSplitMode | str = ValSplitMode.FROM_TEST,
         val_split_ratio: float = 0.5,
+        val_subjects: int = 4,
+        val_lesion_appearance: str = "t1ce",
     ) -> None:
+        self.label_free_validation = str(getattr(val_split_mode, "value", val_split_mode)) == LESION_VALIDATION
+        if self.label_free_validation:
+            check_lesion_validation(None, 0.5, val_lesion_appearance)
+            if val_subjects < 1:
+                msg = f"BrainMRIDemo: val_subjects must be at least 1 with val_split_mode='lesions', got {val_subjects}"
+                raise ValueError(msg)
+            val_split_mode = ValSplitMode.NONE  # made in _setup, from further training subjects
+        self.val_subjects = val_subjects
+        self.val_lesion_appearance = val_lesion_appearance
         self.spec = DemoSpec(
             train_subjects=train_subjects,
             test_subjects=test_subjects,
@@ -115,3 +146,24 @@ class BrainMRIDemo(Folder):
         # Lightning skips prepare_data on non-zero ranks and users often call setup() alone.
         materialise_demo(self.spec, self.cache_root)
         super()._setup(_stage)
+        if self.label_free_validation:
+            self.val_data = self._lesion_validation()
+
+    def _lesion_validation(self) -> TabularDataset:
+        """Training subjects ``train_subjects .. + val_subjects - 1``, half their slices with painted lesions."""
+        numbers = range(self.spec.train_subjects, self.spec.train_subjects + self.val_subjects)
+        slices = [image for number in numbers for image in subject_images(self.spec, "train", number)]  # ~0.5 s
+        sources = [f"{self.spec.key()}/{image.name}" for image in slices]
+        cache_root = (Path(self.cache_root).expanduser() if self.cache_root else default_cache_root()).resolve()
+        settings = {"seed": self.spec.seed, "appearance": self.val_lesion_appearance}
+        target = lesion_validation_dir(cache_root / "lesion_validation", sources, **settings)
+        images = [image.image.astype(np.float32) / 255 for image in slices]
+        samples = write_lesion_validation(lambda: images, sources, target, self.spec.seed, self.val_lesion_appearance)
+        logger.info(
+            "Label-free validation: %d slices of %d further training subjects (%d with painted lesions) in %s",
+            len(samples),
+            self.val_subjects,
+            int(samples.label_index.sum()),
+            target,
+        )
+        return TabularDataset(name=self.name, samples=samples, split=Split.TEST, root=target)

@@ -125,34 +125,44 @@ class DemoImage:
 
 def generate_demo(spec: DemoSpec) -> Iterator[DemoImage]:
     """Yield every image of the dataset, deterministically for a given ``spec``."""
-    template = load_template()
-    for split, stream, count in (("train", _TRAIN, spec.train_subjects), ("test", _TEST, spec.test_subjects)):
+    for split, count in (("train", spec.train_subjects), ("test", spec.test_subjects)):
         for number in range(count):
-            rng = np.random.default_rng([spec.seed, stream, number])
-            subject = Subject.random(rng, template.size)
-            indices = subject.slice_indices(template.t1.shape[0], spec.slices_per_subject)
-            lesioned = set()
-            if split == "test":  # cumulative rounding: the total is exactly round(fraction * test images)
-                per_subject = spec.lesion_fraction * spec.slices_per_subject
-                n_lesions = int(np.floor(per_subject * (number + 1) + 0.5) - np.floor(per_subject * number + 0.5))
-                lesioned = set(rng.choice(indices.size, size=n_lesions, replace=False).tolist())
-            name = f"{split[:2]}{number:03d}"
-            for position, index in enumerate(indices):
-                image, wm, brain = subject.anatomy(template, index)
-                lesion = None
-                if position in lesioned:
-                    image, lesion = add_tumour(image, wm, brain, rng, area_range=spec.lesion_area)
-                yield DemoImage(
-                    split=split,
-                    name=f"{name}_s{index:02d}.png",
-                    subject=name,
-                    slice_index=int(index),
-                    z_mm=float(template.z_mm[index]),
-                    image=subject.acquire(image, rng),
-                    mask=None if lesion is None else lesion.mask,
-                    lesion="" if lesion is None else lesion.kind,
-                    lesion_fraction=0.0 if lesion is None else lesion.area_fraction,
-                )
+            yield from subject_images(spec, split, number)
+
+
+def subject_images(spec: DemoSpec, split: str, number: int) -> Iterator[DemoImage]:
+    """The slices of one pseudo-subject; a subject depends only on the seed, its split and its number.
+
+    So training subjects numbered past ``spec.train_subjects`` are further normal subjects of the training
+    distribution that the dataset itself does not contain: a validation set that costs the training set
+    nothing (:class:`~proxyano_plugin.data.BrainMRIDemo` with ``val_split_mode="lesions"``).
+    """
+    template = load_template()
+    rng = np.random.default_rng([spec.seed, _TRAIN if split == "train" else _TEST, number])
+    subject = Subject.random(rng, template.size)
+    indices = subject.slice_indices(template.t1.shape[0], spec.slices_per_subject)
+    lesioned = set()
+    if split == "test":  # cumulative rounding: the total is exactly round(fraction * test images)
+        per_subject = spec.lesion_fraction * spec.slices_per_subject
+        n_lesions = int(np.floor(per_subject * (number + 1) + 0.5) - np.floor(per_subject * number + 0.5))
+        lesioned = set(rng.choice(indices.size, size=n_lesions, replace=False).tolist())
+    name = f"{split[:2]}{number:03d}"
+    for position, index in enumerate(indices):
+        image, wm, brain = subject.anatomy(template, index)
+        lesion = None
+        if position in lesioned:
+            image, lesion = add_tumour(image, wm, brain, rng, area_range=spec.lesion_area)
+        yield DemoImage(
+            split=split,
+            name=f"{name}_s{index:02d}.png",
+            subject=name,
+            slice_index=int(index),
+            z_mm=float(template.z_mm[index]),
+            image=subject.acquire(image, rng),
+            mask=None if lesion is None else lesion.mask,
+            lesion="" if lesion is None else lesion.kind,
+            lesion_fraction=0.0 if lesion is None else lesion.area_fraction,
+        )
 
 
 def default_cache_root() -> Path:

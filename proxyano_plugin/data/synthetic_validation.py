@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -99,17 +99,36 @@ def materialise_lesion_validation(
 ) -> pd.DataFrame:
     """Paint ``files`` (relative to ``root``) into ``target`` once; return its sample table (paths in ``target``).
 
-    The tree (``images/``, ``masks/``, ``samples.csv``) is written into a hidden sibling and moved into
-    place only when complete, so an interrupted run leaves nothing half-written; a complete tree is reused.
+    See :func:`write_lesion_validation`; the files are read only when ``target`` is not complete yet.
     """
     from proxyano_plugin.prepare.lesions import read_gray
+
+    return write_lesion_validation(
+        lambda: [read_gray(root / file) for file in files], list(files), target, seed, appearance, area_range
+    )
+
+
+def write_lesion_validation(
+    load_images: Callable[[], Sequence[np.ndarray]],
+    sources: Sequence[str],
+    target: Path,
+    seed: int,
+    appearance: str = "t1ce",
+    area_range: tuple[float, float] = (0.01, 0.08),
+) -> pd.DataFrame:
+    """Paint the images ``load_images()`` returns (named ``sources``) into ``target`` once; return its table.
+
+    The tree (``images/``, ``masks/``, ``samples.csv``) is written into a hidden sibling and moved into
+    place only when complete, so an interrupted run leaves nothing half-written; a complete tree is reused
+    without calling ``load_images``.
+    """
     from proxyano_plugin.prepare.pipeline import encode_png, staged_output, write_png
 
     table = target / "samples.csv"
     if table.is_file():
         return _read_samples(table)
-    logger.info("Painting a label-free validation set from %d training images into %s", len(files), target)
-    painted = paint_validation([read_gray(root / file) for file in files], seed, 0.5, area_range, appearance)
+    logger.info("Painting a label-free validation set from %d training images into %s", len(sources), target)
+    painted = paint_validation(load_images(), seed, 0.5, area_range, appearance)
     rows = []
     with staged_output(target, overwrite=True) as staging:
         (staging / "images").mkdir()
@@ -127,7 +146,7 @@ def materialise_lesion_validation(
                     "label_index": int(label),
                     "split": "test",
                     "mask_path": mask_path,
-                    "source": files[index],
+                    "source": sources[index],
                 }
             )
         pd.DataFrame(rows).to_csv(staging / "samples.csv", index=False)

@@ -2,9 +2,9 @@
 
 Reconstruction models on brain MRI reach their best detection early and then lose it as they learn to
 reproduce everything, lesions included. A validation set built from training normals with painted lesions
-(``SplitCSV(val_split_mode="lesions")``) can see that without touching the test split; this keeps the best
-epoch's weights in memory (the networks are small) and puts them back when training ends, so testing,
-the saved checkpoint and export all use them.
+(``val_split_mode="lesions"`` of ``SplitCSV`` or ``BrainMRIDemo``) can see that without touching the test
+split; this keeps the best epoch's weights in memory (the networks are small) and puts them back when
+training ends, so testing, the saved checkpoint and export all use them.
 """
 
 from __future__ import annotations

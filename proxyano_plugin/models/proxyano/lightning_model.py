@@ -86,10 +86,10 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         blob_shift_range: Magnitude range of the blobs' intensity shift (sign random).
         error_sign: ``"both"`` (the paper: |x - x_hat|), ``"brighter"`` (only pixels brighter than their
             reconstruction score: hyperintense lesions such as gliomas on FLAIR) or ``"darker"``.
-        select_epoch: On a label-free validation set (``SplitCSV(val_split_mode="lesions")``: training
-            normals with painted lesions), keep the weights of the epoch with the best mean of image and pixel
-            validation AUROC and restore them when training ends. Ignored with any other validation set,
-            which may hold test images.
+        select_epoch: On a label-free validation set (``val_split_mode="lesions"`` of ``SplitCSV`` or
+            ``BrainMRIDemo``: training-distribution normals with painted lesions), keep the weights of the
+            epoch with the best mean of image and pixel validation AUROC and restore them when training
+            ends. Ignored with any other validation set, which may hold test images.
         reconstruct_from: ``"predicted_proxy"`` (default, the paper) or ``"image"``: no PEM; the IRM is
             trained to repair pasted patches on the raw image and scores the raw image (a CutPaste-style
             repair network, an ablation of the proxy bridge). ``"image"`` needs ``proxy="identity"``.
