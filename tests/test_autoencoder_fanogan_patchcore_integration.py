@@ -179,3 +179,15 @@ def test_channels_last_on_the_cpu_gives_the_same_scores(name):
         expected, actual = reference.model(_images()), converted.model(_images())
     torch.testing.assert_close(actual.pred_score, expected.pred_score, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(actual.anomaly_map, expected.anomaly_map, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["autoencoder", "proxyano"])
+def test_a_pre_processor_of_another_size_is_refused_when_built(name):
+    """Not a shape error deep inside the network at the first batch: one line naming both sizes."""
+    from proxyano_plugin import ProxyAno
+    from proxyano_plugin.models.base import resize_pre_processor
+
+    model_class, arguments = {**TINY_MODELS, "proxyano": (ProxyAno, {"image_size": 64, "widths": [8, 16, 32]})}[name]
+    with pytest.raises(ValueError, match=r"\(image_size=64\) got a pre-processor producing 32x32 images: .* 32"):
+        model_class(**arguments, pre_processor=resize_pre_processor((32, 32)))
+    assert model_class(**arguments, pre_processor=resize_pre_processor((64, 64))).pre_processor is not None

@@ -69,12 +69,9 @@ def test_unsupported_image_sizes_are_refused_naming_the_allowed_ones(image_size)
         FAnoGAN(image_size=image_size)
 
 
-def test_a_pre_processor_of_another_size_is_refused_at_setup():
-    model = FAnoGAN(**TINY, pre_processor=PreProcessor(transform=Resize([100, 100])))
-    with pytest.raises(
-        ValueError, match=r"pre-processor producing 100x100 images; set --model.image_size \(64 or 128\)"
-    ):
-        model.setup("fit")
+def test_a_pre_processor_of_another_size_is_refused_when_built():
+    with pytest.raises(ValueError, match=r"FAnoGAN\(image_size=64\) got a pre-processor producing 100x100 images"):
+        FAnoGAN(**TINY, pre_processor=PreProcessor(transform=Resize([100, 100])))
 
 
 def test_images_of_another_size_are_refused_by_the_network():

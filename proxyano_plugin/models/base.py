@@ -57,7 +57,11 @@ class OneClassReconstruction(CheckedCheckpoint):
         *,
         image_size: int | None = None,
     ) -> None:
-        """Turn ``pre_processor=True`` into a resize to ``image_size`` (anomalib's default knows no size)."""
+        """Turn ``pre_processor=True`` into a resize to ``image_size`` (anomalib's default knows no size).
+
+        A pre-processor of one's own must resize to ``image_size``: the networks are built for it, and another
+        size would only fail later, inside a layer, with a shape error that names neither.
+        """
         if pre_processor is True and image_size is not None:
             pre_processor = self.configure_pre_processor((image_size, image_size))
         super().__init__(
@@ -66,6 +70,14 @@ class OneClassReconstruction(CheckedCheckpoint):
             evaluator=evaluator,
             visualizer=visualizer,
         )
+        produced = self.input_size if image_size is not None else None  # type: ignore[attr-defined]
+        if produced is not None and tuple(produced) != (image_size, image_size):
+            msg = (
+                f"{type(self).__name__}(image_size={image_size}) got a pre-processor producing {produced[0]}x"
+                f"{produced[1]} images: the network is built for image_size; set --model.image_size "
+                f"{produced[0]}, or keep the default pre-processor"
+            )
+            raise ValueError(msg)
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:

@@ -116,17 +116,6 @@ class FAnoGAN(OneClassReconstruction, AnomalibModule):
     def training_finished(self) -> bool:
         return self.gan_finished and int(self.encoder_steps) >= self.encoder_iterations
 
-    def setup(self, stage: str) -> None:
-        """Refuse a custom pre-processor whose output size differs from the architecture's."""
-        del stage
-        size = self.input_size
-        if size is not None and tuple(size) != (self.model.image_size, self.model.image_size):
-            msg = (
-                f"FAnoGAN(image_size={self.model.image_size}) got a pre-processor producing {size[0]}x{size[1]} "
-                "images; set --model.image_size (64 or 128) and keep the default pre-processor"
-            )
-            raise ValueError(msg)
-
     def on_train_start(self) -> None:
         """Fail now, not after hours, if the trainer's limits cannot fit both stages."""
         remaining_critic = max(self.gan_iterations * self.critic_iterations - int(self.critic_steps), 0)
