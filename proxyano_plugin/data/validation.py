@@ -52,7 +52,19 @@ _SHOWN = 20  # problems listed in one error or log burst before "... and N more"
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError)  # what PIL raises for damaged files
 _16_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
-_GRAY_MODES = {"1", "L", "LA", "F", *_16_BIT_MODES}  # anomalib's RGB conversion replicates these
+_GRAY_MODES = {"1", "L", "LA", "F", *_16_BIT_MODES}
+# Warnings given once per group of images, naming the first file concerned.
+_ONCE_PER_GROUP = {
+    "16_bit": (
+        "{count} {role}s are 16-bit (first: {first}); anomalib's reader clips them to 0-255: set the datamodule's "
+        "intensity option (e.g. --data.intensity percentile) to read them at full depth, or rescale them to 8-bit "
+        "first"
+    ),
+    "alpha": (
+        "{count} {role}s have an alpha channel (first: {first}); anomalib's reader drops it, so transparent pixels "
+        "count with the colour they store: flatten them onto a background first if that is not what they show"
+    ),
+}  # anomalib's RGB conversion replicates these
 
 
 @dataclass(frozen=True)
@@ -304,7 +316,7 @@ def inspect_images(
     for group, files in groups.items():
         role = f"{group.removesuffix('_dir')} image"
         counts = summary.groups.setdefault(group, GroupSummary())
-        deep, transparent = [], []
+        flagged: dict[str, list[Path]] = {kind: [] for kind in _ONCE_PER_GROUP}
         for path in files:
             try:
                 info = decode(path)
@@ -323,23 +335,13 @@ def inspect_images(
             summary.sizes[info.size] += 1
             summary.modes[info.mode] += 1
             if info.mode in _16_BIT_MODES and not full_depth:
-                deep.append(path)
+                flagged["16_bit"].append(path)
             if info.mode in _ALPHA_MODES:
-                transparent.append(path)
-        if deep:
-            message = (
-                f"{len(deep)} {role}s are 16-bit (first: {deep[0]}); anomalib's reader clips them to 0-255: "
-                "set the datamodule's intensity option (e.g. --data.intensity percentile) to read them at full "
-                "depth, or rescale them to 8-bit first"
-            )
-            problems.append(DataProblem("16_bit", deep[0], message, False))
-        if transparent:
-            message = (
-                f"{len(transparent)} {role}s have an alpha channel (first: {transparent[0]}); anomalib's reader "
-                "drops it, so transparent pixels count with the colour they store: flatten them onto a "
-                "background first if that is not what they show"
-            )
-            problems.append(DataProblem("alpha", transparent[0], message, False))
+                flagged["alpha"].append(path)
+        for kind, paths in flagged.items():
+            if paths:
+                message = _ONCE_PER_GROUP[kind].format(count=len(paths), role=role, first=paths[0])
+                problems.append(DataProblem(kind, paths[0], message, False))
     summary.skipped = sum(problem.kind in SKIPPED_KINDS for problem in problems)
     return problems + _mixed(infos), summary, infos
 
