@@ -1,4 +1,4 @@
-"""What the plugin adds to ``anomalib``'s own command line: a proxy or checkpoint error as one line, not 170.
+"""What the plugin adds to ``anomalib``'s own command line: an argument or checkpoint error as one line, not 170.
 
 jsonargparse builds the model inside the ``AnomalibModule | None`` union of ``--model``. Its union branch
 catches any ``Exception`` raised by ``ProxyAno.__init__`` and re-raises ``ValueError: Does not validate
@@ -6,8 +6,9 @@ against any of the Union subtypes``, with our message indented in the middle and
 ``NoneType`` branch's error instead; anomalib's rich traceback then prints two tracebacks around it.
 Errors at parse time (a mistyped ``int``, or a typed ``proxy`` argument) are wrapped the same way, so
 validating earlier would not help. An instantiator registered on anomalib's parser (public jsonargparse API)
-builds ProxyAno itself and turns a :class:`~proxyano_plugin.proxies.ProxyError` (the user's input, never a
-bug) into ``error: ProxyAno: <message>`` on stderr and exit code 2, as for jsonargparse's own usage errors.
+builds the plugin's models itself and turns the ``ValueError`` of their argument checks (a
+:class:`~proxyano_plugin.proxies.ProxyError` among them: the user's input, never a bug) into
+``error: <Model>: <message>`` on stderr and exit code 2, as for jsonargparse's own usage errors.
 
 A ``--ckpt_path`` given with one of this package's models is checked the same way (see
 :mod:`proxyano_plugin.models.checkpoints`): the file before anything is built (exists, is a checkpoint,
@@ -38,13 +39,16 @@ _CHECKPOINT = "_proxyano_checkpoint"
 
 
 def build_or_exit(class_type: type[_T], *args: Any, **kwargs: Any) -> _T:
-    """``class_type(*args, **kwargs)``; a :class:`ProxyError` ends the program with its one line instead.
+    """``class_type(*args, **kwargs)``; a ``ValueError`` or :class:`ProxyError` ends the program with its line.
 
-    ``SystemExit`` is a ``BaseException``, which jsonargparse's union handling lets through unwrapped.
+    The plugin's models check their arguments in ``__init__`` and raise ``ValueError`` (a
+    :class:`ProxyError` among them) naming the argument and what to pass: the user's input, never a bug, so
+    no traceback. ``SystemExit`` is a ``BaseException``, which jsonargparse's union handling lets through
+    unwrapped. Other exceptions keep their type and traceback.
     """
     try:
         return class_type(*args, **kwargs)
-    except ProxyError as error:
+    except (ProxyError, ValueError) as error:
         print(f"error: {class_type.__name__}: {error}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_USAGE) from error
 
@@ -122,13 +126,17 @@ def install() -> bool:
     if getattr(hook, _MARK, False):
         return True
 
+    from proxyano_plugin.models.autoencoder import Autoencoder
+    from proxyano_plugin.models.fanogan import FAnoGAN
+    from proxyano_plugin.models.patchcore import PatchcoreLite0
     from proxyano_plugin.models.proxyano import ProxyAno
 
     @functools.wraps(hook)
     def before_instantiate_classes(self: AnomalibCLI) -> None:
         add_instantiator = getattr(self.parser, "add_instantiator", None)
         if add_instantiator is not None:
-            add_instantiator(build_or_exit, ProxyAno, subclasses=True)
+            for model_class in (ProxyAno, Autoencoder, FAnoGAN, PatchcoreLite0):
+                add_instantiator(build_or_exit, model_class, subclasses=True)
         hook(self)
         subcommand = self.config.get("subcommand")
         if subcommand is not None:

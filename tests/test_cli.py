@@ -208,18 +208,25 @@ def test_proxy_errors_end_the_command_in_one_line(tmp_path: Path, options: list[
     assert not (tmp_path / "results").exists()
 
 
-def test_only_proxy_errors_are_shortened(capsys: pytest.CaptureFixture[str]) -> None:
-    """The instantiator the CLI registers: a ProxyError becomes one line and exit 2; any other error (a bug, or
-    another argument's check) keeps its type and traceback."""
+def test_argument_errors_are_shortened(capsys: pytest.CaptureFixture[str]) -> None:
+    """The instantiator the CLI registers: a ValueError raised by a model's argument checks (a ProxyError
+    among them) becomes one line and exit 2; any other error (a bug) keeps its type and traceback."""
     from proxyano_plugin.anomalib_cli import build_or_exit
+    from proxyano_plugin.models.autoencoder import Autoencoder
     from proxyano_plugin.models.proxyano import ProxyAno
 
     with pytest.raises(SystemExit) as exited:
         build_or_exit(ProxyAno, proxy="nosuchproxy")
     assert exited.value.code == 2
     assert capsys.readouterr().err == f"error: ProxyAno: unknown proxy 'nosuchproxy'; {AVAILABLE}\n"
-    with pytest.raises(ValueError, match="reconstruct_from='image'"):
+    with pytest.raises(SystemExit):
         build_or_exit(ProxyAno, reconstruct_from="image", proxy="blur")
+    assert "error: ProxyAno: reconstruct_from='image'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_or_exit(Autoencoder, image_size=50)
+    assert capsys.readouterr().err.startswith("error: Autoencoder: Autoencoder image_size must be a positive multiple")
+    with pytest.raises(TypeError):
+        build_or_exit(ProxyAno, no_such_argument=1)
     assert isinstance(build_or_exit(ProxyAno, image_size=32, widths=[8, 16, 32], memory_size=10), ProxyAno)
 
 
