@@ -152,13 +152,16 @@ class BrainMRIDemo(Folder):
     def _lesion_validation(self) -> TabularDataset:
         """Training subjects ``train_subjects .. + val_subjects - 1``, half their slices with painted lesions."""
         numbers = range(self.spec.train_subjects, self.spec.train_subjects + self.val_subjects)
-        slices = [image for number in numbers for image in subject_images(self.spec, "train", number)]  # ~0.5 s
-        sources = [f"{self.spec.key()}/{image.name}" for image in slices]
+
+        def generate() -> tuple[list[np.ndarray], list[str]]:  # ~0.5 s, only when the set is not cached yet
+            slices = [image for number in numbers for image in subject_images(self.spec, "train", number)]
+            return [image.image.astype(np.float32) / 255 for image in slices], [image.name for image in slices]
+
         cache_root = (Path(self.cache_root).expanduser() if self.cache_root else default_cache_root()).resolve()
         settings = {"seed": self.spec.seed, "appearance": self.val_lesion_appearance}
-        target = lesion_validation_dir(cache_root / "lesion_validation", sources, **settings)
-        images = [image.image.astype(np.float32) / 255 for image in slices]
-        samples = write_lesion_validation(lambda: images, sources, target, self.spec.seed, self.val_lesion_appearance)
+        subjects = [f"{self.spec.key()}/train subject {number}" for number in numbers]  # what the set is made of
+        target = lesion_validation_dir(cache_root / "lesion_validation", subjects, **settings)
+        samples = write_lesion_validation(generate, target, self.spec.seed, self.val_lesion_appearance)
         logger.info(
             "Label-free validation: %d slices of %d further training subjects (%d with painted lesions) in %s",
             len(samples),

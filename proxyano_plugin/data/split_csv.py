@@ -91,8 +91,8 @@ def read_split_csv(root: str | Path, split_csv: str | Path) -> pd.DataFrame:
             bad(where, f"file {file} not found under {root}", "missing_file")
         elif mask and not (root / mask).is_file():
             bad(where, f"mask {mask} not found under {root}", "missing_file")
-        elif outside := next((name for name in (file, mask) if name and _outside(root, name)), None):
-            bad(where, _outside_message(root, outside), "outside_root")
+        elif outside := next(filter(None, (_outside_root(root, name) for name in (file, mask) if name)), None):
+            bad(where, outside, "outside_root")
         elif has_masks and label == "1" and not mask:
             bad(where, f"abnormal image {file} has no mask while other rows have: give every abnormal row one")
         first.setdefault(file, where)
@@ -107,13 +107,11 @@ def read_split_csv(root: str | Path, split_csv: str | Path) -> pd.DataFrame:
     return samples.astype({"label_index": "Int64", "mask_path": object})
 
 
-def _outside(root: Path, name: str) -> bool:
-    """Whether ``root / name`` really lives outside ``root`` (a symbolic link), which anomalib refuses to read."""
-    return not (root / name).resolve().is_relative_to(root)
-
-
-def _outside_message(root: Path, name: str) -> str:
+def _outside_root(root: Path, name: str) -> str | None:
+    """Why ``root / name`` cannot be read, if it is a link to outside ``root`` (anomalib refuses those)."""
     real = (root / name).resolve()
+    if real.is_relative_to(root):
+        return None
     common = Path(os.path.commonpath([root, real]))
     return (
         f"{name} is a link to {real}, outside root {root}, and anomalib reads only files under its root: "

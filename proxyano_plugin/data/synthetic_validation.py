@@ -104,31 +104,31 @@ def materialise_lesion_validation(
     from proxyano_plugin.prepare.lesions import read_gray
 
     return write_lesion_validation(
-        lambda: [read_gray(root / file) for file in files], list(files), target, seed, appearance, area_range
+        lambda: ([read_gray(root / file) for file in files], list(files)), target, seed, appearance, area_range
     )
 
 
 def write_lesion_validation(
-    load_images: Callable[[], Sequence[np.ndarray]],
-    sources: Sequence[str],
+    load: Callable[[], tuple[Sequence[np.ndarray], Sequence[str]]],
     target: Path,
     seed: int,
     appearance: str = "t1ce",
     area_range: tuple[float, float] = (0.01, 0.08),
 ) -> pd.DataFrame:
-    """Paint the images ``load_images()`` returns (named ``sources``) into ``target`` once; return its table.
+    """Paint the images ``load()`` returns (with their source names) into ``target`` once; return its table.
 
     The tree (``images/``, ``masks/``, ``samples.csv``) is written into a hidden sibling and moved into
     place only when complete, so an interrupted run leaves nothing half-written; a complete tree is reused
-    without calling ``load_images``.
+    without calling ``load``, so the images are read or generated only the first time.
     """
     from proxyano_plugin.prepare.pipeline import encode_png, staged_output, write_png
 
     table = target / "samples.csv"
     if table.is_file():
         return _read_samples(table)
+    images, sources = load()
     logger.info("Painting a label-free validation set from %d training images into %s", len(sources), target)
-    painted = paint_validation(load_images(), seed, 0.5, area_range, appearance)
+    painted = paint_validation(images, seed, 0.5, area_range, appearance)
     rows = []
     with staged_output(target, overwrite=True) as staging:
         (staging / "images").mkdir()
