@@ -254,7 +254,8 @@ def main() -> None:
     data = datamodule(args.split_csv)
     train_images, _, _, train_paths = load_split(model, data.train_dataloader(), device)
     train_images, validation = validation_split(train_images, train_paths, args)
-    optimizer = model.configure_optimizers()
+    optimizer = model.optimizer()
+    schedule = model.lr_scheduler(optimizer, args.epochs)
     started = time.perf_counter()
     best: tuple[float, int, dict] | None = None
     if args.load:
@@ -267,6 +268,7 @@ def main() -> None:
         model.train()
         order = torch.randperm(train_images.shape[0], device=device)
         totals = train_epoch(model, optimizer, train_images[order], args.batch_size)
+        schedule.step()
         if epoch % args.every == 0 or epoch == args.epochs:
             scores = evaluate(model, *validation)
             line = {"label": args.label, "split": "validation", "epoch": epoch}

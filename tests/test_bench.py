@@ -29,6 +29,7 @@ from torch import nn
 
 from proxyano_plugin.bench import records
 from proxyano_plugin.bench.cli import main
+from proxyano_plugin.bench.curves import read_curve
 from proxyano_plugin.bench.metrics import compute_metrics
 from proxyano_plugin.bench.runner import device_slots, run_suite
 from proxyano_plugin.bench.suite import SuiteError, load_suite
@@ -74,7 +75,9 @@ class MeanScore(OneClassReconstruction, AnomalibModule):
 
     def training_step(self, batch: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         time.sleep(self.sleep_s)
-        return (self.model.gain - 1).square().sum()
+        loss = (self.model.gain - 1).square().sum()
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.0)
@@ -206,6 +209,10 @@ def test_suite_runs_records_and_reports(tmp_path: Path, folder: Path) -> None:
         log = (output / record["log"]).read_text()
         assert "progress: training started" in log
         assert "progress: epoch 1/1, step" in log
+        (epoch,) = read_curve(output / record["curve"])
+        assert epoch["epoch"] == 1
+        assert epoch["step"] > 0
+        assert epoch["train_loss"] == 0
         with np.load(output / record["examples"]) as examples:
             assert examples["image"].shape == (2, 3, 32, 32)
             assert examples["extra_reconstruction"].shape == (2, 3, 32, 32)
@@ -213,6 +220,10 @@ def test_suite_runs_records_and_reports(tmp_path: Path, folder: Path) -> None:
     for name in ("report.md", "summary.csv", "auroc.png", "accuracy_vs_throughput.png", "gallery_mean.png"):
         assert (output / name).stat().st_size > 0
     assert "| mean | 2 |" in (output / "report.md").read_text()
+    assert main(["curves", str(output), "--only", "mean/*", "--metric", "train_loss"]) == 0
+    assert (output / "curves.png").stat().st_size > 0
+    assert main(["curves", str(output), "--metric", "val_nothing"]) == 2
+    assert main(["curves", str(output), "--only", "nosuch/*"]) == 2
     session = records.read_records(output / records.SESSIONS_NAME).records[-1]
     assert session["runs"] == 4
     assert 0 < session["measured_s"] < session["wall_s"]
@@ -507,6 +518,32 @@ def test_invalid_suites_name_the_key(tmp_path: Path, folder: Path, change: dict[
     path = make_suite(tmp_path, folder, [model("mean")])
     path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), **change}))
     with pytest.raises(SuiteError, match=message):
+        load_suite(str(path))
+
+
+def test_dataset_settings_sit_between_the_suite_and_the_model(tmp_path: Path, folder: Path) -> None:
+    """A small dataset may ask for a smaller batch and more epochs; a model's own setting still wins."""
+    path = make_suite(tmp_path, folder, [model("plain"), {**model("own"), "max_epochs": 2}], seeds=[0])
+    raw = yaml.safe_load(path.read_text())
+    small = {**raw["datasets"][0], "name": "small", "max_epochs": 5, "train_batch_size": 2}
+    raw["datasets"].append(small)
+    path.write_text(yaml.safe_dump(raw))
+    settings = {
+        run.name: (run.max_epochs, run.train_batch_size, run.eval_batch_size) for run in load_suite(str(path)).runs
+    }
+    assert settings == {
+        "plain/tiny/seed0": (1, 4, 4),
+        "plain/small/seed0": (5, 2, 4),
+        "own/tiny/seed0": (2, 4, 4),
+        "own/small/seed0": (2, 2, 4),
+    }
+    raw["datasets"][1]["train_batch_size"] = 0
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SuiteError, match=r"^datasets\[1\]\.train_batch_size: expected an int >= 1"):
+        load_suite(str(path))
+    del raw["max_epochs"], raw["datasets"][1]["train_batch_size"]
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SuiteError, match=r"^max_epochs: required for plain on tiny"):
         load_suite(str(path))
 
 

@@ -21,6 +21,7 @@ from test_lesion_validation import patients_tree  # noqa: F401  (a fixture)
 
 from proxyano_plugin.bench.checkpointing import ResumeCheckpoint, capture_rng, restore_rng, usable_checkpoint
 from proxyano_plugin.bench.cli import main
+from proxyano_plugin.bench.curves import read_curve
 
 pytestmark = pytest.mark.slow
 
@@ -110,6 +111,14 @@ def test_a_suite_killed_twice_resumes_without_losing_or_repeating_runs(tmp_path:
     assert resumed["metrics"] == pytest.approx(uninterrupted["metrics"], abs=1e-6)
     assert resumed["timing"]["fit_previous_s"] > 0
     assert not (output / "runs" / resumed["run_id"] / "resume.ckpt").exists()  # removed once recorded
+    # The training curve is whole: every epoch once, the same losses and validation scores as without a kill.
+    curve, reference_curve = (read_curve(o / r["curve"]) for o, r in ((output, resumed), (reference, uninterrupted)))
+    assert [row["epoch"] for row in curve] == [float(epoch) for epoch in range(1, len(reference_curve) + 1)]
+    assert {"train_loss", "val_image_auroc", "val_pixel_auroc"} <= set(curve[-1])
+    for row, reference_row in zip(curve, reference_curve, strict=True):
+        values = {key: value for key, value in row.items() if key != "seconds"}
+        assert values == pytest.approx({key: reference_row[key] for key in values}, abs=1e-6)
+    assert curve[-1]["seconds"] >= resumed["timing"]["fit_previous_s"]
 
 
 def test_random_states_round_trip() -> None:

@@ -136,10 +136,12 @@ def test_proxyano_selects_its_epoch_on_lesion_validation_only(patients_tree: Pat
     from anomalib.engine import Engine
 
     torch.manual_seed(0)
-    model = ProxyAno(image_size=32, widths=[4, 8], memory_size=0, proxy="blur")
+    model = ProxyAno(image_size=32, widths=[4, 8], memory_size=0, proxy="blur", lr_schedule="cosine")
     engine = Engine(max_epochs=3, default_root_dir=patients_tree / "run", enable_progress_bar=False, logger=False)
     engine.fit(model, datamodule=lesion_datamodule(patients_tree))
     assert model.best_epoch.best_epoch in {0, 1, 2}
+    # the cosine schedule ran over the trainer's 3 epochs: after the last one the rate sits at its 1 % floor
+    assert engine.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01e-3)
     assert "val_selection" in engine.trainer.callback_metrics
     state = model.best_epoch.best_state
     for name, value in model.model.state_dict().items():
@@ -151,6 +153,22 @@ def test_proxyano_selects_its_epoch_on_lesion_validation_only(patients_tree: Pat
         other, datamodule=from_test
     )
     assert other.best_epoch.best_epoch is None
+
+
+def test_every_reconstruction_model_logs_label_free_validation_without_selecting(patients_tree: Path):
+    """The baselines' training curves carry the same validation AUROCs; only ProxyAno keeps a best epoch."""
+    from anomalib.engine import Engine
+
+    from proxyano_plugin import Autoencoder
+
+    torch.manual_seed(0)
+    model = Autoencoder(image_size=32, base_width=4, hidden_size=32)
+    engine = Engine(max_epochs=1, default_root_dir=patients_tree / "ae", enable_progress_bar=False, logger=False)
+    engine.fit(model, datamodule=lesion_datamodule(patients_tree))
+    metrics = engine.trainer.callback_metrics
+    assert {"val_image_auroc", "val_pixel_auroc", "val_selection"} <= set(metrics)
+    assert 0 <= float(metrics["val_image_auroc"]) <= 1
+    assert model.best_epoch.best_epoch is None
 
 
 def test_the_shipped_lgg_config_builds_lesion_validation_by_patient(patients_tree: Path):

@@ -120,11 +120,25 @@ def test_nan_loss_stops_training_with_a_clear_message():
         ({"reconstruct_from": "image"}, "set proxy='identity'"),
         ({"reconstruct_from": "pem", "proxy": "identity"}, "reconstruct_from must be one of"),
         ({"proxy_cache_items": None}, "proxy_cache_items must be a non-negative integer"),
+        ({"lr_schedule": "step"}, "lr_schedule must be one of constant, cosine"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         ProxyAno(**{**TINY, **kwargs})
+
+
+def test_cosine_schedule_decays_to_its_floor_by_the_last_epoch():
+    model = ProxyAno(**TINY, lr_schedule="cosine", learning_rate=1e-3)
+    optimizer = model.optimizer()
+    schedule = model.lr_scheduler(optimizer, 4)
+    rates = []
+    for _ in range(5):
+        rates.append(optimizer.param_groups[0]["lr"])
+        schedule.step()
+    assert rates[0] == pytest.approx(1e-3)
+    assert all(later < earlier for earlier, later in zip(rates, rates[1:4], strict=False))
+    assert rates[4] == pytest.approx(1e-5)  # after the last of 4 epochs: 1 % of the rate
 
 
 def test_checkpoint_round_trip_with_weights_only(tmp_path):

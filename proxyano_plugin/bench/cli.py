@@ -2,6 +2,7 @@
 
     proxyano-bench run SUITE [--output DIR] [--resume] [--only PATTERN ...] [--dry-run] [--set KEY=VALUE ...]
     proxyano-bench report DIR
+    proxyano-bench curves DIR [--only PATTERN ...] [--metric NAME ...] [--output PNG]
     proxyano-bench list
 
 Exit codes: 0 all runs ok (or skipped), 1 some run failed, 2 the suite or the command is invalid, or the
@@ -56,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write report.md, summary.csv and plots from DIR/records.jsonl")
     report.add_argument("directory", type=Path)
 
+    curves = commands.add_parser("curves", help="plot the training curves (losses, validation scores) of runs")
+    curves.add_argument("directory", type=Path)
+    curves.add_argument("--only", metavar="PATTERN", action="append", help="glob on run names, or a run id")
+    curves.add_argument(
+        "--metric", action="append", help="a logged value to plot, e.g. val_image_auroc (default: all of them)"
+    )
+    curves.add_argument("--output", type=Path, help="PNG to write (default: DIR/curves.png)")
+
     commands.add_parser("list", help="list the shipped suites")
     return parser
 
@@ -72,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "report":
             return _report(args.directory)
+        if args.command == "curves":
+            return _curves(args.directory, args.only, args.metric, args.output or args.directory / "curves.png")
         suite = load_suite(args.suite, args.overrides)
         output = args.output or DEFAULT_RESULTS / suite.name
         code = run_suite(
@@ -124,6 +135,30 @@ def _report(
         raise write_failed(target, error, f"run proxyano-bench report {directory}") from None
     for path in paths:
         print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _curves(directory: Path, only: list[str] | None, metrics: list[str] | None, output: Path) -> int:
+    from proxyano_plugin.bench.curves import FIXED_COLUMNS, plot_curves, read_curve
+    from proxyano_plugin.bench.records import RECORDS_NAME, read_records
+    from proxyano_plugin.bench.runner import run_matches
+
+    records = [r for r in read_records(directory / RECORDS_NAME).latest() if r.get("curve")]
+    records = [r for r in records if not only or any(run_matches(r["name"], r["run_id"], p) for p in only)]
+    curves = [(f"{r['name']} ({r['run_id']})", read_curve(directory / r["curve"])) for r in records]
+    if not curves:
+        print(f"proxyano-bench: error: no recorded run in {directory} has a training curve", file=sys.stderr)
+        return EXIT_USAGE
+    available = sorted({key for _, rows in curves for row in rows for key in row} - set(FIXED_COLUMNS))
+    if not available:
+        print(f"proxyano-bench: error: the runs' curves in {directory} hold no logged values", file=sys.stderr)
+        return EXIT_USAGE
+    unknown = sorted(set(metrics or ()) - set(available))
+    if unknown:
+        have = ", ".join(available)
+        print(f"proxyano-bench: error: not in these curves: {', '.join(unknown)}; they have {have}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {plot_curves(curves, metrics or available, output)} ({len(curves)} runs)")
     return EXIT_OK
 
 

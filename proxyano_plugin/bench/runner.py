@@ -46,6 +46,11 @@ def _process_context() -> Any:
     return context
 
 
+def run_matches(name: str, run_id: str, pattern: str) -> bool:
+    """``--only``: a glob on the run's name (``model/dataset/seedN``), or its id."""
+    return fnmatch(name, pattern) or run_id == pattern
+
+
 def select_runs(suite: Suite, only: str | Sequence[str] | None) -> list[RunSpec]:
     """The runs whose name (``model/dataset/seedN``) or id matches any of the ``--only`` globs, in suite order."""
     if only is None:
@@ -53,7 +58,7 @@ def select_runs(suite: Suite, only: str | Sequence[str] | None) -> list[RunSpec]
     patterns = [only] if isinstance(only, str) else list(only)
 
     def matches(run: RunSpec, pattern: str) -> bool:
-        return fnmatch(run.name, pattern) or run.run_id == pattern
+        return run_matches(run.name, run.run_id, pattern)
 
     selected = [r for r in suite.runs if any(matches(r, p) for p in patterns)]
     unmatched = [p for p in patterns if not any(matches(r, p) for r in suite.runs)]

@@ -14,6 +14,7 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +309,9 @@ _DATASET_KEYS = (
     "skip_if_missing",
     "subsets",
     "shortcuts",
+    "max_epochs",
+    "train_batch_size",
+    "eval_batch_size",
 )
 _SUBSET_KEYS = ("name", "split_csv")
 # Trainer arguments the harness sets itself; a suite sets them through their own keys.
@@ -341,12 +345,8 @@ class _Validator:
             raise SuiteError(f"seeds: expected a non-empty list of ints, got {seeds!r}")
         if len(set(seeds)) != len(seeds):
             raise SuiteError(f"seeds: duplicate seed in {seeds}")
-        defaults = {
-            "image_size": self._image_size(data.get("image_size"), "image_size"),
-            "max_epochs": self._epochs(data, None, ""),
-            "train_batch_size": self._int(data, "train_batch_size", 32, 1, ""),
-            "eval_batch_size": self._int(data, "eval_batch_size", 32, 1, ""),
-        }
+        image_size = self._image_size(data.get("image_size"), "image_size")
+        defaults = {"max_epochs": None, "train_batch_size": 32, "eval_batch_size": 32} | self._run_settings(data, "")
         trainer_args = self._trainer_args(data.get("trainer_args", {}), "trainer_args")
         common = {
             "suite": name,
@@ -367,17 +367,31 @@ class _Validator:
         runs_per_device = self._int(data, "runs_per_device", 1, 1, "")
         if isolation == "inline" and (parallel or devices > 1 or runs_per_device > 1):
             raise SuiteError("isolation: 'inline' runs one run at a time on one device; set isolation: process")
-        models = [self._model(m, i, defaults, trainer_args) for i, m in enumerate(self._list(data, "models"))]
+        models = [self._model(m, i, image_size, trainer_args) for i, m in enumerate(self._list(data, "models"))]
         datasets = [self._dataset(d, i) for i, d in enumerate(self._list(data, "datasets"))]
         _check_unique([m[0].name for m in models], "models")
-        _check_unique([d.name for d in datasets], "datasets")
-        _check_subset_names(datasets)
-        runs = [
-            RunSpec(model=spec, dataset=dataset, seed=int(seed), trainer_args=targs, **settings, **common)
-            for spec, settings, targs in models
-            for dataset in datasets
-            for seed in seeds
-        ]
+        _check_unique([d[0].name for d in datasets], "datasets")
+        _check_subset_names([dataset for dataset, _ in datasets])
+        runs = []
+        for (spec, model_image_size, model_settings, targs), (dataset, dataset_settings) in product(models, datasets):
+            # Most specific wins: the model's own setting, then the dataset's, then the suite's.
+            settings = defaults | dataset_settings | model_settings
+            if settings["max_epochs"] is None:
+                raise SuiteError(
+                    f"max_epochs: required for {spec.name} on {dataset.name} (on the model, the dataset or the suite)"
+                )
+            runs += [
+                RunSpec(
+                    model=spec,
+                    dataset=dataset,
+                    seed=int(seed),
+                    trainer_args=targs,
+                    image_size=model_image_size,
+                    **settings,
+                    **common,
+                )
+                for seed in seeds
+            ]
         timeout = data.get("run_timeout_s")
         if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
             raise SuiteError(f"run_timeout_s: expected a positive number of seconds or null, got {timeout!r}")
@@ -396,8 +410,9 @@ class _Validator:
     # -- sections
 
     def _model(
-        self, item: Any, index: int, defaults: dict[str, Any], suite_trainer_args: dict[str, Any]
-    ) -> tuple[ModelSpec, dict[str, Any], dict[str, Any]]:
+        self, item: Any, index: int, suite_image_size: list[int] | None, suite_trainer_args: dict[str, Any]
+    ) -> tuple[ModelSpec, list[int] | None, dict[str, Any], dict[str, Any]]:
+        """The model's spec, its input size, the run settings it sets itself, and its trainer arguments."""
         where = f"models[{index}]"
         if not isinstance(item, dict):
             raise SuiteError(f"{where}: expected a mapping with name, class_path, init_args")
@@ -408,25 +423,19 @@ class _Validator:
         init_args = self._mapping(item.get("init_args", {}), f"{where}.init_args")
         _check_init_args(cls, init_args, f"{where}.init_args")
         _check_proxy(cls, init_args, f"{where}.init_args")
-        settings = {
-            "image_size": self._image_size(item["image_size"], f"{where}.image_size")
-            if "image_size" in item
-            else defaults["image_size"],
-            "max_epochs": self._epochs(item, defaults["max_epochs"], f"{where}."),
-            "train_batch_size": self._int(item, "train_batch_size", defaults["train_batch_size"], 1, f"{where}."),
-            "eval_batch_size": self._int(item, "eval_batch_size", defaults["eval_batch_size"], 1, f"{where}."),
-        }
-        if settings["max_epochs"] is None:
-            raise SuiteError(f"{where}.max_epochs: required (here or at the suite's top level)")
-        if settings["image_size"] is not None:
-            init_args = _with_image_size(cls, init_args, settings["image_size"], where)
+        image_size = (
+            self._image_size(item["image_size"], f"{where}.image_size") if "image_size" in item else suite_image_size
+        )
+        if image_size is not None:
+            init_args = _with_image_size(cls, init_args, image_size, where)
         trainer_args = {
             **suite_trainer_args,
             **self._trainer_args(item.get("trainer_args", {}), f"{where}.trainer_args"),
         }
-        return ModelSpec(name, class_path, init_args), settings, trainer_args
+        return ModelSpec(name, class_path, init_args), image_size, self._run_settings(item, f"{where}."), trainer_args
 
-    def _dataset(self, item: Any, index: int) -> DatasetSpec:
+    def _dataset(self, item: Any, index: int) -> tuple[DatasetSpec, dict[str, Any]]:
+        """The dataset's spec and the run settings it sets for runs on it (e.g. a smaller set's batch size)."""
         where = f"datasets[{index}]"
         if not isinstance(item, dict):
             raise SuiteError(f"{where}: expected a mapping with name and class_path or folder")
@@ -477,7 +486,8 @@ class _Validator:
         _check_init_args(cls, init_args, f"{where}.init_args")
         subsets = self._subsets(item.get("subsets"), where, init_args, skip_reason is None)
         shortcuts = self._shortcuts(item.get("shortcuts"), where, name, init_args, skip_reason is None)
-        return DatasetSpec(name, class_path, init_args, split, skip_reason, subsets, shortcuts)
+        spec = DatasetSpec(name, class_path, init_args, split, skip_reason, subsets, shortcuts)
+        return spec, self._run_settings(item, f"{where}.")
 
     def _shortcuts(self, value: Any, where: str, name: str, init_args: dict[str, Any], data_exists: bool) -> str | None:
         """A ``shortcuts.csv`` of benchmarks/split_shortcuts.py, made absolute; checked when the data exists."""
@@ -587,6 +597,16 @@ class _Validator:
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise SuiteError(f"{key}: expected a number of seconds >= 0 (0: never), got {value!r}")
         return float(value)
+
+    def _run_settings(self, data: dict[str, Any], prefix: str) -> dict[str, Any]:
+        """The training length and batch sizes that ``data`` sets itself (suite, model or dataset level)."""
+        settings = {}
+        if data.get("max_epochs") is not None:
+            settings["max_epochs"] = self._epochs(data, None, prefix)
+        for key in ("train_batch_size", "eval_batch_size"):
+            if key in data:
+                settings[key] = self._int(data, key, 0, 1, prefix)  # present: the default is never used
+        return settings
 
     @staticmethod
     def _epochs(data: dict[str, Any], default: int | None, prefix: str) -> int | None:

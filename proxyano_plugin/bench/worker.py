@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from proxyano_plugin.bench.checkpointing import RESUME_CHECKPOINT
+from proxyano_plugin.bench.curves import CURVES_DIR, curve_callback
 from proxyano_plugin.bench.per_image import PER_IMAGE_DIR, write_per_image
 from proxyano_plugin.bench.suite import RunSpec, accepted_kwargs, import_class
 from proxyano_plugin.bench.system import cpu_count, cpu_name
@@ -42,7 +43,8 @@ WARM_MODULES = (
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where one run writes; the record names ``log``, ``examples`` and ``per_image`` (relative to output)."""
+    """Where one run writes; the record names ``log``, ``examples``, ``per_image`` and ``curve`` (relative to
+    output)."""
 
     output: Path
     run_id: str
@@ -73,6 +75,10 @@ class RunPaths:
     @property
     def per_image(self) -> Path:
         return self.output / PER_IMAGE_DIR / f"{self.run_id}.csv"
+
+    @property
+    def curve(self) -> Path:
+        return self.output / CURVES_DIR / f"{self.run_id}.csv"
 
     def relative(self, path: Path) -> str:
         return str(path.relative_to(self.output))
@@ -227,9 +233,11 @@ def execute(spec: RunSpec, paths: RunPaths, resume: bool = False) -> dict[str, A
     model = build_model(spec)
     collector = Collector(spec.examples, spec.timing.batch_size)
     progress = _epoch_progress()
+    curve = curve_callback(paths.curve)
     checkpoint = ResumeCheckpoint(paths.resume_checkpoint, spec.checkpoint_interval_s)
     if not resume and paths.rank == 0:
         paths.resume_checkpoint.unlink(missing_ok=True)
+        paths.curve.unlink(missing_ok=True)
     resume_from = usable_checkpoint(paths.resume_checkpoint, model) if resume else None
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     engine = Engine(
@@ -237,6 +245,7 @@ def execute(spec: RunSpec, paths: RunPaths, resume: bool = False) -> dict[str, A
         callbacks=[
             collector,
             progress,
+            curve,
             checkpoint,
             ModelCheckpoint(dirpath=paths.run_dir, save_top_k=0, save_last=False),
         ],
@@ -306,6 +315,8 @@ def execute(spec: RunSpec, paths: RunPaths, resume: bool = False) -> dict[str, A
         "counts": collector.counts,
         "examples": paths.relative(examples) if examples else None,
         "per_image": paths.relative(per_image),
+        # Losses and validation scores per epoch (models trained for zero epochs have none).
+        "curve": paths.relative(paths.curve) if paths.curve.exists() else None,
         # The epoch (0-based) whose weights were tested, when the model chose it on a label-free validation set.
         "selected_epoch": getattr(getattr(model, "best_epoch", None), "best_epoch", None),
         "selected_scores": getattr(getattr(model, "best_epoch", None), "best_metrics", None),

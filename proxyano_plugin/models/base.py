@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Compose, Resize
 
 from proxyano_plugin.models.checkpoints import CheckedCheckpoint
+from proxyano_plugin.models.selection import BestEpoch
 
 
 def to_model_channels(images: torch.Tensor, in_channels: int, model_name: str) -> torch.Tensor:
@@ -43,6 +44,9 @@ class OneClassReconstruction(CheckedCheckpoint):
 
     ``load_from_checkpoint`` checks the file first (:class:`~proxyano_plugin.models.checkpoints.CheckedCheckpoint`).
     Subclasses set ``self.model``, whose ``forward`` returns an ``InferenceBatch`` (anomalib's export path).
+    On a label-free validation set (held-out training images with painted lesions, never test images) every
+    validation epoch logs ``val_image_auroc``, ``val_pixel_auroc`` and ``val_selection`` (their mean), the
+    numbers training curves and epoch selection are read from; :meth:`on_label_free_validation` gets them.
     """
 
     #: The end of the message that stops training on a NaN/inf loss: what the user can change.
@@ -78,6 +82,8 @@ class OneClassReconstruction(CheckedCheckpoint):
                 f"{produced[0]}, or keep the default pre-processor"
             )
             raise ValueError(msg)
+        # Raw validation scores of the current epoch, and (for models that select their epoch) the best one.
+        self.best_epoch = BestEpoch()
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
@@ -153,7 +159,33 @@ class OneClassReconstruction(CheckedCheckpoint):
         raise FloatingPointError(msg)
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Score the validation batch with the exported inference path."""
+        """Score the validation batch with the exported inference path; keep label-free scores for the epoch."""
         del args, kwargs
         self.check_finite_images(batch)
-        return batch.update(**self.model(batch.image)._asdict())  # type: ignore[attr-defined]
+        batch = batch.update(**self.model(batch.image)._asdict())  # type: ignore[attr-defined]
+        if self.label_free_validation():
+            self.best_epoch.update(batch.pred_score, batch.gt_label, batch.anomaly_map, batch.gt_mask)
+        return batch
+
+    def label_free_validation(self) -> bool:
+        """Whether the datamodule declares its validation set label-free (built from training images only)."""
+        trainer = self._trainer  # type: ignore[attr-defined]
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        return bool(getattr(datamodule, "label_free_validation", False))
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()  # type: ignore[misc]
+        self.best_epoch.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the label-free validation AUROCs and hand them to :meth:`on_label_free_validation`."""
+        super().on_validation_epoch_end()  # type: ignore[misc]
+        sanity = self.trainer.sanity_checking  # type: ignore[attr-defined]
+        metrics = self.best_epoch.compute() if self.label_free_validation() and not sanity else {}
+        self.best_epoch.reset()
+        if metrics:
+            self.log_dict({f"val_{name}": value for name, value in metrics.items()}, sync_dist=True)  # type: ignore[attr-defined]
+            self.on_label_free_validation(metrics)
+
+    def on_label_free_validation(self, metrics: dict[str, float]) -> None:
+        """Called after each label-free validation epoch with its metrics; models that select epochs act here."""

@@ -14,10 +14,9 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
-from lightning.pytorch.utilities.types import STEP_OUTPUT
+from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRSchedulerConfig
 
 from proxyano_plugin.models.base import OneClassReconstruction
-from proxyano_plugin.models.selection import BestEpoch
 from proxyano_plugin.proxies import CachedProxy, create_proxy
 
 from .loss import ProxyAnoLoss
@@ -31,6 +30,9 @@ logger = logging.getLogger(__name__)
 SELECTION_KEY = "proxyano_epoch_selection"
 
 CPU_WIDTHS = (8, 16, 32, 64)
+LR_SCHEDULES = ("constant", "cosine")
+# The cosine schedule ends at this fraction of the learning rate, not 0: the last epochs still learn a little.
+COSINE_FLOOR = 0.01
 
 
 class ProxyAno(OneClassReconstruction, AnomalibModule):
@@ -76,6 +78,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         score_topk: Image score = mean of the top fraction of map values (1.0 = mean error).
         error: ``"l1"`` or ``"l2"`` pixel error.
         learning_rate: Adam learning rate for both networks.
+        lr_schedule: ``"constant"`` (the rate above throughout) or ``"cosine"`` (decayed along a half cosine to
+            1 % of it by the last epoch, ``trainer.max_epochs``): late epochs then take small steps, so the
+            validation scores of neighbouring epochs agree and the selected epoch is not a lucky swing.
         pem_skips: Where detail passes the PEM: ``"none"`` (one memory bottleneck), ``"plain"`` (U-Net
             skips around the memory) or ``"memory"`` (a memory on every skip level).
         proxy_blob_probability: Chance that a training proxy gets an SI-native pseudo lesion: a blob whose
@@ -115,6 +120,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         score_topk: float = 0.01,
         error: str = "l1",
         learning_rate: float = 1e-3,
+        lr_schedule: str = "constant",
         reconstruct_from: str = "predicted_proxy",
         error_blur_sigma: float = 0.0,
         pem_skips: str = "plain",
@@ -165,9 +171,12 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         self.proxy_blobs = BlobShifter(proxy_blob_probability, *blob_ranges)
         self.image_blobs = BlobShifter(image_blob_probability, *blob_ranges)
         self.loss = ProxyAnoLoss(entropy_weight, predicted_proxy_weight)
+        if lr_schedule not in LR_SCHEDULES:
+            msg = f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}"
+            raise ValueError(msg)
         self.learning_rate = learning_rate
+        self.lr_schedule = lr_schedule
         self.select_epoch = select_epoch
-        self.best_epoch = BestEpoch()
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """One joint step of both networks (the IRM sees only detached PEM outputs)."""
@@ -199,29 +208,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         from_extracted, from_predicted = reconstructions.chunk(2) if with_predicted else (reconstructions, None)
         return self.loss(images, proxies, predicted, memory_weights, from_extracted, from_predicted)
 
-    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Score as every model does, then feed the scores to the label-free epoch selection."""
-        batch = super().validation_step(batch, *args, **kwargs)
-        if self._selecting():
-            self.best_epoch.update(batch.pred_score, batch.gt_label, batch.anomaly_map, batch.gt_mask)
-        return batch
-
-    def _selecting(self) -> bool:
-        """Select epochs only on a validation set the datamodule declares label-free (never test images)."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        return self.select_epoch and bool(getattr(datamodule, "label_free_validation", False))
-
-    def on_validation_epoch_start(self) -> None:
-        self.best_epoch.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        """Log the label-free validation AUROCs and keep this epoch's weights if it is the best so far."""
-        metrics = self.best_epoch.compute() if self._selecting() and not self.trainer.sanity_checking else {}
-        self.best_epoch.reset()
-        if not metrics:
-            return
-        self.log_dict({f"val_{name}": value for name, value in metrics.items()}, sync_dist=True)
-        if self.best_epoch.consider(metrics, self.current_epoch, self.model):
+    def on_label_free_validation(self, metrics: dict[str, float]) -> None:
+        """Keep this epoch's weights if it is the best so far on the label-free validation set."""
+        if self.select_epoch and self.best_epoch.consider(metrics, self.current_epoch, self.model):
             logger.info("ProxyAno: epoch %d is the best on the validation set so far (%s)", self.current_epoch, metrics)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -243,5 +232,22 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         if path:
             self.trainer.save_checkpoint(path)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def optimizer(self) -> torch.optim.Optimizer:
+        """One Adam for both networks (also used by benchmarks/proxyano_sweep.py)."""
         return torch.optim.Adam(self.model.parameters(), lr=self.learning_rate)
+
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig | torch.optim.Optimizer:
+        optimizer = self.optimizer()
+        if self.lr_schedule == "constant":
+            return optimizer
+        epochs = self.trainer.max_epochs
+        if epochs is None or epochs < 1:
+            msg = f"lr_schedule={self.lr_schedule!r} decays over trainer.max_epochs; set it (got {epochs})"
+            raise ValueError(msg)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer, epochs)}}
+
+    def lr_scheduler(self, optimizer: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+        """The per-epoch schedule of ``lr_schedule`` over ``epochs`` (also used by benchmarks/proxyano_sweep.py)."""
+        if self.lr_schedule == "constant":
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs, eta_min=COSINE_FLOOR * self.learning_rate)
