@@ -234,6 +234,29 @@ def test_suite_runs_records_and_reports(tmp_path: Path, folder: Path) -> None:
     assert len(read(output)) == 4
 
 
+@pytest.mark.slow
+def test_exported_runtimes_are_timed_beside_torch_with_their_parity(tmp_path: Path, folder: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    runtimes = ["onnxruntime", "openvino"]
+    timing = {"batch_size": 4, "warmup": 1, "repeats": 2, "runtimes": runtimes}
+    suite = make_suite(tmp_path, folder, [model("mean")], seeds=[0], timing=timing)
+    output = tmp_path / "out"
+    assert main(["run", str(suite), "--output", str(output)]) == 0
+    (record,) = read(output)
+    measured = record["perf"]["runtimes"]
+    assert sorted(measured) == runtimes
+    for runtime in runtimes:
+        assert measured[runtime]["throughput_ips"] > 0, measured[runtime]
+        assert measured[runtime]["max_score_diff"] < 1e-4
+        assert measured[runtime]["max_map_diff"] < 1e-4
+    report = (output / "report.md").read_text()
+    assert "ONNX Runtime (img/s)" in report
+    assert "OpenVINO (img/s)" in report
+    with pytest.raises(SuiteError, match=r"^timing\.runtimes: 'tensorrt' not one of torch, onnxruntime, openvino"):
+        load_suite(str(make_suite(tmp_path, folder, [model("mean")], timing={"runtimes": ["tensorrt"]})))
+
+
 def test_failure_is_isolated(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     suite = make_suite(
         tmp_path, folder, [model("fails", "Failing"), model("crashes", "Crashing"), model("mean")], seeds=[0]

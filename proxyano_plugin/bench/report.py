@@ -55,6 +55,11 @@ def _section(section: str, name: str) -> Callable[[dict[str, Any]], float | None
     return lambda record: (record.get(section) or {}).get(name)
 
 
+def _runtime_throughput(runtime: str) -> Callable[[dict[str, Any]], float | None]:
+    """Throughput of the exported model in ``runtime`` (suites with ``timing.runtimes``; bench/runtimes.py)."""
+    return lambda record: (((record.get("perf") or {}).get("runtimes") or {}).get(runtime) or {}).get("throughput_ips")
+
+
 COLUMNS = (
     Column("image_auroc", "Image AUROC", _metric("image_auroc"), True, 1, 100),
     Column("image_aupr", "Image AUPR", _metric("image_aupr"), True, 1, 100),
@@ -67,6 +72,8 @@ COLUMNS = (
     # what a design choice may be read from, where every column before it is the test split's.
     Column("val_selection", "Validation (selection)", _section("selected_scores", "selection"), True, 1, 100),
     Column("throughput_ips", "Throughput (img/s)", _section("perf", "throughput_ips"), True),
+    Column("throughput_onnxruntime_ips", "ONNX Runtime (img/s)", _runtime_throughput("onnxruntime"), True),
+    Column("throughput_openvino_ips", "OpenVINO (img/s)", _runtime_throughput("openvino"), True),
     Column("latency_ms", "Latency b1 (ms)", _section("perf", "latency_ms"), False),
     Column("fit_s", "Fit (s)", _section("timing", "fit_s"), False),
     Column("peak_rss_mb", "Peak RSS (MB)", _section("perf", "peak_rss_mb"), False, 0),

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from proxyano_plugin.bench.runtimes import RUNTIMES
+
 SUITES_DIR = Path(__file__).parent / "suites"
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
@@ -42,6 +44,9 @@ class Timing:
     batch_size: int = 32
     warmup: int = 3
     repeats: int = 10
+    # Where inference is timed: the eager torch model always; "onnxruntime" and "openvino" add the model as
+    # exported (bench/runtimes.py), on CPUs.
+    runtimes: tuple[str, ...] = ("torch",)
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,8 @@ class RunSpec:
         data = dict(data)
         data["model"] = ModelSpec(**data["model"])
         data["dataset"] = DatasetSpec(**data["dataset"])
-        data["timing"] = Timing(**data["timing"])
+        timing = data["timing"]
+        data["timing"] = Timing(**{**timing, "runtimes": tuple(timing.get("runtimes", Timing.runtimes))})
         return cls(**data)
 
 
@@ -649,12 +655,19 @@ class _Validator:
 
     def _timing(self, value: Any) -> Timing:
         value = self._mapping(value, "timing")
-        _check_keys(value, ("batch_size", "warmup", "repeats"), "timing.")
+        _check_keys(value, ("batch_size", "warmup", "repeats", "runtimes"), "timing.")
         defaults = Timing()
+        runtimes = value.get("runtimes", list(defaults.runtimes))
+        if not isinstance(runtimes, list) or not all(isinstance(r, str) for r in runtimes):
+            raise SuiteError(f"timing.runtimes: expected a list of names, got {runtimes!r}")
+        unknown = [r for r in runtimes if r not in RUNTIMES]
+        if unknown:
+            raise SuiteError(f"timing.runtimes: {', '.join(map(repr, unknown))} not one of {', '.join(RUNTIMES)}")
         return Timing(
             batch_size=self._int(value, "batch_size", defaults.batch_size, 1, "timing."),
             warmup=self._int(value, "warmup", defaults.warmup, 0, "timing."),
             repeats=self._int(value, "repeats", defaults.repeats, 1, "timing."),
+            runtimes=tuple(dict.fromkeys(["torch", *runtimes])),
         )
 
     def _trainer_args(self, value: Any, where: str) -> dict[str, Any]:

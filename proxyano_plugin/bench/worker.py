@@ -13,7 +13,6 @@ import os
 import resource
 import select
 import signal
-import statistics
 import sys
 import threading
 import time
@@ -26,6 +25,7 @@ from typing import Any
 from proxyano_plugin.bench.checkpointing import RESUME_CHECKPOINT
 from proxyano_plugin.bench.curves import CURVES_DIR, curve_callback
 from proxyano_plugin.bench.per_image import PER_IMAGE_DIR, write_per_image
+from proxyano_plugin.bench.runtimes import measure_runtimes, median_seconds
 from proxyano_plugin.bench.suite import RunSpec, accepted_kwargs, import_class
 from proxyano_plugin.bench.system import cpu_count, cpu_name
 
@@ -284,6 +284,8 @@ def execute(spec: RunSpec, paths: RunPaths, resume: bool = False) -> dict[str, A
     images = torch.stack(collector.timing_images).to(dtype)
     with torch.inference_mode(), trainer.precision_plugin.test_step_context():
         speed = measure_speed(model.model, images, spec.timing, device, sync)
+    if device.type == "cpu":  # the exported runtimes run on CPUs; beside a GPU's eager numbers they would mislead
+        speed["runtimes"] = measure_runtimes(model, images, spec.timing, paths.run_dir / "exported")
     measure_s = time.perf_counter() - measure_start
     perf = {
         **speed,
@@ -389,26 +391,14 @@ def measure_speed(net: Any, images: Any, timing: Any, device: Any, sync: Callabl
     import torch
 
     batch = torch.cat([images] * math.ceil(timing.batch_size / len(images)))[: timing.batch_size]
-    single = _median_seconds(net, images[:1].to(device), timing, sync)
-    full = _median_seconds(net, batch.to(device), timing, sync)
+    single_input, batch_input = images[:1].to(device), batch.to(device)
+    single = median_seconds(lambda: net(single_input), timing, sync)
+    full = median_seconds(lambda: net(batch_input), timing, sync)
     return {
         "latency_ms": single * 1e3,
         "throughput_ips": timing.batch_size / full,
         "timing_batch_size": timing.batch_size,
     }
-
-
-def _median_seconds(net: Any, inputs: Any, timing: Any, sync: Callable[[], None]) -> float:
-    for _ in range(timing.warmup):
-        net(inputs)
-    sync()
-    times = []
-    for _ in range(timing.repeats):
-        start = time.perf_counter()
-        net(inputs)
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def count_flops(net: Any, single: Any) -> float | None:
