@@ -1,5 +1,7 @@
 """ProxyAno as a Lightning/anomalib module: training steps, determinism, errors, checkpoints."""
 
+from itertools import pairwise
+
 import lightning
 import pytest
 import torch
@@ -137,7 +139,7 @@ def test_cosine_schedule_decays_to_its_floor_by_the_last_epoch():
         rates.append(optimizer.param_groups[0]["lr"])
         schedule.step()
     assert rates[0] == pytest.approx(1e-3)
-    assert all(later < earlier for earlier, later in zip(rates, rates[1:4], strict=False))
+    assert all(later < earlier for earlier, later in pairwise(rates))  # the floor is reached at the end
     assert rates[4] == pytest.approx(1e-5)  # after the last of 4 epochs: 1 % of the rate
 
 

@@ -18,6 +18,7 @@ def parse_data(*args: str) -> AnomalibDataModule:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_subclass_arguments(AnomalibDataModule, "data")
+    parser.add_argument("--trainer", type=dict, default={})  # a data config may set what its data needs
     return parser.instantiate_classes(parser.parse_args(list(args))).data
 
 
