@@ -27,7 +27,7 @@ from anomalib.models import AnomalibModule
 from PIL import Image
 from torch import nn
 
-from proxyano_plugin.bench import records
+from proxyano_plugin.bench import records, report
 from proxyano_plugin.bench.cli import main
 from proxyano_plugin.bench.curves import read_curve
 from proxyano_plugin.bench.metrics import compute_metrics
@@ -733,6 +733,13 @@ def test_report_splits_runs_whose_settings_differ() -> None:
     assert sorted(groups) == ["Autoencoder [max_epochs=600]", "Autoencoder [max_epochs=unset]"]
     assert len(groups["Autoencoder [max_epochs=600]"].runs) == 3
     assert len(groups["Autoencoder [max_epochs=unset]"].runs) == 2
+
+
+def test_gallery_files_of_split_groups_have_plain_names() -> None:
+    assert report.gallery_file("ProxyAno") == "gallery_ProxyAno.png"
+    assert report.gallery_file('ProxyAno [proxy_kwargs={"n_segments": 1000}]') == (
+        "gallery_ProxyAno_proxy_kwargs_n_segments_1000.png"
+    )
 
 
 def test_report_shows_the_validation_score_and_how_many_runs_have_it(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -824,6 +825,11 @@ def _plot_tradeoff(path: Path, groups: list[Group]) -> Path:
     return path
 
 
+def gallery_file(model: str) -> str:
+    """``gallery_<model>.png``, with a group's ``[setting=value]`` label reduced to a plain file name."""
+    return f"gallery_{re.sub(r'[^A-Za-z0-9_.-]+', '_', model).strip('_')}.png"
+
+
 def _plot_gallery(directory: Path, model: str, runs: list[dict[str, Any]]) -> Path | None:
     """Examples of one run of ``model``: input, model intermediates, anomaly map, ground truth."""
     import matplotlib.pyplot as plt
@@ -864,7 +870,7 @@ def _plot_gallery(directory: Path, model: str, runs: list[dict[str, Any]]) -> Pa
         axes[row][0].set_ylabel(f"{label}\nscore {float(arrays['pred_score'][row]):.3g}", fontsize="x-small")
     figure.suptitle(f"{model} on {run['dataset']['name']} (seed {run.get('seed')})", fontsize="small")
     figure.tight_layout()
-    path = directory / f"gallery_{model}.png"
+    path = directory / gallery_file(model)
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
