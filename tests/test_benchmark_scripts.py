@@ -1,6 +1,6 @@
 """The analysis scripts in benchmarks/: split_shortcuts.py (per-image statistics as anomaly scores),
-proxyano_sweep.py's --table (the results READMEs' tables from its raw output) and proxyano_profile.py (time
-per module)."""
+proxyano_sweep.py's --table (the results READMEs' tables from its raw output), proxyano_profile.py (time
+per module) and loader_hang.py (loader settings under a deadline)."""
 
 import importlib.util
 import json
@@ -195,3 +195,22 @@ def test_proxyano_profile_splits_the_forward_pass_by_module(
     total = float(header.split(", ")[1].split()[0])
     parts = sum(float(values[2]) for values in rows.values())
     assert abs(total - parts) < 1.0  # the scoring head is a fraction of a MFLOP
+
+
+@pytest.mark.slow
+def test_loader_hang_script_reports_finished_and_stuck_variants(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A variant that trains within its deadline counts as finished; one past it is dumped, killed and reported."""
+    hang = load_script("loader_hang")
+    monkeypatch.setenv("PROXYANO_PLUGIN_CACHE", str(tmp_path))  # the demo's cache
+    argv = ["loader_hang.py", "--variants", "fork", "--workers", "1", "--batches", "2"]
+    monkeypatch.setattr("sys.argv", [*argv, "--deadline", "300"])
+    assert hang.main() == 0
+    assert "fork               yes" in capsys.readouterr().out
+    monkeypatch.setattr("sys.argv", [*argv, "--deadline", "0.5"])  # too short to even import torch
+    assert hang.main() == 1
+    printed = capsys.readouterr().out
+    assert "fork               NO" in printed
+    assert '"stacks": ' in printed and '"stacks": null' not in printed
+    assert '"dev_shm_total_mb"' in printed
