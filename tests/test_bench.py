@@ -29,7 +29,7 @@ from torch import nn
 
 from proxyano_plugin.bench import records, report
 from proxyano_plugin.bench.cli import main
-from proxyano_plugin.bench.curves import read_curve
+from proxyano_plugin.bench.curves import CURVES_DIR, curve_files, read_curve, write_curve
 from proxyano_plugin.bench.metrics import compute_metrics
 from proxyano_plugin.bench.runner import device_slots, run_suite
 from proxyano_plugin.bench.suite import SuiteError, load_suite
@@ -255,6 +255,18 @@ def test_exported_runtimes_are_timed_beside_torch_with_their_parity(tmp_path: Pa
     assert "OpenVINO (img/s)" in report
     with pytest.raises(SuiteError, match=r"^timing\.runtimes: 'tensorrt' not one of torch, onnxruntime, openvino"):
         load_suite(str(make_suite(tmp_path, folder, [model("mean")], timing={"runtimes": ["tensorrt"]})))
+
+
+def test_curves_of_a_run_still_training_are_plotted_by_its_name(tmp_path: Path) -> None:
+    """A long run's curve can be watched before its record exists: named from its log's first line."""
+    write_curve(tmp_path / CURVES_DIR / "abc123.csv", [{"epoch": 1, "step": 5, "seconds": 1.0, "train_loss": 0.5}])
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "abc123.log").write_text("run slow/tiny/seed0 (abc123)\n{}\n")
+    (found,) = curve_files(tmp_path)
+    assert (found.name, found.run_id) == ("slow/tiny/seed0", "abc123")
+    assert "not recorded" in found.label
+    assert main(["curves", str(tmp_path), "--only", "slow/*"]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 0
 
 
 def test_failure_is_isolated(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:

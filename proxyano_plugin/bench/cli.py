@@ -139,15 +139,14 @@ def _report(
 
 
 def _curves(directory: Path, only: list[str] | None, metrics: list[str] | None, output: Path) -> int:
-    from proxyano_plugin.bench.curves import FIXED_COLUMNS, plot_curves, read_curve
-    from proxyano_plugin.bench.records import RECORDS_NAME, read_records
+    from proxyano_plugin.bench.curves import FIXED_COLUMNS, curve_files, plot_curves, read_curve
     from proxyano_plugin.bench.runner import run_matches
 
-    records = [r for r in read_records(directory / RECORDS_NAME).latest() if r.get("curve")]
-    records = [r for r in records if not only or any(run_matches(r["name"], r["run_id"], p) for p in only)]
-    curves = [(f"{r['name']} ({r['run_id']})", read_curve(directory / r["curve"])) for r in records]
+    found = curve_files(directory)
+    found = [c for c in found if not only or any(run_matches(c.name, c.run_id, p) for p in only)]
+    curves = [(c.label, read_curve(c.path)) for c in found]
     if not curves:
-        print(f"proxyano-bench: error: no recorded run in {directory} has a training curve", file=sys.stderr)
+        print(f"proxyano-bench: error: no run in {directory} has a training curve", file=sys.stderr)
         return EXIT_USAGE
     available = sorted({key for _, rows in curves for row in rows for key in row} - set(FIXED_COLUMNS))
     if not available:

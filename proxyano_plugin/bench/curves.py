@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 CURVES_DIR = "curves"
 FIXED_COLUMNS = ("epoch", "step", "seconds")
@@ -80,6 +80,35 @@ def curve_callback(path: Path) -> Any:
             self.previous_s = float(state_dict["seconds"])
 
     return TrainingCurve()
+
+
+class CurveFile(NamedTuple):
+    name: str  # model/dataset/seedN
+    run_id: str
+    path: Path
+    label: str  # for the plot's legend
+
+
+def curve_files(directory: Path) -> list[CurveFile]:
+    """The curves of a results folder: recorded runs first, then runs still training (or killed unrecorded),
+    named from the first line of their log (``run NAME (ID)``)."""
+    from proxyano_plugin.bench.records import RECORDS_NAME, read_records
+
+    records = read_records(directory / RECORDS_NAME).latest() if (directory / RECORDS_NAME).exists() else []
+    found = [
+        CurveFile(r["name"], r["run_id"], directory / r["curve"], f"{r['name']} ({r['run_id']})")
+        for r in records
+        if r.get("curve") and (directory / r["curve"]).exists()
+    ]
+    recorded = {c.run_id for c in found}
+    for path in sorted((directory / CURVES_DIR).glob("*.csv")):
+        if path.stem in recorded:
+            continue
+        log = directory / "logs" / f"{path.stem}.log"
+        first = log.read_text(errors="replace").split("\n", 1)[0] if log.exists() else ""
+        name = first.split()[1] if first.startswith("run ") and len(first.split()) > 1 else path.stem
+        found.append(CurveFile(name, path.stem, path, f"{name} ({path.stem}, not recorded: running or cut off)"))
+    return found
 
 
 def plot_curves(curves: Iterable[tuple[str, list[dict[str, float]]]], metrics: Sequence[str], output: Path) -> Path:
