@@ -10,7 +10,7 @@ STAMP := $(VENV)/.proxyano-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch first, on its own: on CPU-only machines pick your wheel here (see README, Installation).
+	# torch first, on its own: on CPU-only machines pick your wheel here (see README, Quick start).
 	$(BIN)/python -m pip install --quiet "torch>=2.2,<3" "torchvision>=0.17"
 	$(BIN)/python -m pip install --quiet ".[dev]"
 	touch $(STAMP)
