@@ -212,5 +212,6 @@ def test_loader_hang_script_reports_finished_and_stuck_variants(
     assert hang.main() == 1
     printed = capsys.readouterr().out
     assert "fork               NO" in printed
-    assert '"stacks": ' in printed and '"stacks": null' not in printed
+    assert '"stacks": ' in printed
+    assert '"stacks": null' not in printed
     assert '"dev_shm_total_mb"' in printed
