@@ -149,6 +149,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         if isinstance(proxy_cache_items, bool) or not isinstance(proxy_cache_items, int) or proxy_cache_items < 0:
             msg = f"proxy_cache_items must be a non-negative integer (0: no cache), got {proxy_cache_items!r}"
             raise ValueError(msg)
+        if lr_schedule not in LR_SCHEDULES:
+            msg = f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}"
+            raise ValueError(msg)
         super().__init__(pre_processor, post_processor, evaluator, visualizer, image_size=image_size)
         self.model = ProxyAnoModel(
             in_channels=in_channels,
@@ -171,9 +174,6 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         self.proxy_blobs = BlobShifter(proxy_blob_probability, *blob_ranges)
         self.image_blobs = BlobShifter(image_blob_probability, *blob_ranges)
         self.loss = ProxyAnoLoss(entropy_weight, predicted_proxy_weight)
-        if lr_schedule not in LR_SCHEDULES:
-            msg = f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}"
-            raise ValueError(msg)
         self.learning_rate = learning_rate
         self.lr_schedule = lr_schedule
         self.select_epoch = select_epoch
