@@ -1,18 +1,20 @@
 """Where ProxyAno's inference time goes, per module, at several input sizes (issue 15, item 1).
 
-Builds the shipped default network (``ProxyAno()``'s arguments, random weights: the cost does not depend
-on them) and times one eval-mode forward pass of a batch, split by module with forward hooks: the PEM's
-encoder, memory and decoder, the IRM's encoder and decoder, and the scoring head (error map, smoothing,
-top-k), which is what the hooks leave of the whole pass. Sizes run interleaved round by round so machine
-load hits them alike; the table gives medians over rounds, each module's share of the pass, and its FLOPs
-(``torch.utils.flop_counter``, two per multiply-add).
+Builds the default network (``ProxyAno()``'s arguments, or others given with ``--set``; random weights: the
+cost does not depend on them) and times one eval-mode forward pass of a batch, split by module with forward
+hooks: the PEM's encoder, memory and decoder, the IRM's encoder and decoder, and the scoring head (error map,
+smoothing, top-k), which is what the hooks leave of the whole pass. Sizes run interleaved round by round so
+machine load hits them alike; the table gives medians over rounds, each module's share of the pass, and its
+FLOPs (``torch.utils.flop_counter``, two per multiply-add).
 
     OMP_NUM_THREADS=1 python benchmarks/proxyano_profile.py --sizes 64 128 256 --batch-size 32 --repeats 5
+    OMP_NUM_THREADS=1 python benchmarks/proxyano_profile.py --sizes 64 --set 'widths=[4,8,16,32]' --set memory_size=500
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections import defaultdict
@@ -72,17 +74,33 @@ def flops_by_part(model: ProxyAno, images: torch.Tensor, parts: dict[str, nn.Mod
     return result
 
 
+def parse_override(item: str) -> tuple[str, object]:
+    """``name=JSON`` -> ``(name, value)``; a bare word that is not JSON stays a string."""
+    name, _, value = item.partition("=")
+    if not name or not value:
+        msg = f"--set takes NAME=JSON, got {item!r}"
+        raise SystemExit(msg)
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (after one warm-up)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=JSON", help="a ProxyAno argument, e.g. 'widths=[4,8,16,32]'"
+    )
     args = parser.parse_args()
+    overrides = dict(parse_override(item) for item in args.set)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    models = {size: ProxyAno(image_size=size).eval() for size in args.sizes}
+    models = {size: ProxyAno(image_size=size, **overrides).eval() for size in args.sizes}
     batches = {size: torch.rand(args.batch_size, 3, size, size) for size in args.sizes}
     parts = {size: timed_modules(model) for size, model in models.items()}
     samples: dict[int, dict[str, list[float]]] = {size: defaultdict(list) for size in args.sizes}
@@ -101,7 +119,7 @@ def main() -> None:
                 samples[size][name].append(value)
 
     setting = f"batch {args.batch_size}, {args.threads} thread(s), medians of {args.repeats} rounds"
-    print(f"ProxyAno default network, eval forward, {setting}")
+    print(f"ProxyAno network {overrides or '(defaults)'}, eval forward, {setting}")
     for size in args.sizes:
         flops = flops_by_part(models[size], batches[size], parts[size])
         total = statistics.median(samples[size]["total"])
