@@ -399,7 +399,9 @@ def test_lock_prevents_two_writers(tmp_path: Path, folder: Path, capsys: pytest.
     output.mkdir()
     with records.locked(output):
         assert main(["run", str(suite), "--output", str(output)]) == 2
-    assert "in use by another proxyano-bench" in capsys.readouterr().err
+    assert f"in use by another proxyano-bench (pid {os.getpid()})" in capsys.readouterr().err
+    with records.locked(output):  # released when the holder's block ends
+        pass
 
 
 @pytest.fixture

@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 RECORDS_NAME = "records.jsonl"
 SESSIONS_NAME = "sessions.jsonl"
 LOCK_NAME = ".lock"
+LOCK_HOLDER_NAME = ".lock.pid"
 MEASURED_KEYS = ("fit_s", "test_s", "measure_s")
 """A run's timing entries that are the measured work; the rest of its wall time is harness overhead."""
 
@@ -214,28 +217,22 @@ def repair(path: Path, records: Records) -> None:
 def locked(directory: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``directory`` so two suites never append to the same results file.
 
-    ``flock`` locks vanish with their process, so a suite killed with ``kill -9`` leaves no stale lock.
+    An OS lock (``filelock``: ``flock`` on POSIX, ``msvcrt`` on Windows) vanishes with its process, so a suite
+    killed with ``kill -9`` leaves no stale lock. The holder's pid goes into a file beside it, for the message
+    a second suite gets.
     """
-    import fcntl  # POSIX only; imported here so that reading records works everywhere.
-
-    path = directory / LOCK_NAME
+    lock = FileLock(directory / LOCK_NAME, timeout=0)
+    holder_file = directory / LOCK_HOLDER_NAME
     try:
-        handle = path.open("a+")
-    except OSError as error:
-        raise write_failed(path, error, "run the same command again") from None
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
+        lock.acquire()
+    except Timeout:
+        holder = holder_file.read_text(encoding="utf-8").strip() if holder_file.exists() else "unknown"
         msg = f"{directory} is in use by another proxyano-bench (pid {holder}); wait for it or pick another --output"
         raise ResultsError(msg) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
+    except OSError as error:
+        raise write_failed(directory / LOCK_NAME, error, "run the same command again") from None
     try:
+        holder_file.write_text(str(os.getpid()), encoding="utf-8")
         yield
     finally:
-        handle.close()
+        lock.release()
