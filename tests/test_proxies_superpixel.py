@@ -9,7 +9,8 @@ from skimage.color import rgb2lab
 from skimage.measure import label as connected_components
 
 from proxyano_plugin.proxies import SuperpixelProxy, superpixel_mean
-from proxyano_plugin.proxies.slic import enforce_connectivity, rgb_to_lab, slic_grid
+from proxyano_plugin.proxies.slic import enforce_connectivity, slic_grid
+from proxyano_plugin.proxies.superpixel import rgb_to_lab
 
 
 def _images(channels: int, size: int = 48, batch: int = 2) -> torch.Tensor:
@@ -76,6 +77,7 @@ def test_output_keeps_dtype_and_is_deterministic() -> None:
 
 
 def test_rgb_to_lab_matches_skimage() -> None:
+    """The Lab conversion (kornia's) is scikit-image's, which the ``"skimage"`` backend's ``slic`` uses."""
     rgb = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     expected = np.stack([rgb2lab(image) for image in rgb.permute(0, 2, 3, 1).numpy()])
     expected = torch.from_numpy(expected).permute(0, 3, 1, 2).float()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-__all__ = ["Grid", "enforce_connectivity", "rgb_to_lab", "slic_grid", "slic_labels"]
+__all__ = ["Grid", "enforce_connectivity", "slic_grid", "slic_labels"]
 
 # Where centres outside the grid sit (in units of the grid step): farther than any pixel.
 _FAR = 1e6
@@ -32,13 +32,6 @@ _FAR = 1e6
 _OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 # The low mantissa bits of a distance that carry the candidate's slot (0-8) in the running minimum.
 _SLOT_BITS = 15
-# sRGB (linear) -> XYZ, divided by the D65 white point; and f(XYZ) -> Lab (before L's offset of -16).
-_RGB_TO_XYZ = [
-    [0.412453 / 0.95047, 0.357580 / 0.95047, 0.180423 / 0.95047],
-    [0.212671, 0.715160, 0.072169],
-    [0.019334 / 1.08883, 0.119193 / 1.08883, 0.950227 / 1.08883],
-]
-_XYZ_TO_LAB = [[0.0, 116.0, 0.0], [500.0, -500.0, 0.0], [0.0, 200.0, -200.0]]
 # Colours are summed as integers with this many levels over their range (see _CentreSums).
 _COLOUR_LEVELS = 2**15 - 1
 
@@ -57,17 +50,6 @@ def slic_grid(height: int, width: int, n_segments: int) -> Grid:
     spacing = math.sqrt(height * width / max(n_segments, 1))
     step, start = max(1, round(spacing)), int(spacing // 2)
     return Grid(max(1, math.ceil((height - start) / step)), max(1, math.ceil((width - start) / step)), step, start)
-
-
-def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
-    """CIELAB (D65, 2 degree observer) of sRGB values in [0, 1], ``[B, 3, H, W]``; matches ``skimage.color.rgb2lab``."""
-    # Powers as exp(log(.) * k): about twice as fast as torch.pow on CPU.
-    linear = torch.where(rgb > 0.04045, torch.exp(torch.log((rgb + 0.055) / 1.055) * 2.4), rgb / 12.92)
-    xyz = torch.einsum("ij,bjhw->bihw", rgb.new_tensor(_RGB_TO_XYZ), linear).contiguous()
-    f = torch.where(xyz > 0.008856, torch.exp(torch.log(xyz.clamp_min(0.008856)) / 3), 7.787 * xyz + 16 / 116)
-    lab = torch.einsum("ij,bjhw->bihw", rgb.new_tensor(_XYZ_TO_LAB), f).contiguous()
-    lab[:, 0] -= 16
-    return lab
 
 
 def slic_labels(features: torch.Tensor, n_segments: int, compactness: float, iterations: int) -> torch.Tensor:

@@ -16,9 +16,10 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
+from kornia.color import rgb_to_lab
 
 from .base import Proxy, check_images, map_images, positive
-from .slic import enforce_connectivity, rgb_to_lab, slic_grid, slic_labels
+from .slic import enforce_connectivity, slic_grid, slic_labels
 
 __all__ = ["SuperpixelProxy", "superpixel_mean"]
 
