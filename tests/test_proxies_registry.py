@@ -26,6 +26,7 @@ from proxyano_plugin.proxies import (
     available_proxies,
     broken_proxies,
     create_proxy,
+    register_proxy,
     registry,
 )
 from proxyano_plugin.proxies.filters import BlurProxy, EdgesProxy
@@ -274,3 +275,44 @@ def test_imports_stay_lazy() -> None:
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.split() == ["False", "False"]
+
+
+@pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh in-process registry, so that registrations do not leak into other tests."""
+    monkeypatch.setattr(registry, "_IN_PROCESS", {})
+
+
+def test_register_proxy_adds_a_proxy_in_process(in_process: None) -> None:
+    @register_proxy("coarse-blur")
+    def coarse_blur(sigma: float = 4.0) -> BlurProxy:
+        return BlurProxy(sigma=sigma)
+
+    assert available_proxies()["coarse-blur"] == "register_proxy in this process"
+    proxy = create_proxy("coarse-blur", sigma=2.0)
+    assert isinstance(proxy, BlurProxy)
+    assert proxy.sigma == 2.0
+    with pytest.raises(ProxyArgumentError, match="accepts: sigma"):
+        create_proxy("coarse-blur", radius=3)
+    from proxyano_plugin import ProxyAno  # heavy: only this test of the module needs the model
+
+    assert ProxyAno(proxy="coarse-blur").proxy_extractor.name == proxy.name
+
+
+def test_register_proxy_refuses_an_installed_name(in_process: None) -> None:
+    with pytest.raises(DuplicateProxyError, match="'blur' is already registered by proxyano-plugin"):
+        register_proxy("blur")(BlurProxy)
+    assert isinstance(create_proxy("blur"), BlurProxy)
+
+
+def test_register_proxy_again_replaces_with_a_warning(in_process: None) -> None:
+    register_proxy("mine")(BlurProxy)
+    with pytest.warns(ProxyLoadWarning, match="registered in this process before"):
+        register_proxy("mine")(EdgesProxy)
+    assert isinstance(create_proxy("mine"), EdgesProxy)
+
+
+@pytest.mark.parametrize("name", ["", None])
+def test_register_proxy_needs_a_name(name: Any) -> None:
+    with pytest.raises(TypeError, match="non-empty proxy name"):
+        register_proxy(name)

@@ -2,7 +2,8 @@
 
 - :class:`ProxyExtractor`: the protocol (``[B, C, H, W]`` in [0, 1] -> same shape; ``name``, ``cache_key``).
 - :func:`available_proxies` / :func:`create_proxy` / :func:`broken_proxies`: the registry (entry-point group
-  ``proxyano_plugin.proxies``), through which the built-ins and third-party proxies are found.
+  ``proxyano_plugin.proxies``), through which the built-ins and third-party proxies are found;
+  :func:`register_proxy` adds one in-process (notebooks, scripts).
 - :class:`ProxyError`: base of the one-line errors (unknown, duplicate, broken, bad arguments or values).
 - :class:`CachedProxy`: per-image memory/disk cache around any extractor.
 - Built-ins: ``superpixel`` (:class:`SuperpixelProxy`), ``blur``, ``edges``, ``identity``.
@@ -27,7 +28,14 @@ from .base import (
     ProxyValueError,
     UnknownProxyError,
 )
-from .registry import BUILT_IN_DISTRIBUTION, ENTRY_POINT_GROUP, available_proxies, broken_proxies, create_proxy
+from .registry import (
+    BUILT_IN_DISTRIBUTION,
+    ENTRY_POINT_GROUP,
+    available_proxies,
+    broken_proxies,
+    create_proxy,
+    register_proxy,
+)
 
 _LAZY = {
     "CachedProxy": "proxyano_plugin.proxies.cache",
@@ -60,6 +68,7 @@ __all__ = [
     "available_proxies",
     "broken_proxies",
     "create_proxy",
+    "register_proxy",
     "superpixel_mean",
 ]
 

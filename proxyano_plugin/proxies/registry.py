@@ -9,6 +9,10 @@ One bad plugin never takes the others down: a plugin registering a built-in's na
 wins), a name two plugins register is left out (that name only), and a plugin whose import fails in any way,
 ``sys.exit()`` included, is listed as broken with the reason. Each case warns (:class:`ProxyLoadWarning`);
 asking for such a name raises one error that says why.
+
+For a notebook or a script, :func:`register_proxy` adds a proxy in-process (timm's ``register_model``
+pattern). It lives only in that Python process: the ``anomalib`` CLI and ``proxyano-bench`` runs (each a
+process of its own) see entry points only.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import difflib
 import inspect
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import Any, TypeVar
 
 from .base import (
     DuplicateProxyError,
@@ -32,11 +37,79 @@ from .base import (
     UnknownProxyError,
 )
 
-__all__ = ["BUILT_IN_DISTRIBUTION", "ENTRY_POINT_GROUP", "available_proxies", "broken_proxies", "create_proxy"]
+__all__ = [
+    "BUILT_IN_DISTRIBUTION",
+    "ENTRY_POINT_GROUP",
+    "available_proxies",
+    "broken_proxies",
+    "create_proxy",
+    "register_proxy",
+]
 
 ENTRY_POINT_GROUP = "proxyano_plugin.proxies"
 # The distribution whose entry points are the built-ins; they take precedence over any plugin's.
 BUILT_IN_DISTRIBUTION = "proxyano-plugin"
+
+
+Factory = TypeVar("Factory", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class _InProcess:
+    """A proxy added by :func:`register_proxy`, shaped like the entry point the registry otherwise handles."""
+
+    name: str
+    factory: Callable[..., Any]
+    dist: None = None
+
+    @property
+    def value(self) -> str:
+        return f"{self.factory.__module__}:{self.factory.__qualname__}"
+
+    def load(self) -> Callable[..., Any]:
+        return self.factory
+
+
+_IN_PROCESS: dict[str, _InProcess] = {}
+
+
+def register_proxy(name: str) -> Callable[[Factory], Factory]:
+    """Class or function decorator registering a proxy factory under ``name`` in this process.
+
+    Raises :class:`DuplicateProxyError` if an installed distribution (a built-in or a plugin) already
+    registers ``name``; registering a name again in the same process replaces the earlier factory with a
+    :class:`ProxyLoadWarning` (a notebook cell run twice).
+
+    Example::
+
+        @register_proxy("median")
+        class MedianProxy(PerImageProxy): ...
+
+        ProxyAno(proxy="median")
+    """
+    if not isinstance(name, str) or not name:
+        msg = f"register_proxy takes a non-empty proxy name, got {name!r}"
+        raise TypeError(msg)
+
+    def register(factory: Factory) -> Factory:
+        if not callable(factory):
+            msg = f"register_proxy({name!r}) decorates a class or function, got {factory!r}"
+            raise TypeError(msg)
+        installed = _registered().get(name)
+        if installed:
+            providers = " and ".join(sorted(_provider(entry) for entry in installed))
+            msg = f"proxy name {name!r} is already registered by {providers}; pick another name"
+            raise DuplicateProxyError(msg)
+        if name in _IN_PROCESS:
+            warnings.warn(
+                f"proxy {name!r} was registered in this process before ({_IN_PROCESS[name].value}); replacing it",
+                ProxyLoadWarning,
+                stacklevel=2,
+            )
+        _IN_PROCESS[name] = _InProcess(name, factory)
+        return factory
+
+    return register
 
 
 def available_proxies() -> dict[str, str]:
@@ -97,12 +170,12 @@ class _Registration:
     """What one name resolves to: a built-in (plugins of the same name ignored), a single plugin, or two or
     more plugins (then nothing: which one a user meant is unknowable)."""
 
-    entry: EntryPoint | None
+    entry: EntryPoint | _InProcess | None
     built_in: bool = False
     # Plugins not used: overridden by the built-in, or (entry None) clashing with each other.
     others: tuple[EntryPoint, ...] = ()
 
-    def usable(self, name: str) -> EntryPoint:
+    def usable(self, name: str) -> EntryPoint | _InProcess:
         """The entry point to load, or :class:`DuplicateProxyError` naming the plugins that clash."""
         if self.entry is None:
             providers = " and ".join(sorted(f"{_provider(entry)} ({entry.value})" for entry in self.others))
@@ -150,6 +223,8 @@ def _names() -> dict[str, _Registration]:
             names[name] = _Registration(plugins[0])
         else:
             names[name] = _Registration(None, others=plugins)
+    for name, entry in _IN_PROCESS.items():
+        names.setdefault(name, _Registration(entry))  # an installed name wins (it was not there at registration)
     return names
 
 
@@ -173,12 +248,14 @@ def _is_built_in(entry: EntryPoint) -> bool:
     return dist is not None and re.sub(r"[-_.]+", "-", dist.name).lower() == BUILT_IN_DISTRIBUTION
 
 
-def _provider(entry: EntryPoint) -> str:
+def _provider(entry: EntryPoint | _InProcess) -> str:
+    if isinstance(entry, _InProcess):
+        return "register_proxy in this process"
     dist = entry.dist
     return f"{dist.name} {dist.version}" if dist is not None else "an unknown distribution"
 
 
-def _load(name: str, entry: EntryPoint) -> Any:
+def _load(name: str, entry: EntryPoint | _InProcess) -> Any:
     try:
         factory = entry.load()
     except KeyboardInterrupt:
