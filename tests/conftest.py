@@ -5,8 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from testing_utils import REPO, write_patients_tree
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +15,9 @@ def example_proxy_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target"]
     subprocess.run([*install, str(site), str(REPO / "examples" / "custom_proxy")], check=True, capture_output=True)
     return site
+
+
+@pytest.fixture
+def patients_tree(tmp_path: Path) -> Path:
+    """A SplitCSV tree of 8 patients with a patient column (see ``testing_utils.write_patients_tree``)."""
+    return write_patients_tree(tmp_path)

@@ -18,12 +18,12 @@ import torch
 from anomalib.data import AnomalibDataModule
 from jsonargparse import ArgumentParser
 from PIL import Image
+from testing_utils import REPO
 
 from proxyano_plugin.data import CheckedFolder, DatasetError, SplitCSV
 from proxyano_plugin.prepare import PrepareError, merge_masks
 from proxyano_plugin.prepare.cli import main as prepare
 
-REPO = Path(__file__).parents[1]
 CONFIGS = REPO / "configs" / "data"
 
 

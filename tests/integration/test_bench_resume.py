@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_bench import HERE, model, read
-from test_lesion_validation import patients_tree  # noqa: F401  (a fixture)
+from test_bench import model, read, toy_env
 
 from proxyano_plugin.bench.checkpointing import ResumeCheckpoint, capture_rng, restore_rng, usable_checkpoint
 from proxyano_plugin.bench.cli import main
@@ -69,7 +68,7 @@ def checkpoints_saved(output: Path) -> int:
 def kill_after_checkpoints(suite: Path, output: Path, saves: int) -> None:
     """Run the suite in a harness process and ``kill -9`` it once ProxyAno has saved ``saves`` more checkpoints."""
     target = checkpoints_saved(output) + saves
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    env = toy_env()
     command = [sys.executable, "-m", "proxyano_plugin.bench.cli", "run", str(suite), "--output", str(output)]
     process = subprocess.Popen([*command, "--resume"], env=env, start_new_session=True, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -89,7 +88,7 @@ def proxyano_record(output: Path) -> dict[str, Any]:
     return record
 
 
-def test_a_suite_killed_twice_resumes_without_losing_or_repeating_runs(tmp_path: Path, patients_tree: Path) -> None:  # noqa: F811
+def test_a_suite_killed_twice_resumes_without_losing_or_repeating_runs(tmp_path: Path, patients_tree: Path) -> None:
     suite = resume_suite(tmp_path, patients_tree)
     reference = tmp_path / "reference"
     assert main(["run", str(suite), "--output", str(reference), "--no-report"]) == 0

@@ -7,47 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from testing_utils import REPO
+from testing_utils import head_slice as head
 
 from proxyano_plugin import ProxyAno
 from proxyano_plugin.data import SplitCSV
 from proxyano_plugin.data.synthetic_validation import hold_out, paint_validation
 from proxyano_plugin.models.selection import BestEpoch
-
-SIZE = 48
-
-
-def head(seed: int) -> np.ndarray:
-    """A bright noisy disc on a dark background: enough head for the lesion painter."""
-    rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[:SIZE, :SIZE]
-    disc = (rows - SIZE / 2) ** 2 + (cols - SIZE / 2) ** 2 < (0.4 * SIZE) ** 2
-    return np.clip(disc * 0.5 + rng.normal(0, 0.03, (SIZE, SIZE)) + 0.02, 0, 1).astype(np.float32)
-
-
-@pytest.fixture
-def patients_tree(tmp_path: Path) -> Path:
-    """6 training patients x 3 slices, 2 test patients; splits/patients.csv has a patient column."""
-    rows = ["file,label,split,mask,patient"]
-    for patient in range(8):
-        split = "train" if patient < 6 else "test"
-        for slice_index in range(3):
-            name = f"images/p{patient}_{slice_index}.png"
-            (tmp_path / "images").mkdir(exist_ok=True)
-            image = head(10 * patient + slice_index)
-            label, mask = 0, ""
-            if split == "test" and slice_index == 1:
-                image[20:28, 20:28] = 1.0
-                label, mask = 1, f"masks/p{patient}_{slice_index}.png"
-                (tmp_path / "masks").mkdir(exist_ok=True)
-                lesion = np.zeros((SIZE, SIZE), np.uint8)
-                lesion[20:28, 20:28] = 255
-                Image.fromarray(lesion).save(tmp_path / mask)
-            Image.fromarray((image * 255).astype(np.uint8)).save(tmp_path / name)
-            rows.append(f"{name},{label},{split},{mask},P{patient}")
-    (tmp_path / "splits").mkdir()
-    (tmp_path / "splits" / "patients.csv").write_text("\n".join(rows) + "\n")
-    return tmp_path
 
 
 def lesion_datamodule(root: Path, **kwargs) -> SplitCSV:
@@ -174,7 +140,7 @@ def test_every_reconstruction_model_logs_label_free_validation_without_selecting
 def test_the_shipped_lgg_config_builds_lesion_validation_by_patient(patients_tree: Path):
     from testing_utils import parse_data
 
-    config = Path(__file__).parents[1] / "configs" / "data" / "lgg_flair.yaml"
+    config = REPO / "configs" / "data" / "lgg_flair.yaml"
     datamodule = parse_data(
         "--config",
         str(config),

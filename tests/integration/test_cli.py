@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from testing_utils import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 ANOMALIB = Path(sys.executable).with_name("anomalib")
 TINY_MODEL = ["--model.image_size", "32", "--model.widths", "[8, 16, 32]", "--model.memory_size", "50"]
 TINY_DATA = ["--data.train_subjects", "2", "--data.test_subjects", "2", "--data.slices_per_subject", "6"]
@@ -232,7 +232,7 @@ def test_argument_errors_are_shortened(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_checkpoint_of_another_model_ends_the_command_in_one_line(tmp_path: Path) -> None:
     """Not 190 lines of missing keys: which model wrote the checkpoint and the ``--model`` to pass, exit code 2,
-    before anything is built (tests/test_checkpoints.py checks the other bad files in-process)."""
+    before anything is built (tests/unit/models/test_checkpoints.py checks the other bad files in-process)."""
     from testing_utils import save_checkpoint
 
     from proxyano_plugin import Autoencoder

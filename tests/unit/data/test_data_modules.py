@@ -11,12 +11,11 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from testing_utils import parse_data
+from testing_utils import REPO, parse_data
 
 from proxyano_plugin.data import BrainMRIDemo, CheckedFolder, DatasetError, SplitCSV, read_split_csv
 
-REPO = Path(__file__).parents[1]
-SHARED_DATA = Path(os.environ.get("PROXYANO_SHARED_DATA") or Path(__file__).parents[2] / "shared" / "data")
+SHARED_DATA = Path(os.environ.get("PROXYANO_SHARED_DATA") or REPO.parent / "shared" / "data")
 BRAIN_TUMOR_MRI = SHARED_DATA / "brain_tumor_mri"
 TINY = {"train_subjects": 2, "test_subjects": 2, "slices_per_subject": 4}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from testing_utils import REPO
 
 from proxyano_plugin.data.anatomy import Subject, load_template
 from proxyano_plugin.data.demo_generator import (
@@ -35,7 +36,7 @@ def small_demo() -> list:
 
 
 def test_asset_is_small_and_well_formed() -> None:
-    asset = Path(__file__).parents[1] / "proxyano_plugin/data/assets/mni152_axial.npz"
+    asset = REPO / "proxyano_plugin/data/assets/mni152_axial.npz"
     assert asset.stat().st_size < 600_000
     template = load_template()
     assert template.t1.shape == template.wm.shape == template.brain.shape == (48, 128, 128)

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 import torch
 from anomalib.models.components import AnomalibModule
-from testing_utils import save_checkpoint, write_tiny_folder_dataset
+from testing_utils import REPO, save_checkpoint, write_tiny_folder_dataset
 
 from proxyano_plugin.models.autoencoder import Autoencoder
 from proxyano_plugin.models.fanogan import FAnoGAN
 from proxyano_plugin.models.patchcore import PatchcoreLite0
 
-REPO = Path(__file__).resolve().parents[1]
 ANOMALIB = Path(sys.executable).with_name("anomalib")
 
 TINY_MODELS = {

@@ -25,6 +25,7 @@ import yaml
 from anomalib.data import InferenceBatch
 from anomalib.models import AnomalibModule
 from PIL import Image
+from testing_utils import TEST_DATA
 from torch import nn
 
 from proxyano_plugin.bench import records, report
@@ -36,6 +37,14 @@ from proxyano_plugin.bench.suite import SuiteError, load_suite
 from proxyano_plugin.models.base import OneClassReconstruction
 
 HERE = Path(__file__).parent
+
+
+def toy_env() -> dict[str, str]:
+    """The environment of a ``proxyano-bench`` subprocess that imports the toy models below (and testing_utils)."""
+    paths = [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
 TOYS = __name__  # class paths below: f"{TOYS}.MeanScore"
 
 
@@ -320,7 +329,7 @@ def test_timeout_records_how_far_the_run_got(tmp_path: Path, folder: Path) -> No
 def test_resume_after_kill_loses_only_the_run_in_flight(tmp_path: Path, folder: Path) -> None:
     suite = make_suite(tmp_path, folder, [model("slow", sleep_s=0.5)], seeds=[0, 1, 2])
     output = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    env = toy_env()
     command = [sys.executable, "-m", "proxyano_plugin.bench.cli", "run", str(suite), "--output", str(output)]
     process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
     records_path = output / records.RECORDS_NAME
@@ -734,7 +743,7 @@ def test_overhead_counts_parallel_runs_without_going_negative() -> None:
 def test_report_splits_runs_whose_settings_differ() -> None:
     from proxyano_plugin.bench.report import group_runs
 
-    loaded = records.read_records(HERE / "data" / "bench_records.jsonl").records
+    loaded = records.read_records(TEST_DATA / "bench_records.jsonl").records
     autoencoder = [r for r in loaded if r["model"]["name"] == "Autoencoder" and r["dataset"]["name"] == "demo"]
     longer = [
         {**r, "run_id": f"e{r['run_id']}", "config": {**r.get("config", {}), "max_epochs": 600}} for r in autoencoder
@@ -758,7 +767,7 @@ def test_gallery_files_of_split_groups_have_plain_names() -> None:
 
 def test_report_shows_the_validation_score_and_how_many_runs_have_it(tmp_path: Path) -> None:
     """The label-free selection score gets its own column; runs recorded before it existed are counted out."""
-    loaded = records.read_records(HERE / "data" / "bench_records.jsonl").records
+    loaded = records.read_records(TEST_DATA / "bench_records.jsonl").records
     autoencoder = [r for r in loaded if r["model"]["name"] == "Autoencoder" and r["dataset"]["name"] == "demo"]
     autoencoder[0] = {**autoencoder[0], "selected_scores": {"image_auroc": 0.7, "pixel_auroc": 0.9, "selection": 0.8}}
     path = tmp_path / records.RECORDS_NAME
@@ -779,7 +788,7 @@ def test_report_shows_the_validation_score_and_how_many_runs_have_it(tmp_path: P
 
 def test_report_matches_golden(tmp_path: Path) -> None:
     """report.md from a fixed records file; regenerate the golden file with PROXYANO_BENCH_GOLDEN=1."""
-    data = HERE / "data"
+    data = TEST_DATA
     (tmp_path / records.RECORDS_NAME).write_text((data / "bench_records.jsonl").read_text())
 
     from proxyano_plugin.bench.report import write_report
@@ -799,7 +808,7 @@ def test_report_on_a_cut_off_records_file_says_so_on_the_console(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A writer killed mid-line leaves a partial last record: the console says the report leaves it out."""
-    text = (HERE / "data" / "bench_records.jsonl").read_text()
+    text = (TEST_DATA / "bench_records.jsonl").read_text()
     (tmp_path / records.RECORDS_NAME).write_text(text + '{"run_id": "cut", "stat')
 
     assert main(["report", str(tmp_path)]) == 0
