@@ -24,11 +24,6 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_count() -> int:
-    """CPUs this process may use (the affinity mask, not the machine's total)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 @cache
 def versions() -> dict[str, str | None]:
     found: dict[str, str | None] = {"python": platform.python_version()}

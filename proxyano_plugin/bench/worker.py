@@ -27,7 +27,8 @@ from proxyano_plugin.bench.curves import CURVES_DIR, curve_callback
 from proxyano_plugin.bench.per_image import PER_IMAGE_DIR, write_per_image
 from proxyano_plugin.bench.runtimes import measure_runtimes, median_seconds
 from proxyano_plugin.bench.suite import RunSpec, accepted_kwargs, import_class
-from proxyano_plugin.bench.system import cpu_count, cpu_name
+from proxyano_plugin.bench.system import cpu_name
+from proxyano_plugin.proxies.base import cpu_count
 
 GALLERY_HOOK = "gallery_images"
 # Lines of a run's log that say how far training got; the harness quotes the last one when a run times out.

@@ -204,6 +204,7 @@ def load_dicom_subject(subject: str, files: Sequence[Path]) -> Volume:
     """Read one series: slices sorted by position (else InstanceNumber, else name), rescale applied."""
     pydicom = _need("pydicom")
     from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut
 
     slices = []
     for file in files:
@@ -223,9 +224,8 @@ def load_dicom_subject(subject: str, files: Sequence[Path]) -> Volume:
         except Exception as error:  # pixel handlers raise many types (missing decoder, truncated data, ...)
             msg = f"cannot decode the pixel data of DICOM file {file}: {type(error).__name__}: {error}"
             raise PrepareError(msg) from error
-        slope = float(dataset.get("RescaleSlope", 1) or 1)
-        intercept = float(dataset.get("RescaleIntercept", 0) or 0)
-        pixels = pixels * slope + intercept
+        # Stored values -> output units (Hounsfield for CT): Rescale Slope/Intercept or a Modality LUT.
+        pixels = np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float32)
         slices.append((file, dataset, pixels))
 
     series_ids = {str(dataset.get("SeriesInstanceUID", "")) for _, dataset, _ in slices}

@@ -159,14 +159,15 @@ def map_images(function: Callable[[np.ndarray], Any], images: Sequence[np.ndarra
     and so does scikit-image's SLIC in its Cython loops (``benchmarks/proxy_speed.py`` measures this). A
     process pool would also re-run an unguarded ``__main__`` under the "spawn"/"forkserver" start methods.
     """
-    workers = min(len(images), _cpu_count())
+    workers = min(len(images), cpu_count())
     if workers <= 1:
         return [function(image) for image in images]
     with ThreadPoolExecutor(workers) as executor:
         return list(executor.map(function, images))
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
+    """CPUs this process may use (the affinity mask on Linux, not the machine's total)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
