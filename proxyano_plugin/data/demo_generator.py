@@ -26,11 +26,11 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from proxyano_plugin.data.anatomy import Subject, load_template
 from proxyano_plugin.data.lesions import add_tumour
+from proxyano_plugin.image_io import write_png
 
 logger = logging.getLogger(__name__)
 
@@ -213,11 +213,11 @@ def _write_tree(directory: Path, spec: DemoSpec) -> None:
     rows, counts = [], dict.fromkeys(FOLDER_LAYOUT.values(), 0)
     for item in generate_demo(spec):
         path = f"{item.folder}/{item.name}"
-        _write_png(directory / path, item.image)
+        write_png(directory / path, item.image)
         mask_path = ""
         if item.mask is not None:
             mask_path = f"{FOLDER_LAYOUT['mask_dir']}/{item.name}"
-            _write_png(directory / mask_path, item.mask.astype(np.uint8) * 255)
+            write_png(directory / mask_path, item.mask.astype(np.uint8) * 255)
             counts[FOLDER_LAYOUT["mask_dir"]] += 1
         counts[item.folder] += 1
         rows.append(
@@ -246,10 +246,3 @@ def _write_tree(directory: Path, spec: DemoSpec) -> None:
         "counts": counts,
     }
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def _write_png(path: Path, image: np.ndarray) -> None:
-    """Write an 8-bit single-channel PNG, failing loudly (OpenCV only returns False)."""
-    if not cv2.imwrite(str(path), image):
-        msg = f"could not write {path}"
-        raise OSError(msg)

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torchvision.tv_tensors import Image, Mask
+
+from proxyano_plugin.image_io import decode_image
 
 INTENSITY_MODES = ("minmax", "percentile", "window")
 DEFAULT_PERCENTILES = (0.5, 99.5)
@@ -112,20 +113,7 @@ def read_full_depth(
 
 def _read(path: Path) -> np.ndarray:
     """Decode ``path`` as stored; return float32 ``[H, W]`` (grayscale) or ``[H, W, 3]`` (RGB)."""
-    try:
-        # imdecode rather than imread: it reads any path (imread fails on non-ASCII paths on Windows).
-        array = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    except (OSError, cv2.error) as error:
-        msg = f"image {path} cannot be read ({error})"
-        raise ValueError(msg) from error
-    if array is None or array.size == 0:
-        msg = f"image {path} cannot be decoded by OpenCV: replace it or convert it to PNG or TIFF"
-        raise ValueError(msg)
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[..., 0]
-    elif array.ndim == 3:
-        code = cv2.COLOR_BGRA2RGB if array.shape[2] == 4 else cv2.COLOR_BGR2RGB
-        array = cv2.cvtColor(array, code)
+    array = decode_image(path)
     array = array.astype(np.float32)
     if not np.isfinite(array).all():
         bad = int(array.size - np.isfinite(array).sum())

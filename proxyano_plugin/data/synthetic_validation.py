@@ -121,7 +121,8 @@ def write_lesion_validation(
     place only when complete, so an interrupted run leaves nothing half-written; a complete tree is reused
     without calling ``load``, so the images are read or generated only the first time.
     """
-    from proxyano_plugin.prepare.pipeline import encode_png, staged_output, write_png
+    from proxyano_plugin.image_io import encode_png, write_png
+    from proxyano_plugin.prepare.pipeline import staged_output
 
     table = target / "samples.csv"
     if table.is_file():

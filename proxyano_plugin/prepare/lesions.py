@@ -23,7 +23,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
@@ -32,7 +31,8 @@ from tqdm import tqdm
 from proxyano_plugin.data.lesions import add_tumour
 from proxyano_plugin.data.split_csv import read_split_csv
 from proxyano_plugin.data.validation import DatasetError
-from proxyano_plugin.prepare.pipeline import FOLDERS, encode_png, staged_output, write_manifest, write_png
+from proxyano_plugin.image_io import decode_image, encode_png, write_png
+from proxyano_plugin.prepare.pipeline import FOLDERS, staged_output, write_manifest
 from proxyano_plugin.prepare.readers import PrepareError
 
 _IMAGE_FOLDERS = (FOLDERS["normal_dir"], FOLDERS["normal_test_dir"], FOLDERS["abnormal_dir"])
@@ -92,10 +92,10 @@ class LesionSummary:
 
 def read_gray(path: Path) -> np.ndarray:
     """Read an 8- or 16-bit image as float32 in [0, 1], one channel; colour images must be gray in RGB."""
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        msg = f"{path} cannot be read as an image: replace or delete it"
-        raise PrepareError(msg)
+    try:
+        image = decode_image(path)
+    except ValueError as error:
+        raise PrepareError(str(error)) from None
     if image.dtype not in (np.uint8, np.uint16):
         msg = f"{path}: {image.dtype} pixels; only 8- and 16-bit images are supported"
         raise PrepareError(msg)

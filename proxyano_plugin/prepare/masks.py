@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from proxyano_plugin.data.validation import image_suffixes, list_images, names_stem
-from proxyano_plugin.prepare.pipeline import staged_output, write_manifest, write_png
+from proxyano_plugin.image_io import write_png
+from proxyano_plugin.prepare.pipeline import staged_output, write_manifest
 from proxyano_plugin.prepare.readers import PrepareError
 
 MASK_MANIFEST_COLUMNS = ("file", "image", "sources", "lesion_area")

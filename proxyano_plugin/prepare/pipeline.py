@@ -28,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from proxyano_plugin.image_io import encode_png, write_png
 from proxyano_plugin.prepare.readers import (
     DEFAULT_SUBJECT_REGEX,
     PrepareError,
@@ -309,25 +310,12 @@ def slices_of(volume: Volume, split: str, options: SliceOptions, summary: Summar
         )
 
 
-def write_png(path: Path, image: np.ndarray) -> None:
-    """Write a PNG, failing loudly (OpenCV only returns False)."""
-    if not cv2.imwrite(str(path), image):
-        msg = f"could not write {path}"
-        raise OSError(msg)
-
-
 def write_manifest(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> None:
     """Write the rows of a tree's manifest as CSV, columns in the given order."""
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns))
         writer.writeheader()
         writer.writerows(rows)
-
-
-def encode_png(image: np.ndarray, fmt: str = "png8") -> np.ndarray:
-    """A float image in [0, 1] as the integer pixels of an 8-bit (``png8``) or 16-bit (``png16``) PNG."""
-    scale, dtype = (65535.0, np.uint16) if fmt == "png16" else (255.0, np.uint8)
-    return np.rint(np.clip(image, 0.0, 1.0) * scale).astype(dtype)
 
 
 def write_tree(

@@ -132,7 +132,7 @@ def test_bad_inputs_name_the_file_and_write_nothing(tmp_path: Path) -> None:
         paint_lesions(make_split(tmp_path / "one", test_normal=1), "toy", tmp_path / "out")
 
     (source / "images" / "test_03.png").write_bytes(b"not a png")
-    with pytest.raises(PrepareError, match=r"test_03\.png cannot be read"):
+    with pytest.raises(PrepareError, match=r"test_03\.png cannot be decoded"):
         paint_lesions(source, "toy", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(".out-*"))  # no staging folder left behind
