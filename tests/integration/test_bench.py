@@ -671,7 +671,7 @@ def test_quick_suite_smoke(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "runs"),
-    [("quick", 4), ("brain-tumor", 30), ("proxy-ablation", 36), ("paper", 36), ("speed", 7), ("brain-lesions", 42)],
+    [("quick", 4), ("brain-tumor", 30), ("proxy-ablation", 36), ("paper", 36), ("speed", 9), ("brain-lesions", 42)],
 )
 def test_shipped_suites_validate(name: str, runs: int) -> None:
     """Every shipped suite validates against the real classes (missing data only skips)."""
