@@ -16,7 +16,6 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from kornia.color import rgb_to_lab
 
 from .base import Proxy, check_images, map_images, positive
 from .slic import enforce_connectivity, slic_grid, slic_labels
@@ -109,6 +108,8 @@ class SuperpixelProxy(Proxy):
         if images.shape[1] == 1:
             return images
         if self.colour == "lab":
+            from kornia.color import rgb_to_lab  # 2 s to import: only RGB images in Lab pay it
+
             return rgb_to_lab(images) / _LAB_SCALE
         return images / math.sqrt(images.shape[1])
 

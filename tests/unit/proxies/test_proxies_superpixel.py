@@ -4,13 +4,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from kornia.color import rgb_to_lab
 from skimage import data
 from skimage.color import rgb2lab
 from skimage.measure import label as connected_components
 
 from proxyano_plugin.proxies import SuperpixelProxy, superpixel_mean
 from proxyano_plugin.proxies.slic import enforce_connectivity, slic_grid
-from proxyano_plugin.proxies.superpixel import rgb_to_lab
 
 
 def _images(channels: int, size: int = 48, batch: int = 2) -> torch.Tensor:
