@@ -74,18 +74,6 @@ def flops_by_part(model: ProxyAno, images: torch.Tensor, parts: dict[str, nn.Mod
     return result
 
 
-def parse_override(item: str) -> tuple[str, object]:
-    """``name=JSON`` -> ``(name, value)``; a bare word that is not JSON stays a string."""
-    name, _, value = item.partition("=")
-    if not name or not value:
-        msg = f"--set takes NAME=JSON, got {item!r}"
-        raise SystemExit(msg)
-    try:
-        return name, json.loads(value)
-    except json.JSONDecodeError:
-        return name, value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
@@ -96,7 +84,8 @@ def main() -> None:
         "--set", action="append", default=[], metavar="NAME=JSON", help="a ProxyAno argument, e.g. 'widths=[4,8,16,32]'"
     )
     args = parser.parse_args()
-    overrides = dict(parse_override(item) for item in args.set)
+    # As benchmarks/proxyano_sweep.py reads its --set: values are JSON (strings quoted).
+    overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 

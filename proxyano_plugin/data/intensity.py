@@ -113,8 +113,7 @@ def read_full_depth(
 
 def _read(path: Path) -> np.ndarray:
     """Decode ``path`` as stored; return float32 ``[H, W]`` (grayscale) or ``[H, W, 3]`` (RGB)."""
-    array = decode_image(path)
-    array = array.astype(np.float32)
+    array = decode_image(path).astype(np.float32)
     if not np.isfinite(array).all():
         bad = int(array.size - np.isfinite(array).sum())
         msg = f"image {path} holds {bad} NaN or infinite value(s): replace them before training"

@@ -100,12 +100,11 @@ def read_gray(path: Path) -> np.ndarray:
         msg = f"{path}: {image.dtype} pixels; only 8- and 16-bit images are supported"
         raise PrepareError(msg)
     scale = float(np.iinfo(image.dtype).max)
-    if image.ndim == 3:
-        colour = image[..., :3]
-        if np.ptp(colour.astype(np.int32), axis=-1).max() > 0:
+    if image.ndim == 3:  # RGB, alpha already dropped by decode_image
+        if np.ptp(image.astype(np.int32), axis=-1).max() > 0:
             msg = f"{path} is a colour image; lesions are painted on grayscale images only"
             raise PrepareError(msg)
-        image = colour[..., 0]
+        image = image[..., 0]
     return image.astype(np.float32) / scale
 
 
