@@ -63,6 +63,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--group-column", default=None, help="split-CSV column whose groups are held out whole")
     parser.add_argument("--val-fraction", type=float, default=0.15, help="share of training groups held out")
     parser.add_argument("--lesion-appearance", default="t1ce", choices=("t1ce", "flair"), help="validation lesions")
+    parser.add_argument(
+        "--harness-validation",
+        action="store_true",
+        help="validate on the datamodule's own label-free set (val_split_mode='lesions'), as the harness does",
+    )
+    parser.add_argument(
+        "--lesion-area", type=float, nargs=2, default=(0.01, 0.08), help="validation lesion area, share of the head"
+    )
     parser.add_argument("--select", default="full", help="reading whose validation AUROCs choose the epoch")
     parser.add_argument("--test", action="store_true", help="score the selected epoch once on the test split(s)")
     parser.add_argument("--test-csv", action="append", default=[], help="split CSVs to test on (default --split-csv)")
@@ -128,7 +136,9 @@ def validation_split(
         )
         groups = [str(by_file[str(Path(path).resolve())]) for path in paths]
     held = torch.from_numpy(hold_out(groups, args.val_fraction, args.seed)).to(images.device)
-    painted = paint_validation(list(images[held, 0].cpu().numpy()), args.seed, appearance=args.lesion_appearance)
+    held_images = list(images[held, 0].cpu().numpy())
+    area = tuple(args.lesion_area)
+    painted = paint_validation(held_images, args.seed, area_range=area, appearance=args.lesion_appearance)
     val_images, val_masks = (torch.from_numpy(np.stack(arrays)).unsqueeze(1) for arrays in painted[:2])
     labels = torch.from_numpy(painted.labels).int()
     return images[~held], (val_images.to(images.device), labels.to(images.device), val_masks.int().to(images.device))
@@ -151,7 +161,11 @@ def train_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: ProxyAno, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None
+    model: ProxyAno,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    masks: torch.Tensor | None,
+    normals: torch.Tensor | None = None,
 ) -> dict[str, float]:
     net = model.model
     net.eval()
@@ -194,7 +208,66 @@ def evaluate(
                 key = f"{prefix}{sigma:g}_top{fraction:g}_image"
                 scores[key] = binary_auroc(net.image_score(coarse), labels).item()
     net.smoothing_kernel, net.score_topk = kernel, top
+    scores |= calibrated_readings(net, images, readings["full"], labels, masks, normals)
     net.train()
+    return scores
+
+
+def ssim_error(images: torch.Tensor, reconstructions: torch.Tensor, sigma: float) -> torch.Tensor:
+    """1 - SSIM per pixel (Gaussian window), channel mean: insensitive to local brightness and contrast scale."""
+    kernel = gaussian_kernel(sigma).to(images.device)
+    mean_x, mean_y = gaussian_blur(images, kernel), gaussian_blur(reconstructions, kernel)
+    var_x = gaussian_blur(images * images, kernel) - mean_x**2
+    var_y = gaussian_blur(reconstructions * reconstructions, kernel) - mean_y**2
+    cov = gaussian_blur(images * reconstructions, kernel) - mean_x * mean_y
+    c1, c2 = 0.01**2, 0.03**2
+    ssim = ((2 * mean_x * mean_y + c1) * (2 * cov + c2)) / ((mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2))
+    return (1 - ssim).mean(1, keepdim=True)
+
+
+def gradient_error(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+    """|grad x - grad x_hat| (forward differences, zero-padded at the far edge): edges that appear or vanish."""
+    difference = images - reconstructions
+    dx = torch.nn.functional.pad(difference[..., :, 1:] - difference[..., :, :-1], (0, 1))
+    dy = torch.nn.functional.pad(difference[..., 1:, :] - difference[..., :-1, :], (0, 0, 0, 1))
+    return (dx.abs() + dy.abs()).mean(1, keepdim=True)
+
+
+def calibrated_readings(net, images, reconstructions, labels, masks, normals) -> dict[str, float]:
+    """Maps and scores relative to what normal images show: the image's own head, or each pixel's normal error."""
+    scores = {}
+    anomaly_map = net.error_map(images, reconstructions)
+    top = net.image_score(anomaly_map)
+    head = (images.mean(1, keepdim=True) > 0.05).float()
+    head_mean = (anomaly_map * head).flatten(1).sum(1) / head.flatten(1).sum(1).clamp_min(1)
+    scores["minus_head_mean_image"] = binary_auroc(top - head_mean, labels).item()
+    scores["over_head_mean_image"] = binary_auroc(top / head_mean.clamp_min(1e-6), labels).item()
+    structural = {f"ssim{sigma:g}": ssim_error(images, reconstructions, sigma) for sigma in (1.0, 1.5, 3.0)}
+    structural["gradient"] = gradient_error(images, reconstructions)
+    structural["gradient_plus_l1"] = gradient_error(images, reconstructions) + (images - reconstructions).abs()
+    structural["gradient_magnitude"] = (
+        gradient_error(images, 0 * images) - gradient_error(reconstructions, 0 * images)
+    ).abs()
+    for name, error in list(structural.items()):
+        if name.startswith("gradient"):
+            structural[f"{name}_s2"] = gaussian_blur(error, gaussian_kernel(2.0).to(images.device))
+    for name, error in structural.items():
+        if not name.endswith("_s2") and net.smoothing_kernel is not None:
+            error = gaussian_blur(error, net.smoothing_kernel)
+        scores[f"{name}_image"] = binary_auroc(net.image_score(error), labels).item()
+        if masks is not None:
+            scores[f"{name}_pixel"] = binary_auroc(error.flatten(), masks.flatten()).item()
+    if normals is not None:
+        normal_maps = torch.cat([net.reconstruct(chunk).anomaly_map for chunk in normals.split(64)])
+        mean, std = normal_maps.mean(0), normal_maps.std(0)
+        floor = std.median()
+        for name, calibrated in (
+            ("minus_pixel_mean", (anomaly_map - mean).clamp_min(0)),
+            ("pixel_z", (anomaly_map - mean) / (std + floor)),
+        ):
+            scores[f"{name}_image"] = binary_auroc(net.image_score(calibrated), labels).item()
+            if masks is not None:
+                scores[f"{name}_pixel"] = binary_auroc(calibrated.flatten(), masks.flatten()).item()
     return scores
 
 
@@ -241,19 +314,27 @@ def main() -> None:
     model.model.to(device)
     loaders = {"train_batch_size": args.batch_size, "eval_batch_size": 64, "seed": args.seed, "num_workers": 0}
 
-    def datamodule(split_csv: str | None):
+    def datamodule(split_csv: str | None, harness_validation: bool = False):
+        validation_args = {"val_split_mode": "lesions" if harness_validation else "same_as_test"}
+        if harness_validation:
+            validation_args["val_lesion_appearance"] = args.lesion_appearance
+        if split_csv and harness_validation:
+            validation_args |= {"val_split_ratio": args.val_fraction, "val_group_column": args.group_column}
         data = (
-            SplitCSV(root=args.root, split_csv=split_csv, val_split_mode="same_as_test", **loaders)
+            SplitCSV(root=args.root, split_csv=split_csv, **validation_args, **loaders)
             if split_csv
-            else BrainMRIDemo(root=args.root, **loaders)
+            else BrainMRIDemo(root=args.root, **validation_args, **loaders)
         )
         data.prepare_data()
         data.setup()
         return data
 
-    data = datamodule(args.split_csv)
+    data = datamodule(args.split_csv, args.harness_validation)
     train_images, _, _, train_paths = load_split(model, data.train_dataloader(), device)
-    train_images, validation = validation_split(train_images, train_paths, args)
+    if args.harness_validation:
+        validation = load_split(model, data.val_dataloader(), device)[:3]
+    else:
+        train_images, validation = validation_split(train_images, train_paths, args)
     optimizer = model.optimizer()
     schedule = model.lr_scheduler(optimizer, args.epochs)
     started = time.perf_counter()
@@ -262,7 +343,7 @@ def main() -> None:
         saved = torch.load(args.load, map_location=device, weights_only=True)
         best, args.epochs = (0.0, saved["epoch"], saved["state"]), 0
         model.model.load_state_dict(saved["state"])
-        scores = evaluate(model, *validation)
+        scores = evaluate(model, *validation, normals=train_images)
         print(json.dumps({"label": args.label, "split": "validation", "epoch": saved["epoch"]} | scores), flush=True)
     for epoch in range(1, args.epochs + 1):
         model.train()

@@ -87,6 +87,25 @@ def test_checkpoint_round_trip_with_weights_only(name, tmp_path):
 
 
 @pytest.mark.slow
+def test_proxyano_gradient_error_exports_to_onnx(tmp_path):
+    """The shipped model's export is tested through the CLI; the gradient error's slicing and padding here."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from proxyano_plugin import ProxyAno
+
+    torch.manual_seed(0)
+    model = ProxyAno(image_size=64, widths=[4, 8], memory_size=16, error="gradient", map_sigma=2.0).eval()
+    session = onnxruntime.InferenceSession(str(model.to_onnx(tmp_path, input_size=(64, 64))))
+    images = _images()
+    names = [output.name for output in session.get_outputs()]
+    exported = dict(zip(names, session.run(None, {"input": images.numpy()}), strict=True))
+    with torch.no_grad():
+        expected = model(images)
+    np.testing.assert_allclose(exported["anomaly_map"], expected.anomaly_map.numpy(), atol=1e-5)
+    np.testing.assert_allclose(exported["pred_score"], expected.pred_score.numpy(), atol=1e-5)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["autoencoder", "fanogan"])
 def test_onnx_export_matches_eager(name, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")

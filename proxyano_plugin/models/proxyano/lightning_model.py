@@ -76,7 +76,8 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             pixels at ``image_size``; 0 (default, the paper) compares them pixel by pixel. Cancels texture
             the proxy cannot carry (see README: brain_tumor_mri).
         score_topk: Image score = mean of the top fraction of map values (1.0 = mean error).
-        error: ``"l1"`` or ``"l2"`` pixel error.
+        error: ``"l1"`` or ``"l2"`` pixel error, or ``"gradient"``: |grad(x - x_hat)|, the edges the
+            reconstruction adds or misses (see ``ProxyAnoModel``).
         learning_rate: Adam learning rate for both networks.
         lr_schedule: ``"constant"`` (the rate above throughout) or ``"cosine"`` (decayed along a half cosine to
             1 % of it by the last epoch, ``trainer.max_epochs``): late epochs then take small steps, so the

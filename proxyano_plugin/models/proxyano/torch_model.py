@@ -152,6 +152,7 @@ class ProxyAnoOutput(NamedTuple):
 
 RECONSTRUCT_FROM = ("predicted_proxy", "image")
 ERROR_SIGNS = ("both", "brighter", "darker")
+ERRORS = ("l1", "l2", "gradient")
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -160,6 +161,13 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
     coords = torch.arange(-radius, radius + 1, dtype=torch.float32)
     kernel = torch.exp(-(coords**2) / (2 * sigma**2))
     return kernel / kernel.sum()
+
+
+def gradient_l1(images: torch.Tensor) -> torch.Tensor:
+    """|d/dx| + |d/dy| per pixel (forward differences, 0 past the last row and column); size kept, exportable."""
+    dx = F.pad((images[..., :, 1:] - images[..., :, :-1]).abs(), (0, 1))
+    dy = F.pad((images[..., 1:, :] - images[..., :-1, :]).abs(), (0, 0, 0, 1))
+    return dx + dy
 
 
 def gaussian_blur(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -184,7 +192,9 @@ class ProxyAnoModel(nn.Module):
         error_blur_sigma: Gaussian blur (pixels) of the image and the reconstruction *before* their difference,
             so fine texture the proxy cannot carry cancels instead of scoring; 0 (the paper) disables it.
         score_topk: Image score = mean of the top ``score_topk`` fraction of the map (1.0 = mean error).
-        error: Pixel error, ``"l1"`` (|x - x_hat|) or ``"l2"`` ((x - x_hat)^2), averaged over channels.
+        error: Pixel error, averaged over channels: ``"l1"`` (|x - x_hat|), ``"l2"`` ((x - x_hat)^2) or
+            ``"gradient"`` (|grad(x - x_hat)|: where the difference changes, i.e. edges that the reconstruction
+            adds or misses, so a lesion's border scores and a smooth intensity offset does not).
         reconstruct_from: ``"predicted_proxy"`` (the paper: image -> PEM -> IRM) or ``"image"`` (no PEM is
             built; the IRM repairs the raw image, a CutPaste-style variant kept for ablations).
         pem_skips: Where detail passes the PEM: ``"none"``, ``"plain"`` or ``"memory"`` (see
@@ -218,8 +228,8 @@ class ProxyAnoModel(nn.Module):
         if not 0 < score_topk <= 1:
             msg = f"score_topk must be in (0, 1], got {score_topk}"
             raise ValueError(msg)
-        if error not in {"l1", "l2"}:
-            msg = f"error must be 'l1' or 'l2', got {error!r}"
+        if error not in ERRORS:
+            msg = f"error must be one of {', '.join(ERRORS)}, got {error!r}"
             raise ValueError(msg)
         if reconstruct_from not in RECONSTRUCT_FROM:
             msg = f"reconstruct_from must be one of {', '.join(RECONSTRUCT_FROM)}, got {reconstruct_from!r}"
@@ -250,7 +260,10 @@ class ProxyAnoModel(nn.Module):
             difference = difference.clamp_min(0)
         elif self.error_sign == "darker":
             difference = difference.clamp_max(0)
-        error = difference.abs() if self.error == "l1" else difference.square()
+        if self.error == "gradient":
+            error = gradient_l1(difference)
+        else:
+            error = difference.abs() if self.error == "l1" else difference.square()
         error = error.mean(dim=1, keepdim=True)
         return error if self.smoothing_kernel is None else gaussian_blur(error, self.smoothing_kernel)
 

@@ -139,6 +139,22 @@ def test_smoothing_preserves_constant_maps():
     torch.testing.assert_close(error, torch.full_like(error, 0.25))
 
 
+def test_gradient_error_ignores_a_uniform_offset_and_outlines_a_region():
+    model = ProxyAnoModel(1, WIDTHS, 0, 0.0, 0.0, 1.0, "gradient")
+    images = torch.full((1, 1, 16, 16), 0.5)
+    assert model.error_map(images + 0.2, images).abs().max() == 0  # a global brightness change: no edge
+    region = images.clone()
+    region[..., 4:8, 4:8] = 0.9
+    error = model.error_map(region, images)[0, 0]
+    assert error[5, 5] == 0 and error[2, 2] == 0  # flat inside and outside
+    assert error[3, 5] == pytest.approx(0.4) and error[7, 5] == pytest.approx(0.4)  # the border, both sides
+
+
+def test_unknown_error_names_the_choices():
+    with pytest.raises(ValueError, match="l1, l2, gradient"):
+        ProxyAnoModel(1, WIDTHS, 0, 0.0, 0.0, 1.0, "ssim")
+
+
 def test_error_blur_cancels_fine_texture_but_keeps_a_blob():
     plain = ProxyAnoModel(1, WIDTHS, 0, 0.0, 0.0, 1.0, "l1")
     blurred = ProxyAnoModel(1, WIDTHS, 0, 0.0, 0.0, 1.0, "l1", error_blur_sigma=2.0)
