@@ -323,10 +323,17 @@ def execute(spec: RunSpec, paths: RunPaths, resume: bool = False) -> dict[str, A
         # The epoch (0-based) whose weights were tested, when the model chose it on a label-free validation set.
         "selected_epoch": getattr(getattr(model, "best_epoch", None), "best_epoch", None),
         "selected_scores": getattr(getattr(model, "best_epoch", None), "best_metrics", None),
+        "selected_scoring": _selected_scoring(model),
         # How many times this run was continued from a checkpoint, and the epoch the last one started at.
         "resumes": checkpoint.resumes,
         "resumed_from_epoch": checkpoint.resumed_from_epoch,
     }
+
+
+def _selected_scoring(model: Any) -> dict[str, Any] | None:
+    """The scoring a model chose on the label-free validation set (ProxyAno's ``score_candidates``), if any."""
+    scoring = getattr(model, "selected_scoring", None)
+    return None if scoring is None else scoring._asdict()
 
 
 def _epoch_progress(interval_s: float = 30.0) -> Any:

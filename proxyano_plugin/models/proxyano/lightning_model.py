@@ -17,17 +17,20 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRSchedulerConfig
 
 from proxyano_plugin.models.base import OneClassReconstruction
+from proxyano_plugin.models.selection import BestEpoch
 from proxyano_plugin.proxies import CachedProxy, create_proxy
 
 from .loss import ProxyAnoLoss
 from .pseudo_anomaly import BlobShifter, PatchPaster
-from .torch_model import ProxyAnoModel
+from .torch_model import ProxyAnoModel, Scoring
 
 __all__ = ["ProxyAno"]
 
 logger = logging.getLogger(__name__)
 # Where a checkpoint keeps the label-free epoch selection (best epoch, its scores and weights).
 SELECTION_KEY = "proxyano_epoch_selection"
+# How the model scores (pixel error, map smoothing): chosen on validation when score_candidates are given.
+SCORING_KEY = "proxyano_scoring"
 
 CPU_WIDTHS = (8, 16, 32, 64)
 LR_SCHEDULES = ("constant", "cosine")
@@ -96,6 +99,11 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             ``BrainMRIDemo``: training-distribution normals with painted lesions), keep the weights of the
             epoch with the best mean of image and pixel validation AUROC and restore them when training
             ends. Ignored with any other validation set, which may hold test images.
+        score_candidates: Scorings (``{error: ..., map_sigma: ...}`` each) that the label-free validation
+            chooses among, jointly with the epoch (``select_epoch``): every validation epoch scores the same
+            reconstructions with each, and the best (epoch, scoring) pair is kept; testing, the checkpoint and
+            export then use that scoring. ``error`` and ``map_sigma`` are the scoring until then, and the
+            only one without candidates (the default) or without a label-free validation set.
         reconstruct_from: ``"predicted_proxy"`` (default, the paper) or ``"image"``: no PEM; the IRM is
             trained to repair pasted patches on the raw image and scores the raw image (a CutPaste-style
             repair network, an ablation of the proxy bridge). ``"image"`` needs ``proxy="identity"``.
@@ -130,6 +138,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         blob_area_range: tuple[float, float] = (0.005, 0.05),
         blob_shift_range: tuple[float, float] = (0.15, 0.5),
         select_epoch: bool = True,
+        score_candidates: list[dict[str, Any]] | None = None,
         error_sign: str = "both",
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
@@ -178,6 +187,10 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         self.learning_rate = learning_rate
         self.lr_schedule = lr_schedule
         self.select_epoch = select_epoch
+        self.score_candidates = [_scoring(candidate) for candidate in score_candidates or []]
+        # One validation epoch's raw scores per candidate, and the scoring of the best epoch so far.
+        self.candidate_readings = [BestEpoch() for _ in self.score_candidates]
+        self.selected_scoring: Scoring | None = None
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """One joint step of both networks (the IRM sees only detached PEM outputs)."""
@@ -209,25 +222,72 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         from_extracted, from_predicted = reconstructions.chunk(2) if with_predicted else (reconstructions, None)
         return self.loss(images, proxies, predicted, memory_weights, from_extracted, from_predicted)
 
+    def selects_scoring(self) -> bool:
+        return bool(self.score_candidates) and self.select_epoch and self.label_free_validation()
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """As every model here; with ``score_candidates``, also score the reconstructions with each of them."""
+        if not self.selects_scoring():
+            return super().validation_step(batch, *args, **kwargs)
+        self.check_finite_images(batch)
+        output = self.model.reconstruct(batch.image)
+        batch = batch.update(pred_score=output.pred_score, anomaly_map=output.anomaly_map)
+        self.best_epoch.update(batch.pred_score, batch.gt_label, batch.anomaly_map, batch.gt_mask)
+        for reading, scoring in zip(self.candidate_readings, self.score_candidates, strict=True):
+            anomaly_map = self.model.error_map(output.image, output.reconstruction, scoring)
+            reading.update(self.model.image_score(anomaly_map), batch.gt_label, anomaly_map, batch.gt_mask)
+        return batch
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        for reading in self.candidate_readings:
+            reading.reset()
+
     def on_label_free_validation(self, metrics: dict[str, float]) -> None:
-        """Keep this epoch's weights if it is the best so far on the label-free validation set."""
-        if self.select_epoch and self.best_epoch.consider(metrics, self.current_epoch, self.model):
-            logger.info("ProxyAno: epoch %d is the best on the validation set so far (%s)", self.current_epoch, metrics)
+        """Keep this epoch's weights (and best scoring) if it is the best so far on the label-free validation set."""
+        if not self.select_epoch:
+            return
+        scoring = None
+        if self.selects_scoring():
+            readings = [reading.compute() for reading in self.candidate_readings]
+            for index, reading in enumerate(readings):
+                if "selection" in reading:
+                    self.log(f"val_selection_candidate{index}", reading["selection"])
+            best = max(range(len(readings)), key=lambda index: readings[index].get("selection", float("-inf")))
+            if readings[best]:
+                metrics, scoring = readings[best], self.score_candidates[best]
+        if self.best_epoch.consider(metrics, self.current_epoch, self.model):
+            self.selected_scoring = scoring
+            chosen = "" if scoring is None else f" scored by {scoring.error}, map sigma {scoring.map_sigma:g}"
+            epoch = self.current_epoch
+            logger.info("ProxyAno: epoch %d%s is the best on validation so far (%s)", epoch, chosen, metrics)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the epoch selection in the checkpoint, so that a fit resumed from it selects the same epoch."""
-        checkpoint[SELECTION_KEY] = self.best_epoch.state_dict()
+        """Keep the epoch selection and the scoring in the checkpoint (a resumed fit selects the same epoch)."""
+        selected = None if self.selected_scoring is None else self.selected_scoring._asdict()
+        checkpoint[SELECTION_KEY] = self.best_epoch.state_dict() | {"scoring": selected}
+        checkpoint[SCORING_KEY] = self.model.scoring._asdict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if SELECTION_KEY in checkpoint:
             self.best_epoch.load_state_dict(checkpoint[SELECTION_KEY])
+            selected = checkpoint[SELECTION_KEY].get("scoring")
+            self.selected_scoring = None if selected is None else _scoring(selected)
+        if SCORING_KEY in checkpoint:
+            self.model.set_scoring(_scoring(checkpoint[SCORING_KEY]))
 
     def on_train_end(self) -> None:
-        """Put back the best validation epoch's weights, and save them where the last checkpoint went."""
+        """Put back the best validation epoch's weights and scoring; save them where the last checkpoint went."""
         epoch = self.best_epoch.restore(self.model)
         if epoch is None:
             return
-        logger.info("ProxyAno: restored the weights of epoch %d (best label-free validation score)", epoch)
+        if self.selected_scoring is not None:
+            self.model.set_scoring(self.selected_scoring)
+        logger.info(
+            "ProxyAno: restored the weights of epoch %d (best label-free validation score), scoring %s",
+            epoch,
+            self.model.scoring,
+        )
         callback = self.trainer.checkpoint_callback
         path = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
         if path:
@@ -252,3 +312,13 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         if self.lr_schedule == "constant":
             return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs, eta_min=COSINE_FLOOR * self.learning_rate)
+
+
+def _scoring(candidate: dict[str, Any]) -> Scoring:
+    """A checked :class:`Scoring` from ``{error: ..., map_sigma: ...}`` (a score candidate or a checkpoint's)."""
+    if not isinstance(candidate, dict) or set(candidate) != set(Scoring._fields):
+        msg = f"a score candidate is a mapping with exactly the keys error and map_sigma, got {candidate!r}"
+        raise ValueError(msg)
+    scoring = Scoring(str(candidate["error"]), float(candidate["map_sigma"]))
+    scoring.check()
+    return scoring

@@ -163,6 +163,21 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
+class Scoring(NamedTuple):
+    """How a reconstruction is scored: the pixel error and the Gaussian smoothing (px) of its map."""
+
+    error: str
+    map_sigma: float
+
+    def check(self) -> None:
+        if self.error not in ERRORS:
+            msg = f"error must be one of {', '.join(ERRORS)}, got {self.error!r}"
+            raise ValueError(msg)
+        if not self.map_sigma >= 0:
+            msg = f"map_sigma must be >= 0 (0: no smoothing), got {self.map_sigma!r}"
+            raise ValueError(msg)
+
+
 def gradient_l1(images: torch.Tensor) -> torch.Tensor:
     """|d/dx| + |d/dy| per pixel (forward differences, 0 past the last row and column); size kept, exportable."""
     dx = F.pad((images[..., :, 1:] - images[..., :, :-1]).abs(), (0, 1))
@@ -228,31 +243,46 @@ class ProxyAnoModel(nn.Module):
         if not 0 < score_topk <= 1:
             msg = f"score_topk must be in (0, 1], got {score_topk}"
             raise ValueError(msg)
-        if error not in ERRORS:
-            msg = f"error must be one of {', '.join(ERRORS)}, got {error!r}"
-            raise ValueError(msg)
         if reconstruct_from not in RECONSTRUCT_FROM:
             msg = f"reconstruct_from must be one of {', '.join(RECONSTRUCT_FROM)}, got {reconstruct_from!r}"
             raise ValueError(msg)
         self.in_channels = in_channels
         self.score_topk = score_topk
-        self.error = error
         self.pem = (
             ProxyExtractionModule(in_channels, widths, memory_size, memory_shrink_threshold, pem_skips)
             if reconstruct_from == "predicted_proxy"
             else None
         )
         self.irm = ImageReconstructionModule(in_channels, widths)
-        self.register_buffer("smoothing_kernel", gaussian_kernel(map_sigma) if map_sigma > 0 else None, False)
+        self.register_buffer("smoothing_kernel", None, False)
+        self.set_scoring(Scoring(error, map_sigma))
         blur = gaussian_kernel(error_blur_sigma) if error_blur_sigma > 0 else None
         self.register_buffer("error_blur_kernel", blur, False)
+
+    @property
+    def scoring(self) -> Scoring:
+        """How reconstructions are scored now."""
+        return Scoring(self.error, self.map_sigma)
+
+    def set_scoring(self, scoring: Scoring) -> None:
+        """Score with another pixel error and map smoothing (the networks are untouched)."""
+        scoring.check()
+        self.error, self.map_sigma = scoring
+        device = next(self.irm.parameters()).device
+        self.smoothing_kernel = gaussian_kernel(scoring.map_sigma).to(device) if scoring.map_sigma > 0 else None
 
     def to_model_channels(self, images: torch.Tensor) -> torch.Tensor:
         """Reduce anomalib's always-3-channel batch to the model's channels."""
         return to_model_channels(images, self.in_channels, "ProxyAno")
 
-    def error_map(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
-        """Per-pixel reconstruction error ``[B, 1, H, W]``, smoothed."""
+    def error_map(
+        self, images: torch.Tensor, reconstructions: torch.Tensor, scoring: Scoring | None = None
+    ) -> torch.Tensor:
+        """Per-pixel reconstruction error ``[B, 1, H, W]``, smoothed; ``scoring`` overrides the model's own."""
+        error, kernel = self.error, self.smoothing_kernel
+        if scoring is not None:
+            error = scoring.error
+            kernel = gaussian_kernel(scoring.map_sigma).to(images.device) if scoring.map_sigma > 0 else None
         difference = images - reconstructions
         if self.error_blur_kernel is not None:  # blur is linear: blurring the difference blurs both sides
             difference = gaussian_blur(difference, self.error_blur_kernel)
@@ -260,12 +290,12 @@ class ProxyAnoModel(nn.Module):
             difference = difference.clamp_min(0)
         elif self.error_sign == "darker":
             difference = difference.clamp_max(0)
-        if self.error == "gradient":
-            error = gradient_l1(difference)
+        if error == "gradient":
+            pixel_error = gradient_l1(difference)
         else:
-            error = difference.abs() if self.error == "l1" else difference.square()
-        error = error.mean(dim=1, keepdim=True)
-        return error if self.smoothing_kernel is None else gaussian_blur(error, self.smoothing_kernel)
+            pixel_error = difference.abs() if error == "l1" else difference.square()
+        pixel_error = pixel_error.mean(dim=1, keepdim=True)
+        return pixel_error if kernel is None else gaussian_blur(pixel_error, kernel)
 
     def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         """Mean of the ``score_topk`` highest map values per image (top-k, unlike quantile, exports to ONNX)."""

@@ -113,12 +113,49 @@ def test_proxyano_selects_its_epoch_on_lesion_validation_only(patients_tree: Pat
     for name, value in model.model.state_dict().items():
         torch.testing.assert_close(value, state[name])
     # a validation set drawn from the test split never selects
-    other = ProxyAno(image_size=32, widths=[4, 8], memory_size=0, proxy="blur")
+    gradient = [{"error": "gradient", "map_sigma": 2.0}]
+    other = ProxyAno(image_size=32, widths=[4, 8], memory_size=0, proxy="blur", score_candidates=gradient)
     from_test = SplitCSV(root=patients_tree, split_csv="patients", num_workers=0, val_split_mode="same_as_test")
     Engine(max_epochs=1, default_root_dir=patients_tree / "run2", enable_progress_bar=False, logger=False).fit(
         other, datamodule=from_test
     )
     assert other.best_epoch.best_epoch is None
+    assert other.selected_scoring is None
+    assert other.model.scoring.error == "l1"  # nor chooses a scoring
+
+
+def test_proxyano_chooses_its_scoring_with_the_epoch_and_keeps_it_through_a_checkpoint(patients_tree: Path):
+    from anomalib.engine import Engine
+
+    torch.manual_seed(0)
+    candidates = [{"error": "l1", "map_sigma": 1.0}, {"error": "gradient", "map_sigma": 2.0}]
+    model = ProxyAno(image_size=32, widths=[4, 8], memory_size=0, proxy="blur", score_candidates=candidates)
+    engine = Engine(max_epochs=2, default_root_dir=patients_tree / "run", enable_progress_bar=False, logger=False)
+    engine.fit(model, datamodule=lesion_datamodule(patients_tree))
+    metrics = engine.trainer.callback_metrics
+    readings = [float(metrics[f"val_selection_candidate{index}"]) for index in (0, 1)]
+    assert readings[0] != readings[1]  # the two scorings read the same reconstructions differently
+    chosen = model.selected_scoring
+    assert chosen is not None
+    assert model.model.scoring == chosen  # restored with the epoch's weights: testing and export use it
+    assert chosen._asdict() in candidates
+    assert model.best_epoch.best_metrics["selection"] >= max(readings) - 1e-9  # best over epochs and scorings
+
+    # Another scoring in the checkpoint wins over the constructor's (what load_from_checkpoint and export see).
+    path = patients_tree / "chosen.ckpt"
+    engine.trainer.save_checkpoint(path)
+    loaded = ProxyAno.load_from_checkpoint(path)
+    assert loaded.model.scoring == chosen
+    assert loaded.selected_scoring == chosen
+
+
+@pytest.mark.parametrize(
+    "candidate",
+    [{"error": "ssim", "map_sigma": 1.0}, {"error": "l1"}, {"error": "l1", "map_sigma": -1}, "l1"],
+)
+def test_score_candidates_are_checked_when_built(candidate):
+    with pytest.raises(ValueError, match=r"error|map_sigma|score candidate"):
+        ProxyAno(image_size=32, widths=[4, 8], memory_size=0, proxy="blur", score_candidates=[candidate])
 
 
 def test_every_reconstruction_model_logs_label_free_validation_without_selecting(patients_tree: Path):
