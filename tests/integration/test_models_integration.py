@@ -87,14 +87,15 @@ def test_checkpoint_round_trip_with_weights_only(name, tmp_path):
 
 
 @pytest.mark.slow
-def test_proxyano_gradient_error_exports_to_onnx(tmp_path):
-    """The shipped model's export is tested through the CLI; the gradient error's slicing and padding here."""
+def test_proxyano_gradient_error_and_relative_score_export_to_onnx(tmp_path):
+    """The shipped model's export is tested through the CLI; the scorings validation can choose, here."""
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from proxyano_plugin import ProxyAno
 
     torch.manual_seed(0)
-    model = ProxyAno(image_size=64, widths=[4, 8], memory_size=16, error="gradient", map_sigma=2.0).eval()
+    scoring = {"error": "gradient", "map_sigma": 2.0, "score_relative": True}
+    model = ProxyAno(image_size=64, widths=[4, 8], memory_size=16, **scoring).eval()
     session = onnxruntime.InferenceSession(str(model.to_onnx(tmp_path, input_size=(64, 64))))
     images = _images()
     names = [output.name for output in session.get_outputs()]

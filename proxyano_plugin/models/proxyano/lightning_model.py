@@ -79,6 +79,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             pixels at ``image_size``; 0 (default, the paper) compares them pixel by pixel. Cancels texture
             the proxy cannot carry (see README: brain_tumor_mri).
         score_topk: Image score = mean of the top fraction of map values (1.0 = mean error).
+        score_relative: Divide the image score by the anomaly map's mean over the head (pixels above 0.05): an
+            image whose reconstruction error is high everywhere (noise, an unusual scan) does not score high for
+            that alone; a lesion raises the top of the map, not its mean.
         error: ``"l1"`` or ``"l2"`` pixel error, or ``"gradient"``: |grad(x - x_hat)|, the edges the
             reconstruction adds or misses (see ``ProxyAnoModel``).
         learning_rate: Adam learning rate for both networks.
@@ -127,6 +130,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         predicted_proxy_weight: float = 0.5,
         map_sigma: float = 1.0,
         score_topk: float = 0.01,
+        score_relative: bool = False,
         error: str = "l1",
         learning_rate: float = 1e-3,
         lr_schedule: str = "constant",
@@ -170,6 +174,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             memory_shrink_threshold=memory_shrink_threshold,
             map_sigma=map_sigma,
             score_topk=score_topk,
+            score_relative=score_relative,
             error=error,
             reconstruct_from=reconstruct_from,
             error_blur_sigma=error_blur_sigma,
@@ -235,7 +240,8 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         self.best_epoch.update(batch.pred_score, batch.gt_label, batch.anomaly_map, batch.gt_mask)
         for reading, scoring in zip(self.candidate_readings, self.score_candidates, strict=True):
             anomaly_map = self.model.error_map(output.image, output.reconstruction, scoring)
-            reading.update(self.model.image_score(anomaly_map), batch.gt_label, anomaly_map, batch.gt_mask)
+            scores = self.model.image_score(anomaly_map, output.image, scoring.relative)
+            reading.update(scores, batch.gt_label, anomaly_map, batch.gt_mask)
         return batch
 
     def on_validation_epoch_start(self) -> None:
@@ -315,10 +321,13 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
 
 
 def _scoring(candidate: dict[str, Any]) -> Scoring:
-    """A checked :class:`Scoring` from ``{error: ..., map_sigma: ...}`` (a score candidate or a checkpoint's)."""
-    if not isinstance(candidate, dict) or set(candidate) != set(Scoring._fields):
-        msg = f"a score candidate is a mapping with exactly the keys error and map_sigma, got {candidate!r}"
+    """A checked :class:`Scoring` from ``{error, map_sigma[, relative]}`` (a score candidate or a checkpoint's)."""
+    if not isinstance(candidate, dict) or not {"error", "map_sigma"} <= set(candidate) <= set(Scoring._fields):
+        msg = f"a score candidate is a mapping of error, map_sigma and optionally relative, got {candidate!r}"
         raise ValueError(msg)
-    scoring = Scoring(str(candidate["error"]), float(candidate["map_sigma"]))
+    if not isinstance(candidate.get("relative", False), bool):
+        msg = f"a score candidate's relative is true or false, got {candidate['relative']!r}"
+        raise ValueError(msg)
+    scoring = Scoring(str(candidate["error"]), float(candidate["map_sigma"]), candidate.get("relative", False))
     scoring.check()
     return scoring

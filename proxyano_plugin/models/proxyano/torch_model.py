@@ -163,11 +163,18 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
+# Pixels above this intensity (images in [0, 1]) are the head, for ``Scoring.relative``; MRI background is ~0.
+HEAD_LEVEL = 0.05
+
+
 class Scoring(NamedTuple):
-    """How a reconstruction is scored: the pixel error and the Gaussian smoothing (px) of its map."""
+    """How a reconstruction is scored: the pixel error, the Gaussian smoothing (px) of its map, and whether the
+    image score is relative to the map's mean over the head (an image whose error is high everywhere, from noise
+    or an unusual scan, then does not score high for that alone)."""
 
     error: str
     map_sigma: float
+    relative: bool = False
 
     def check(self) -> None:
         if self.error not in ERRORS:
@@ -214,6 +221,7 @@ class ProxyAnoModel(nn.Module):
             built; the IRM repairs the raw image, a CutPaste-style variant kept for ablations).
         pem_skips: Where detail passes the PEM: ``"none"``, ``"plain"`` or ``"memory"`` (see
             :class:`ProxyExtractionModule`).
+        score_relative: Divide the image score by the map's mean over the head (see :class:`Scoring`).
         error_sign: Which departures score: ``"both"``, ``"brighter"`` (the image brighter than its
             reconstruction: hyperintense lesions, as on FLAIR and T2) or ``"darker"`` (hypointense ones).
     """
@@ -231,6 +239,7 @@ class ProxyAnoModel(nn.Module):
         error_blur_sigma: float = 0.0,
         pem_skips: str = "none",
         error_sign: str = "both",
+        score_relative: bool = False,
     ) -> None:
         super().__init__()
         if error_sign not in ERROR_SIGNS:
@@ -255,19 +264,19 @@ class ProxyAnoModel(nn.Module):
         )
         self.irm = ImageReconstructionModule(in_channels, widths)
         self.register_buffer("smoothing_kernel", None, False)
-        self.set_scoring(Scoring(error, map_sigma))
+        self.set_scoring(Scoring(error, map_sigma, score_relative))
         blur = gaussian_kernel(error_blur_sigma) if error_blur_sigma > 0 else None
         self.register_buffer("error_blur_kernel", blur, False)
 
     @property
     def scoring(self) -> Scoring:
         """How reconstructions are scored now."""
-        return Scoring(self.error, self.map_sigma)
+        return Scoring(self.error, self.map_sigma, self.relative)
 
     def set_scoring(self, scoring: Scoring) -> None:
         """Score with another pixel error and map smoothing (the networks are untouched)."""
         scoring.check()
-        self.error, self.map_sigma = scoring
+        self.error, self.map_sigma, self.relative = scoring
         device = next(self.irm.parameters()).device
         self.smoothing_kernel = gaussian_kernel(scoring.map_sigma).to(device) if scoring.map_sigma > 0 else None
 
@@ -297,11 +306,24 @@ class ProxyAnoModel(nn.Module):
         pixel_error = pixel_error.mean(dim=1, keepdim=True)
         return pixel_error if kernel is None else gaussian_blur(pixel_error, kernel)
 
-    def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
-        """Mean of the ``score_topk`` highest map values per image (top-k, unlike quantile, exports to ONNX)."""
+    def image_score(
+        self, anomaly_map: torch.Tensor, images: torch.Tensor | None = None, relative: bool | None = None
+    ) -> torch.Tensor:
+        """Mean of the ``score_topk`` highest map values per image (top-k, unlike quantile, exports to ONNX).
+
+        ``relative`` (default: the model's scoring) divides it by the map's mean over the head of ``images``.
+        """
         flat = anomaly_map.flatten(1)
         k = max(1, round(self.score_topk * flat.shape[1]))
-        return flat.topk(k, dim=1).values.mean(dim=1)
+        top = flat.topk(k, dim=1).values.mean(dim=1)
+        if not (self.relative if relative is None else relative):
+            return top
+        if images is None:
+            msg = "a relative image score needs the images (their head is the reference)"
+            raise ValueError(msg)
+        head = (images.mean(dim=1) > HEAD_LEVEL).flatten(1).to(flat.dtype)
+        head_mean = (flat * head).sum(dim=1) / head.sum(dim=1).clamp_min(1.0)
+        return top / head_mean.clamp_min(1e-6)
 
     def reconstruct(self, images: torch.Tensor) -> ProxyAnoOutput:
         """Run the full inference path and keep the intermediates."""
@@ -309,7 +331,7 @@ class ProxyAnoModel(nn.Module):
         proxy = images if self.pem is None else self.pem(images)[0]
         reconstruction = self.irm(proxy)
         anomaly_map = self.error_map(images, reconstruction)
-        return ProxyAnoOutput(images, proxy, reconstruction, anomaly_map, self.image_score(anomaly_map))
+        return ProxyAnoOutput(images, proxy, reconstruction, anomaly_map, self.image_score(anomaly_map, images))
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Score a batch of images in ``[0, 1]``: ``pred_score`` ``[B]`` and ``anomaly_map`` ``[B, 1, H, W]``."""

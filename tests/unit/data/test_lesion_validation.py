@@ -128,7 +128,10 @@ def test_proxyano_chooses_its_scoring_with_the_epoch_and_keeps_it_through_a_chec
     from anomalib.engine import Engine
 
     torch.manual_seed(0)
-    candidates = [{"error": "l1", "map_sigma": 1.0}, {"error": "gradient", "map_sigma": 2.0}]
+    candidates = [
+        {"error": "l1", "map_sigma": 1.0, "relative": False},
+        {"error": "gradient", "map_sigma": 2.0, "relative": True},
+    ]
     model = ProxyAno(image_size=32, widths=[4, 8], memory_size=0, proxy="blur", score_candidates=candidates)
     engine = Engine(max_epochs=2, default_root_dir=patients_tree / "run", enable_progress_bar=False, logger=False)
     engine.fit(model, datamodule=lesion_datamodule(patients_tree))
@@ -151,10 +154,17 @@ def test_proxyano_chooses_its_scoring_with_the_epoch_and_keeps_it_through_a_chec
 
 @pytest.mark.parametrize(
     "candidate",
-    [{"error": "ssim", "map_sigma": 1.0}, {"error": "l1"}, {"error": "l1", "map_sigma": -1}, "l1"],
+    [
+        {"error": "ssim", "map_sigma": 1.0},
+        {"error": "l1"},
+        {"error": "l1", "map_sigma": -1},
+        {"error": "l1", "map_sigma": 1, "relative": "yes"},
+        {"error": "l1", "map_sigma": 1, "sign": "both"},
+        "l1",
+    ],
 )
 def test_score_candidates_are_checked_when_built(candidate):
-    with pytest.raises(ValueError, match=r"error|map_sigma|score candidate"):
+    with pytest.raises(ValueError, match=r"error|map_sigma|score candidate|relative"):
         ProxyAno(image_size=32, widths=[4, 8], memory_size=0, proxy="blur", score_candidates=[candidate])
 
 

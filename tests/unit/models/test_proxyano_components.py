@@ -132,6 +132,21 @@ def test_image_score_is_top_k_mean():
     assert model.image_score(anomaly_map).item() == pytest.approx((15 + 14 + 13 + 12) / 4)
 
 
+def test_relative_image_score_discounts_error_spread_over_the_head():
+    model = ProxyAnoModel(1, WIDTHS, 0, 0.0, 0.0, 1 / 16, "l1", score_relative=True)  # score: the map's maximum
+    images = torch.zeros(2, 1, 4, 4)
+    images[..., 1:3, 1:3] = 0.8  # a 2x2 head on a black background
+    noisy = torch.zeros(1, 1, 4, 4)
+    noisy[..., 1:3, 1:3] = 0.4  # error everywhere in the head
+    focal = torch.zeros(1, 1, 4, 4)
+    focal[..., 1, 1] = 0.4  # the same peak in one head pixel
+    maps = torch.cat([noisy, focal])
+    torch.testing.assert_close(model.image_score(maps, relative=False), torch.tensor([0.4, 0.4]))
+    torch.testing.assert_close(model.image_score(maps, images), torch.tensor([1.0, 4.0]))  # max / head mean
+    with pytest.raises(ValueError, match="needs the images"):
+        model.image_score(noisy)
+
+
 def test_smoothing_preserves_constant_maps():
     model = ProxyAnoModel(1, WIDTHS, 0, 0.0, 2.0, 1.0, "l2")
     images = torch.full((1, 1, 16, 16), 0.75)
