@@ -105,8 +105,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         score_candidates: Scorings (``{error: ..., map_sigma: ...}`` each) that the label-free validation
             chooses among, jointly with the epoch (``select_epoch``): every validation epoch scores the same
             reconstructions with each, and the best (epoch, scoring) pair is kept; testing, the checkpoint and
-            export then use that scoring. ``error`` and ``map_sigma`` are the scoring until then, and the
-            only one without candidates (the default) or without a label-free validation set.
+            export then use that scoring. ``error``, ``map_sigma`` and ``score_relative`` are the scoring until
+            then, and the only one without candidates (the default) or without a label-free validation set.
+            The logged ``val_*`` curves stay theirs; ``val_selection_candidate{i}`` logs each candidate's.
         reconstruct_from: ``"predicted_proxy"`` (default, the paper) or ``"image"``: no PEM; the IRM is
             trained to repair pasted patches on the raw image and scores the raw image (a CutPaste-style
             repair network, an ablation of the proxy bridge). ``"image"`` needs ``proxy="identity"``.
