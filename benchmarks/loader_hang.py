@@ -111,7 +111,7 @@ def child(args: argparse.Namespace) -> None:
     from anomalib.engine import Engine
 
     from proxyano_plugin import ProxyAno
-    from proxyano_plugin.bench.suite import import_class
+    from proxyano_plugin.bench.validation import import_class
 
     anomalib_image.DataLoader = partial(torch.utils.data.DataLoader, **LOADER_SETTINGS[args.child])
     class_path, init = datamodule_arguments(args)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from proxyano_plugin.bench.records import ResultsError
 from proxyano_plugin.bench.runner import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, run_suite
-from proxyano_plugin.bench.suite import SuiteError, load_suite, shipped_suites
+from proxyano_plugin.bench.spec import SuiteError
+from proxyano_plugin.bench.suite import load_suite, shipped_suites
 
 DEFAULT_RESULTS = Path("benchmarks") / "results"
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from proxyano_plugin.bench import records as records_io
 from proxyano_plugin.bench.per_image import ImageRow, image_key, read_per_image, read_test_rows
-from proxyano_plugin.bench.suite import NOT_IDENTITY
+from proxyano_plugin.bench.spec import NOT_IDENTITY
 
 LESION_SIZE_COLUMN = "mask_pixels_256"
 SHORTCUTS_COLUMNS = ("split", "statistic", "level", "auroc")

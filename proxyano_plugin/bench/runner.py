@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from proxyano_plugin.bench import records
-from proxyano_plugin.bench.suite import RunSpec, Suite, SuiteError
+from proxyano_plugin.bench.spec import RunSpec, Suite, SuiteError
 from proxyano_plugin.bench.system import git_commit, versions
 from proxyano_plugin.bench.worker import WARM_MODULES, RunPaths, child_main, last_progress, run_captured
 

@@ -26,8 +26,9 @@ from proxyano_plugin.bench.checkpointing import RESUME_CHECKPOINT
 from proxyano_plugin.bench.curves import CURVES_DIR, curve_callback
 from proxyano_plugin.bench.per_image import PER_IMAGE_DIR, write_per_image
 from proxyano_plugin.bench.runtimes import measure_runtimes, median_seconds
-from proxyano_plugin.bench.suite import RunSpec, accepted_kwargs, import_class
+from proxyano_plugin.bench.spec import RunSpec
 from proxyano_plugin.bench.system import cpu_name
+from proxyano_plugin.bench.validation import accepted_kwargs, import_class
 from proxyano_plugin.proxies.base import cpu_count
 
 GALLERY_HOOK = "gallery_images"

@@ -33,7 +33,8 @@ from proxyano_plugin.bench.cli import main
 from proxyano_plugin.bench.curves import CURVES_DIR, curve_files, read_curve, write_curve
 from proxyano_plugin.bench.metrics import compute_metrics
 from proxyano_plugin.bench.runner import device_slots, run_suite
-from proxyano_plugin.bench.suite import SuiteError, load_suite
+from proxyano_plugin.bench.spec import SuiteError
+from proxyano_plugin.bench.suite import load_suite
 from proxyano_plugin.models.base import OneClassReconstruction
 
 HERE = Path(__file__).parent
