@@ -10,6 +10,7 @@ table from the ``shortcuts.csv`` of ``benchmarks/split_shortcuts.py`` its record
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import re
@@ -825,9 +826,16 @@ def _plot_tradeoff(path: Path, groups: list[Group]) -> Path:
     return path
 
 
+# Longer names keep their first characters and end in a hash of the whole label (still unique, still readable).
+GALLERY_NAME_CHARS = 80
+
+
 def gallery_file(model: str) -> str:
-    """``gallery_<model>.png``, with a group's ``[setting=value]`` label reduced to a plain file name."""
-    return f"gallery_{re.sub(r'[^A-Za-z0-9_.-]+', '_', model).strip('_')}.png"
+    """``gallery_<model>.png``, with a group's ``[setting=value]`` label reduced to a short plain file name."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("_")
+    if len(name) > GALLERY_NAME_CHARS:
+        name = f"{name[: GALLERY_NAME_CHARS - 9]}_{hashlib.sha256(model.encode()).hexdigest()[:8]}"
+    return f"gallery_{name}.png"
 
 
 def _plot_gallery(directory: Path, model: str, runs: list[dict[str, Any]]) -> Path | None:

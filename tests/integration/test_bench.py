@@ -764,6 +764,11 @@ def test_gallery_files_of_split_groups_have_plain_names() -> None:
     assert report.gallery_file('ProxyAno [proxy_kwargs={"n_segments": 1000}]') == (
         "gallery_ProxyAno_proxy_kwargs_n_segments_1000.png"
     )
+    long_label = 'ProxyAno [score_candidates=[{"error": "l1", "map_sigma": 1.0}, {"error": "gradient", "map_sigma": %s}'
+    one, other = (report.gallery_file(long_label % sigma) for sigma in ("2.0", "3.0"))
+    assert len(one) <= len("gallery_.png") + report.GALLERY_NAME_CHARS
+    assert one.startswith("gallery_ProxyAno_score_candidates_error_l1")
+    assert one != other  # labels that differ only past the cut keep distinct files
 
 
 def test_report_shows_the_validation_score_and_how_many_runs_have_it(tmp_path: Path) -> None:
