@@ -1,6 +1,7 @@
 """``proxyano-bench``: run a benchmark suite, or report on a results directory.
 
     proxyano-bench run SUITE [--output DIR] [--resume] [--only PATTERN ...] [--dry-run] [--set KEY=VALUE ...]
+                             [--print-config]
     proxyano-bench report DIR
     proxyano-bench curves DIR [--only PATTERN ...] [--metric NAME ...] [--output PNG]
     proxyano-bench list
@@ -21,7 +22,8 @@ from pathlib import Path
 from proxyano_plugin.bench.records import ResultsError
 from proxyano_plugin.bench.runner import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, run_suite
 from proxyano_plugin.bench.spec import SuiteError
-from proxyano_plugin.bench.suite import load_suite, shipped_suites
+from proxyano_plugin.bench.suite import read_suite, resolved_config, shipped_suites
+from proxyano_plugin.bench.validation import validate_suite
 
 DEFAULT_RESULTS = Path("benchmarks") / "results"
 
@@ -54,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a suite value, e.g. --set max_epochs=1 --set datasets.BraTS.folder.root=/data/brats",
     )
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    run.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the suite as it would run (--set and environment variables applied), validated, and exit",
+    )
 
     report = commands.add_parser("report", help="write report.md, summary.csv and plots from DIR/records.jsonl")
     report.add_argument("directory", type=Path)
@@ -84,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args.directory)
         if args.command == "curves":
             return _curves(args.directory, args.only, args.metric, args.output or args.directory / "curves.png")
-        suite = load_suite(args.suite, args.overrides)
+        raw = read_suite(args.suite, args.overrides)
+        suite = validate_suite(raw)
+        if args.print_config:
+            print(resolved_config(raw), end="")
+            return EXIT_OK
         output = args.output or DEFAULT_RESULTS / suite.name
         code = run_suite(
             suite,

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from proxyano_plugin.bench.spec import Suite, SuiteError
-from proxyano_plugin.bench.validation import validate_suite
+from proxyano_plugin.bench.validation import expand_env, validate_suite
 
 SUITES_DIR = Path(__file__).parent / "suites"
 
@@ -35,6 +35,16 @@ def find_suite(name_or_path: str) -> Path:
 
 def load_suite(name_or_path: str, overrides: list[str] | None = None) -> Suite:
     """Read, override (``--set key=value``), expand environment variables, validate and expand a suite."""
+    return validate_suite(read_suite(name_or_path, overrides))
+
+
+def resolved_config(raw: dict[str, Any]) -> str:
+    """The suite as it runs (overrides applied, environment variables expanded) as YAML: ``--print-config``."""
+    return yaml.safe_dump(expand_env(raw), sort_keys=False, allow_unicode=True)
+
+
+def read_suite(name_or_path: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A suite's raw mapping with the ``--set`` overrides applied (not yet validated)."""
     path = find_suite(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -47,7 +57,7 @@ def load_suite(name_or_path: str, overrides: list[str] | None = None) -> Suite:
     for override in overrides or []:
         apply_override(raw, override)
     raw.setdefault("name", path.stem)
-    return validate_suite(raw)
+    return raw
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:

@@ -670,6 +670,18 @@ def test_quick_suite_smoke(tmp_path: Path) -> None:
         assert (output / f"gallery_{record['model']['name']}.png").exists()
 
 
+def test_print_config_shows_the_suite_as_it_runs_and_reloads_to_the_same_runs(tmp_path: Path, capsys) -> None:
+    from proxyano_plugin.bench.cli import main
+
+    assert main(["run", "quick", "--set", "max_epochs=2", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "max_epochs: 2" in printed
+    (tmp_path / "printed.yaml").write_text(printed)
+    reloaded = load_suite(str(tmp_path / "printed.yaml"))
+    expected = load_suite("quick", ["max_epochs=2"])
+    assert [run.run_id for run in reloaded.runs] == [run.run_id for run in expected.runs]
+
+
 @pytest.mark.parametrize(
     ("name", "runs"),
     [("quick", 4), ("brain-tumor", 30), ("proxy-ablation", 36), ("paper", 36), ("speed", 9), ("brain-lesions", 42)],
