@@ -11,6 +11,16 @@ import math
 import torch
 
 
+def check_corruption(prefix: str, probability: float, area_range: tuple[float, float]) -> None:
+    """The checks both corruptions share, with their ProxyAno parameter names (``paste_...``, ``blob_...``)."""
+    if not 0 <= probability <= 1:
+        msg = f"{prefix}_probability must be in [0, 1], got {probability}"
+        raise ValueError(msg)
+    if not 0 < area_range[0] <= area_range[1] < 1:
+        msg = f"{prefix}_area_range must satisfy 0 < low <= high < 1, got {tuple(area_range)}"
+        raise ValueError(msg)
+
+
 class PatchPaster:
     """Paste one random patch of each image onto its proxy, with probability ``probability``.
 
@@ -26,12 +36,7 @@ class PatchPaster:
         area_range: tuple[float, float] = (0.02, 0.15),
         aspect_range: tuple[float, float] = (0.3, 3.3),
     ) -> None:
-        if not 0 <= probability <= 1:
-            msg = f"paste_probability must be in [0, 1], got {probability}"
-            raise ValueError(msg)
-        if not 0 < area_range[0] <= area_range[1] < 1:
-            msg = f"paste_area_range must satisfy 0 < low <= high < 1, got {tuple(area_range)}"
-            raise ValueError(msg)
+        check_corruption("paste", probability, area_range)
         if not 0 < aspect_range[0] <= aspect_range[1]:
             msg = f"paste_aspect_range must satisfy 0 < low <= high, got {tuple(aspect_range)}"
             raise ValueError(msg)
@@ -90,12 +95,7 @@ class BlobShifter:
         shift_range: tuple[float, float] = (0.15, 0.5),
         foreground: float = 0.05,
     ) -> None:
-        if not 0 <= probability <= 1:
-            msg = f"blob_probability must be in [0, 1], got {probability}"
-            raise ValueError(msg)
-        if not 0 < area_range[0] <= area_range[1] < 1:
-            msg = f"blob_area_range must satisfy 0 < low <= high < 1, got {tuple(area_range)}"
-            raise ValueError(msg)
+        check_corruption("blob", probability, area_range)
         if not 0 < shift_range[0] <= shift_range[1] <= 1:
             msg = f"blob_shift_range must satisfy 0 < low <= high <= 1, got {tuple(shift_range)}"
             raise ValueError(msg)

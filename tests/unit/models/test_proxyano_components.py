@@ -262,3 +262,18 @@ def test_pem_skips_carry_fine_detail_the_bottleneck_cannot():
 def test_pem_rejects_unknown_skip_layout():
     with pytest.raises(ValueError, match="pem_skips must be one of"):
         ProxyExtractionModule(1, WIDTHS, 10, 0.0, skips="dense")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: PatchPaster(probability=1.5), "paste_probability must be in"),
+        (lambda: PatchPaster(area_range=(0.2, 0.1)), "paste_area_range must satisfy"),
+        (lambda: BlobShifter(probability=-0.1), "blob_probability must be in"),
+        (lambda: BlobShifter(area_range=(0.0, 0.1)), "blob_area_range must satisfy"),
+        (lambda: BlobShifter(shift_range=(0.5, 1.5)), "blob_shift_range must satisfy"),
+    ],
+)
+def test_corruption_settings_are_checked_with_the_models_parameter_names(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
