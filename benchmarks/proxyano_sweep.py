@@ -44,7 +44,7 @@ from proxyano_plugin import BrainMRIDemo, ProxyAno
 from proxyano_plugin.data import SplitCSV
 from proxyano_plugin.data.split_csv import resolve_split_csv
 from proxyano_plugin.data.synthetic_validation import hold_out, paint_validation
-from proxyano_plugin.models.proxyano.torch_model import gaussian_blur, gaussian_kernel
+from proxyano_plugin.models.proxyano.torch_model import gaussian_blur, gaussian_kernel, gradient_l1, head_mean
 
 SIGMAS = (1.0, 2.0, 4.0)
 TOP_FRACTIONS = (0.001, 0.01, 0.05, 1.0)  # 1.0: the mean error
@@ -225,28 +225,19 @@ def ssim_error(images: torch.Tensor, reconstructions: torch.Tensor, sigma: float
     return (1 - ssim).mean(1, keepdim=True)
 
 
-def gradient_error(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
-    """|grad x - grad x_hat| (forward differences, zero-padded at the far edge): edges that appear or vanish."""
-    difference = images - reconstructions
-    dx = torch.nn.functional.pad(difference[..., :, 1:] - difference[..., :, :-1], (0, 1))
-    dy = torch.nn.functional.pad(difference[..., 1:, :] - difference[..., :-1, :], (0, 0, 0, 1))
-    return (dx.abs() + dy.abs()).mean(1, keepdim=True)
-
-
 def calibrated_readings(net, images, reconstructions, labels, masks, normals) -> dict[str, float]:
     """Maps and scores relative to what normal images show: the image's own head, or each pixel's normal error."""
     scores = {}
     anomaly_map = net.error_map(images, reconstructions)
-    top = net.image_score(anomaly_map)
-    head = (images.mean(1, keepdim=True) > 0.05).float()
-    head_mean = (anomaly_map * head).flatten(1).sum(1) / head.flatten(1).sum(1).clamp_min(1)
-    scores["minus_head_mean_image"] = binary_auroc(top - head_mean, labels).item()
-    scores["over_head_mean_image"] = binary_auroc(top / head_mean.clamp_min(1e-6), labels).item()
+    top, reference = net.image_score(anomaly_map), head_mean(anomaly_map, images)
+    scores["minus_head_mean_image"] = binary_auroc(top - reference, labels).item()
+    scores["over_head_mean_image"] = binary_auroc(net.image_score(anomaly_map, images, relative=True), labels).item()
     structural = {f"ssim{sigma:g}": ssim_error(images, reconstructions, sigma) for sigma in (1.0, 1.5, 3.0)}
-    structural["gradient"] = gradient_error(images, reconstructions)
-    structural["gradient_plus_l1"] = gradient_error(images, reconstructions) + (images - reconstructions).abs()
+    gradient = gradient_l1(images - reconstructions).mean(1, keepdim=True)  # error="gradient", before smoothing
+    structural["gradient"] = gradient
+    structural["gradient_plus_l1"] = gradient + (images - reconstructions).abs()
     structural["gradient_magnitude"] = (
-        gradient_error(images, 0 * images) - gradient_error(reconstructions, 0 * images)
+        gradient_l1(images).mean(1, keepdim=True) - gradient_l1(reconstructions).mean(1, keepdim=True)
     ).abs()
     for name, error in list(structural.items()):
         if name.startswith("gradient"):

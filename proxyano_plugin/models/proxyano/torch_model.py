@@ -185,6 +185,12 @@ class Scoring(NamedTuple):
             raise ValueError(msg)
 
 
+def head_mean(anomaly_map: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """The map's mean over each image's head (pixels above ``HEAD_LEVEL``), ``[B]``: the relative score's reference."""
+    head = (images.mean(dim=1) > HEAD_LEVEL).flatten(1).to(anomaly_map.dtype)
+    return (anomaly_map.flatten(1) * head).sum(dim=1) / head.sum(dim=1).clamp_min(1.0)
+
+
 def gradient_l1(images: torch.Tensor) -> torch.Tensor:
     """|d/dx| + |d/dy| per pixel (forward differences, 0 past the last row and column); size kept, exportable."""
     dx = F.pad((images[..., :, 1:] - images[..., :, :-1]).abs(), (0, 1))
@@ -321,9 +327,7 @@ class ProxyAnoModel(nn.Module):
         if images is None:
             msg = "a relative image score needs the images (their head is the reference)"
             raise ValueError(msg)
-        head = (images.mean(dim=1) > HEAD_LEVEL).flatten(1).to(flat.dtype)
-        head_mean = (flat * head).sum(dim=1) / head.sum(dim=1).clamp_min(1.0)
-        return top / head_mean.clamp_min(1e-6)
+        return top / head_mean(anomaly_map, images).clamp_min(1e-6)
 
     def reconstruct(self, images: torch.Tensor) -> ProxyAnoOutput:
         """Run the full inference path and keep the intermediates."""
