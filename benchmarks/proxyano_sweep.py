@@ -60,6 +60,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--root", default=None, help="BrainMRIDemo cache folder, or the --split-csv dataset's root")
     parser.add_argument("--split-csv", default=None, help="a SplitCSV split (e.g. medianomaly) instead of the demo")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a ProxyAno argument")
+    parser.add_argument(
+        "--data", action="append", default=[], metavar="KEY=JSON", help="a datamodule argument (--harness-validation)"
+    )
     parser.add_argument("--group-column", default=None, help="split-CSV column whose groups are held out whole")
     parser.add_argument("--val-fraction", type=float, default=0.15, help="share of training groups held out")
     parser.add_argument("--lesion-appearance", default="t1ce", choices=("t1ce", "flair"), help="validation lesions")
@@ -300,7 +303,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
+    overrides, data_overrides = (
+        {key: json.loads(value) for key, value in (item.split("=", 1) for item in items)}
+        for items in (args.set, args.data)
+    )
     model = ProxyAno(**overrides)
     model.model.to(device)
     loaders = {"train_batch_size": args.batch_size, "eval_batch_size": 64, "seed": args.seed, "num_workers": 0}
@@ -308,7 +314,7 @@ def main() -> None:
     def datamodule(split_csv: str | None, harness_validation: bool = False):
         validation_args = {"val_split_mode": "lesions" if harness_validation else "same_as_test"}
         if harness_validation:
-            validation_args["val_lesion_appearance"] = args.lesion_appearance
+            validation_args |= {"val_lesion_appearance": args.lesion_appearance, **data_overrides}
         if split_csv and harness_validation:
             validation_args |= {"val_split_ratio": args.val_fraction, "val_group_column": args.group_column}
         data = (

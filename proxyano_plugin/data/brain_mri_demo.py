@@ -19,6 +19,7 @@ from torchvision.transforms.v2 import Transform
 
 from proxyano_plugin.data.demo_generator import (
     FOLDER_LAYOUT,
+    DemoImage,
     DemoSpec,
     default_cache_root,
     demo_dir,
@@ -26,7 +27,12 @@ from proxyano_plugin.data.demo_generator import (
     subject_images,
 )
 from proxyano_plugin.data.split_csv import LESION_VALIDATION, check_lesion_validation
-from proxyano_plugin.data.synthetic_validation import lesion_validation_dir, write_lesion_validation
+from proxyano_plugin.data.synthetic_validation import (
+    LesionValidation,
+    lesion_validation_dir,
+    write_lesion_validation,
+    write_validation_set,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +73,10 @@ class BrainMRIDemo(Folder):
         val_split_ratio: share of the test images moved to validation (not used with ``"lesions"``).
         val_subjects: with ``"lesions"``: the number of validation pseudo-subjects.
         val_lesion_appearance: with ``"lesions"``: ``"t1ce"`` (the demo's look: T1 with contrast) or ``"flair"``.
+        val_lesions_before_scan: with ``"lesions"``: paint the validation lesions into the subjects' anatomy
+            before their simulated scan, as the test lesions are (blurred, biased and noisy like the tissue
+            around them), instead of into the scanned slices as on real data. Off by default, so that a
+            configuration keeps the validation set it was chosen on.
 
     Example:
         >>> datamodule = BrainMRIDemo(train_batch_size=16)
@@ -95,6 +105,7 @@ class BrainMRIDemo(Folder):
         val_split_ratio: float = 0.5,
         val_subjects: int = 4,
         val_lesion_appearance: str = "t1ce",
+        val_lesions_before_scan: bool = False,
     ) -> None:
         self.label_free_validation = str(getattr(val_split_mode, "value", val_split_mode)) == LESION_VALIDATION
         if self.label_free_validation:
@@ -105,6 +116,7 @@ class BrainMRIDemo(Folder):
             val_split_mode = ValSplitMode.NONE  # made in _setup, from further training subjects
         self.val_subjects = val_subjects
         self.val_lesion_appearance = val_lesion_appearance
+        self.val_lesions_before_scan = val_lesions_before_scan
         self.spec = DemoSpec(
             train_subjects=train_subjects,
             test_subjects=test_subjects,
@@ -150,23 +162,44 @@ class BrainMRIDemo(Folder):
             self.val_data = self._lesion_validation()
 
     def _lesion_validation(self) -> TabularDataset:
-        """Training subjects ``train_subjects .. + val_subjects - 1``, half their slices with painted lesions."""
+        """Training subjects ``train_subjects .. + val_subjects - 1``, half their slices with lesions."""
         numbers = range(self.spec.train_subjects, self.spec.train_subjects + self.val_subjects)
+        appearance = self.val_lesion_appearance
 
-        def generate() -> tuple[list[np.ndarray], list[str]]:  # ~0.5 s, only when the set is not cached yet
-            slices = [image for number in numbers for image in subject_images(self.spec, "train", number)]
-            return [image.image.astype(np.float32) / 255 for image in slices], [image.name for image in slices]
+        def scanned(fraction: float) -> tuple[list[DemoImage], list[str]]:
+            slices = [
+                image
+                for number in numbers
+                for image in subject_images(self.spec, "train", number, fraction, appearance)
+            ]
+            return slices, [image.name for image in slices]
+
+        def lesioned_before_scan() -> tuple[LesionValidation, list[str]]:  # ~1 s, once per set
+            slices, names = scanned(0.5)
+            masks = [np.zeros(image.image.shape, bool) if image.mask is None else image.mask for image in slices]
+            labels = np.array([int(image.mask is not None) for image in slices])
+            return LesionValidation([image.image.astype(np.float32) / 255 for image in slices], masks, labels), names
+
+        def normal() -> tuple[list[np.ndarray], list[str]]:  # ~0.5 s, painted after the scan
+            slices, names = scanned(0.0)
+            return [image.image.astype(np.float32) / 255 for image in slices], names
 
         cache_root = (Path(self.cache_root).expanduser() if self.cache_root else default_cache_root()).resolve()
-        settings = {"seed": self.spec.seed, "appearance": self.val_lesion_appearance}
+        settings = {"seed": self.spec.seed, "appearance": appearance}
+        if self.val_lesions_before_scan:
+            settings["lesions"] = "before scan"
         subjects = [f"{self.spec.key()}/train subject {number}" for number in numbers]  # what the set is made of
         target = lesion_validation_dir(cache_root / "lesion_validation", subjects, **settings)
-        samples = write_lesion_validation(generate, target, self.spec.seed, self.val_lesion_appearance)
+        if self.val_lesions_before_scan:
+            samples = write_validation_set(lesioned_before_scan, target)
+        else:
+            samples = write_lesion_validation(normal, target, self.spec.seed, appearance)
         logger.info(
-            "Label-free validation: %d slices of %d further training subjects (%d with painted lesions) in %s",
+            "Label-free validation: %d slices of %d further training subjects (%d with %s lesions) in %s",
             len(samples),
             self.val_subjects,
             int(samples.label_index.sum()),
+            "scanned" if self.val_lesions_before_scan else "painted",
             target,
         )
         return TabularDataset(name=self.name, samples=samples, split=Split.TEST, root=target)

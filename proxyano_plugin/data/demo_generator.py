@@ -130,20 +130,27 @@ def generate_demo(spec: DemoSpec) -> Iterator[DemoImage]:
             yield from subject_images(spec, split, number)
 
 
-def subject_images(spec: DemoSpec, split: str, number: int) -> Iterator[DemoImage]:
+def subject_images(
+    spec: DemoSpec, split: str, number: int, lesion_fraction: float | None = None, appearance: str = "t1ce"
+) -> Iterator[DemoImage]:
     """The slices of one pseudo-subject; a subject depends only on the seed, its split and its number.
 
     So training subjects numbered past ``spec.train_subjects`` are further normal subjects of the training
     distribution that the dataset itself does not contain: a validation set that costs the training set
     nothing (:class:`~proxyano_plugin.data.BrainMRIDemo` with ``val_split_mode="lesions"``).
+    ``lesion_fraction`` (default: ``spec.lesion_fraction`` for test subjects, none for training ones) puts
+    lesions of ``appearance`` into the anatomy *before* the simulated scan, as the test lesions are, so that
+    they are blurred, biased and noisy like the tissue around them.
     """
     template = load_template()
     rng = np.random.default_rng([spec.seed, _TRAIN if split == "train" else _TEST, number])
     subject = Subject.random(rng, template.size)
     indices = subject.slice_indices(template.t1.shape[0], spec.slices_per_subject)
+    if lesion_fraction is None:
+        lesion_fraction = spec.lesion_fraction if split == "test" else 0.0
     lesioned = set()
-    if split == "test":  # cumulative rounding: the total is exactly round(fraction * test images)
-        per_subject = spec.lesion_fraction * spec.slices_per_subject
+    if lesion_fraction > 0:  # cumulative rounding: the total is exactly round(fraction * images)
+        per_subject = lesion_fraction * spec.slices_per_subject
         n_lesions = int(np.floor(per_subject * (number + 1) + 0.5) - np.floor(per_subject * number + 0.5))
         lesioned = set(rng.choice(indices.size, size=n_lesions, replace=False).tolist())
     name = f"{split[:2]}{number:03d}"
@@ -151,7 +158,7 @@ def subject_images(spec: DemoSpec, split: str, number: int) -> Iterator[DemoImag
         image, wm, brain = subject.anatomy(template, index)
         lesion = None
         if position in lesioned:
-            image, lesion = add_tumour(image, wm, brain, rng, area_range=spec.lesion_area)
+            image, lesion = add_tumour(image, wm, brain, rng, area_range=spec.lesion_area, appearance=appearance)
         yield DemoImage(
             split=split,
             name=f"{name}_s{index:02d}.png",

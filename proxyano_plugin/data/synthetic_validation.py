@@ -117,9 +117,23 @@ def write_lesion_validation(
 ) -> pd.DataFrame:
     """Paint the images ``load()`` returns (with their source names) into ``target`` once; return its table.
 
+    See :func:`write_validation_set`: the images are read or generated only the first time.
+    """
+
+    def paint() -> tuple[LesionValidation, Sequence[str]]:
+        images, sources = load()
+        logger.info("Painting a label-free validation set from %d training images into %s", len(sources), target)
+        return paint_validation(images, seed, 0.5, area_range, appearance), sources
+
+    return write_validation_set(paint, target)
+
+
+def write_validation_set(make: Callable[[], tuple[LesionValidation, Sequence[str]]], target: Path) -> pd.DataFrame:
+    """Write the set ``make()`` returns (with its source names) into ``target`` once; return its table.
+
     The tree (``images/``, ``masks/``, ``samples.csv``) is written into a hidden sibling and moved into
     place only when complete, so an interrupted run leaves nothing half-written; a complete tree is reused
-    without calling ``load``, so the images are read or generated only the first time.
+    without calling ``make``.
     """
     from proxyano_plugin.image_io import encode_png, write_png
     from proxyano_plugin.prepare.pipeline import staged_output
@@ -127,14 +141,12 @@ def write_lesion_validation(
     table = target / "samples.csv"
     if table.is_file():
         return _read_samples(table)
-    images, sources = load()
-    logger.info("Painting a label-free validation set from %d training images into %s", len(sources), target)
-    painted = paint_validation(images, seed, 0.5, area_range, appearance)
+    validation, sources = make()
     rows = []
     with staged_output(target, overwrite=True) as staging:
         (staging / "images").mkdir()
         (staging / "masks").mkdir()
-        for index, (image, mask, label) in enumerate(zip(*painted, strict=True)):
+        for index, (image, mask, label) in enumerate(zip(*validation, strict=True)):
             name = f"{index:05d}.png"
             write_png(staging / "images" / name, encode_png(image))
             mask_path = ""

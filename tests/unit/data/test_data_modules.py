@@ -14,6 +14,7 @@ from PIL import Image
 from testing_utils import REPO, parse_data
 
 from proxyano_plugin.data import BrainMRIDemo, CheckedFolder, DatasetError, SplitCSV, read_split_csv
+from proxyano_plugin.data.demo_generator import subject_images
 
 SHARED_DATA = Path(os.environ.get("PROXYANO_SHARED_DATA") or REPO.parent / "shared" / "data")
 BRAIN_TUMOR_MRI = SHARED_DATA / "brain_tumor_mri"
@@ -86,6 +87,28 @@ def test_demo_lesion_validation_uses_further_training_subjects(tmp_path: Path) -
     assert table.stat().st_mtime_ns == stamp  # painted once, then reused
     with pytest.raises(ValueError, match="val_subjects must be at least 1"):
         BrainMRIDemo(root=tmp_path, **TINY, val_split_mode="lesions", val_subjects=0)
+
+
+def test_demo_validation_lesions_before_the_scan_are_scanned_like_the_test_lesions(tmp_path: Path) -> None:
+    """Lesions put into the anatomy before the simulated scan: the same subjects, their own cached set, and
+    exactly the images the generator scans with a lesion, as it scans the test subjects."""
+    after = BrainMRIDemo(root=tmp_path, **TINY, val_split_mode="lesions", val_subjects=3)
+    before = BrainMRIDemo(root=tmp_path, **TINY, val_split_mode="lesions", val_subjects=3, val_lesions_before_scan=True)
+    after.setup()
+    before.setup()
+    samples = before.val_data.samples
+    assert (len(samples), int(samples.label_index.sum())) == (12, 6)
+    assert {Path(source).name[:5] for source in samples.source} == {"tr002", "tr003", "tr004"}
+    assert Path(samples.image_path[0]).parent != Path(after.val_data.samples.image_path[0]).parent
+
+    scanned = [image for number in (2, 3, 4) for image in subject_images(before.spec, "train", number, 0.5)]
+    for row, expected in zip(samples.itertuples(), scanned, strict=True):
+        assert np.array_equal(np.asarray(Image.open(row.image_path)), expected.image)
+        mask = np.asarray(Image.open(row.mask_path)) > 0 if row.mask_path else np.zeros_like(expected.image, bool)
+        assert np.array_equal(mask, expected.mask if expected.mask is not None else np.zeros_like(mask))
+    # the default (no lesion in training subjects, the spec's share in test subjects) is unchanged
+    assert all(image.mask is None for image in subject_images(before.spec, "train", 0))
+    assert sum(image.mask is not None for image in subject_images(before.spec, "test", 0)) == 2
 
 
 def test_demo_from_the_shipped_config_and_by_bare_name(tmp_path: Path) -> None:
