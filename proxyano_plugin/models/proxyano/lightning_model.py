@@ -20,6 +20,7 @@ from proxyano_plugin.models.base import OneClassReconstruction
 from proxyano_plugin.models.selection import BestEpoch
 from proxyano_plugin.proxies import CachedProxy, create_proxy
 
+from .augmentation import IntensityJitter, TranslationJitter
 from .loss import ProxyAnoLoss
 from .pseudo_anomaly import BlobShifter, PatchPaster
 from .torch_model import ProxyAnoModel, Scoring
@@ -96,6 +97,12 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             intensity-shifted) while its target stays the clean image's proxy.
         blob_area_range: Blob area as a fraction of the image area (both blob kinds).
         blob_shift_range: Magnitude range of the blobs' intensity shift (sign random).
+        intensity_jitter: Chance that a training image (and its proxy) gets a random gamma, gain and smooth
+            bias field (``augmentation.IntensityJitter``), so that a new subject's or site's intensity scale is
+            reconstructed as well as the training subjects'. 0 (default) trains on the images as they are.
+        translation_jitter: Chance that a training image (and its proxy) is shifted by up to 10 % of its size,
+            zero-filled (``augmentation.TranslationJitter``), so that a head reaching the image border is not
+            reconstructed with the dark rim the networks otherwise learn there. 0 (default): no shift.
         error_sign: ``"both"`` (the paper: |x - x_hat|), ``"brighter"`` (only pixels brighter than their
             reconstruction score: hyperintense lesions such as gliomas on FLAIR) or ``"darker"``.
         select_epoch: On a label-free validation set (``val_split_mode="lesions"`` of ``SplitCSV`` or
@@ -142,6 +149,8 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         image_blob_probability: float = 1.0,
         blob_area_range: tuple[float, float] = (0.005, 0.05),
         blob_shift_range: tuple[float, float] = (0.15, 0.5),
+        intensity_jitter: float = 0.0,
+        translation_jitter: float = 0.0,
         select_epoch: bool = True,
         score_candidates: list[dict[str, Any]] | None = None,
         error_sign: str = "both",
@@ -189,6 +198,8 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         blob_ranges = (tuple(blob_area_range), tuple(blob_shift_range))
         self.proxy_blobs = BlobShifter(proxy_blob_probability, *blob_ranges)
         self.image_blobs = BlobShifter(image_blob_probability, *blob_ranges)
+        self.intensity_jitter = IntensityJitter(intensity_jitter)
+        self.translation_jitter = TranslationJitter(translation_jitter)
         self.loss = ProxyAnoLoss(entropy_weight, predicted_proxy_weight)
         self.learning_rate = learning_rate
         self.lr_schedule = lr_schedule
@@ -215,7 +226,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
 
     def training_losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss terms for a batch already in the model's channels (also used by benchmarks/proxyano_sweep.py)."""
-        proxies = self.proxy_extractor(images)
+        images, proxies = self.intensity_jitter(*self.translation_jitter(images, self.proxy_extractor(images)))
         corrupted, _ = self.paster(proxies, images)
         corrupted, _ = self.proxy_blobs(corrupted, images)
         if self.model.pem is None:  # reconstruct_from="image": the IRM alone, repairing the raw image

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from proxyano_plugin.models.proxyano.augmentation import IntensityJitter, TranslationJitter
 from proxyano_plugin.models.proxyano.loss import ProxyAnoLoss
 from proxyano_plugin.models.proxyano.memory import MemoryModule, addressing_entropy, hard_shrink_relu
 from proxyano_plugin.models.proxyano.pseudo_anomaly import BlobShifter, PatchPaster
@@ -226,6 +227,59 @@ def test_blobs_keep_flat_regions_flat_and_probability_zero_is_identity():
     unchanged, none = BlobShifter(probability=0.0)(flat)
     torch.testing.assert_close(unchanged, flat)
     assert none.sum() == 0
+
+
+def test_intensity_jitter_is_one_smooth_transform_per_image_for_image_and_proxy():
+    torch.manual_seed(2)
+    images = torch.zeros(64, 1, 32, 32)
+    images[:, :, 4:28, 4:28] = torch.rand(64, 1, 24, 24) * 0.6 + 0.2
+    proxies = images.mean(dim=(2, 3), keepdim=True).expand_as(images) * (images > 0)
+    jittered_images, jittered_proxies = IntensityJitter(probability=0.5)(images, proxies)
+    assert torch.equal(jittered_images[images == 0], images[images == 0])  # the background stays dark
+    assert jittered_images.min() >= 0
+    assert jittered_images.max() <= 1
+    changed = (jittered_images - images).flatten(1).abs().amax(dim=1) > 1e-6
+    assert 16 < changed.sum() < 48  # about half the images, each transformed whole or not at all
+    assert torch.equal(jittered_proxies[~changed], proxies[~changed])  # their proxies too
+    assert torch.all((jittered_proxies[changed] - proxies[changed]).flatten(1).abs().amax(dim=1) > 1e-6)
+    # the same transform for an image and its proxy: a flat proxy region maps as the image pixels under it
+    flat = torch.full_like(images, 0.5) * (images > 0)
+    torch.manual_seed(3)
+    jittered_flat, jittered_again = IntensityJitter(probability=1.0)(flat, flat.clone())
+    assert torch.equal(jittered_flat, jittered_again)
+    head = jittered_flat[:, :, 4:28, 4:28]
+    assert (head[..., 1:] - head[..., :-1]).abs().amax() < 0.05  # a smooth field: neighbours differ little
+    assert head.flatten(1).std(dim=1).mean() > 0.005  # but it does shade the head
+    assert len({round(value, 4) for value in head[:, 0, 12, 12].tolist()}) > 32  # and differs per image
+    unchanged = IntensityJitter(probability=0.0)(images)
+    assert unchanged[0] is images
+    with pytest.raises(ValueError, match="intensity_jitter"):
+        IntensityJitter(probability=1.5)
+
+
+def test_translation_jitter_shifts_image_and_proxy_together_by_whole_pixels_zero_filled():
+    torch.manual_seed(4)
+    images = torch.rand(64, 1, 20, 20) + 0.5  # no zero inside: every zero out is fill
+    proxies = images * 2
+    shifted_images, shifted_proxies = TranslationJitter(probability=0.5, max_shift=0.1)(images, proxies)
+    torch.testing.assert_close(shifted_proxies, shifted_images * 2)
+    moved = 0
+    for image, shifted in zip(images, shifted_images, strict=True):
+        rows, cols = torch.nonzero(shifted[0] > 0, as_tuple=True)
+        top, left = rows.min().item(), cols.min().item()
+        height, width = rows.max().item() - top + 1, cols.max().item() - left + 1
+        assert height >= 18  # at most 2 px (10 % of 20) leave the frame per axis
+        assert width >= 18
+        # the kept block is the image's own pixels, moved whole
+        source_top = 0 if top else 20 - height
+        source_left = 0 if left else 20 - width
+        source = image[0, source_top : source_top + height, source_left : source_left + width]
+        assert torch.equal(shifted[0, top : top + height, left : left + width], source)
+        moved += (height, width) != (20, 20)
+    assert 16 < moved < 48  # about half the images
+    assert TranslationJitter(probability=0.0)(images)[0] is images
+    with pytest.raises(ValueError, match="translation_jitter"):
+        TranslationJitter(probability=-0.1)
 
 
 @pytest.mark.parametrize("bad", [{"probability": 2.0}, {"area_range": (0.2, 0.1)}, {"shift_range": (0.0, 0.5)}])

@@ -46,14 +46,16 @@ def test_training_is_deterministic_for_a_seed():
     runs = []
     for _ in range(2):
         lightning.seed_everything(3)
-        model = ProxyAno(**TINY, proxy="superpixel")
+        model = ProxyAno(**TINY, proxy="superpixel", intensity_jitter=0.5, translation_jitter=0.5)
         _train(model, _batch(), steps=3)
         runs.append(torch.cat([parameter.detach().flatten() for parameter in model.model.parameters()]))
     torch.testing.assert_close(runs[0], runs[1])
 
 
-def test_superpixel_proxies_are_cached_across_epochs():
-    model = ProxyAno(**TINY, proxy="superpixel")
+@pytest.mark.parametrize("jitter", [{}, {"intensity_jitter": 1.0, "translation_jitter": 1.0}])
+def test_superpixel_proxies_are_cached_across_epochs(jitter):
+    """Jitter acts after the cache: jittered images still reuse their unjittered image's proxy."""
+    model = ProxyAno(**TINY, proxy="superpixel", **jitter)
     batch = _batch()
     _train(model, batch, steps=2)
     assert model.proxy_extractor.misses == 8
@@ -123,6 +125,8 @@ def test_nan_loss_stops_training_with_a_clear_message():
         ({"reconstruct_from": "pem", "proxy": "identity"}, "reconstruct_from must be one of"),
         ({"proxy_cache_items": None}, "proxy_cache_items must be a non-negative integer"),
         ({"lr_schedule": "step"}, "lr_schedule must be one of constant, cosine"),
+        ({"intensity_jitter": 1.5}, "intensity_jitter must be a probability"),
+        ({"translation_jitter": -1.0}, "translation_jitter must be a probability"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, message):
