@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/anomalib train --config configs/model/proxyano.yaml --config configs/data/brain_mri_demo.yaml
+	$(BIN)/anomalib train --config configs/model/proxyano.yaml --config configs/model/proxyano_demo.yaml --config configs/data/brain_mri_demo.yaml
 	@echo "Images with anomaly maps: results/ProxyAno/BrainMRIDemo/latest/images"
 
 test: $(STAMP)

@@ -41,22 +41,33 @@ def throughput(model_kwargs: dict, image_size: int, batch: int, repeats: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=Path("configs/model/proxyano.yaml"))
+    parser.add_argument(
+        "--config",
+        type=Path,
+        nargs="+",
+        default=[Path("configs/model/proxyano.yaml"), Path("configs/model/proxyano_demo.yaml")],
+        help="model configs, later ones overriding earlier ones' init args (as anomalib's repeated --config)",
+    )
     parser.add_argument("--data-config", type=Path, default=Path("configs/data/brain_mri_demo.yaml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--max-epochs", type=int, default=None, help="default: the config's trainer.max_epochs")
+    parser.add_argument(
+        "--max-epochs", type=int, default=None, help="default: the data config's trainer.max_epochs, else the model's"
+    )
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=YAML", help="override model init args")
     parser.add_argument("--output", type=Path, default=None, help="append one JSON line per seed here")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
 
-    config = yaml.safe_load(args.config.read_text())
-    model_kwargs = dict(config["model"].get("init_args", {}))
+    configs = [yaml.safe_load(path.read_text()) for path in args.config]
+    config = configs[0]
+    model_kwargs = {key: value for part in configs for key, value in part["model"].get("init_args", {}).items()}
     for item in args.set:
         key, value = item.split("=", 1)
         model_kwargs[key] = yaml.safe_load(value)
-    data_kwargs = yaml.safe_load(args.data_config.read_text())["data"].get("init_args", {})
-    max_epochs = args.max_epochs or config["trainer"]["max_epochs"]
+    data_config = yaml.safe_load(args.data_config.read_text())
+    data_kwargs = data_config["data"].get("init_args", {})
+    # as anomalib composes them: the data config (given last) sets the demo's length over the model config's
+    max_epochs = args.max_epochs or {**config["trainer"], **data_config.get("trainer", {})}["max_epochs"]
     check_every = config["trainer"].get("check_val_every_n_epoch", 1)
 
     for seed in args.seeds:

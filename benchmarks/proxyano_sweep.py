@@ -50,6 +50,35 @@ SIGMAS = (1.0, 2.0, 4.0)
 TOP_FRACTIONS = (0.001, 0.01, 0.05, 1.0)  # 1.0: the mean error
 
 
+def by_subject(model: ProxyAno, validation: tuple[torch.Tensor, ...], sources: list[str]) -> list[dict]:
+    """Readings per subject (a source name's part before its first ``_``), with the model's own scoring.
+
+    Subjects whose *normal* slices score high are what an image-level AUROC pays for; a slice reaches the
+    border when a pixel of its outermost rows or columns is brighter than 0.1.
+    """
+    images, labels, _ = validation
+    net = model.model
+    net.eval()
+    with torch.no_grad():
+        scores = net(images).pred_score.flatten()
+    net.train()
+    frame = torch.cat([images[..., 0, :], images[..., -1, :], images[..., :, 0], images[..., :, -1]], dim=-1)
+    reaches_border = frame.amax(dim=(1, 2)) > 0.1
+    subjects = [Path(source).name.split("_")[0] for source in sources]
+    lines = []
+    for subject in sorted(set(subjects)):
+        chosen = torch.tensor([name == subject for name in subjects], device=images.device)
+        normal, lesion = scores[chosen & (labels == 0)], scores[chosen & (labels == 1)]
+        line = {"subject": subject, "normal_median": round(normal.median().item(), 4)}
+        if len(lesion) and len(normal):
+            line["lesion_median"] = round(lesion.median().item(), 4)
+            within = binary_auroc(scores[chosen], labels[chosen]).item()
+            line["auroc_within"] = round(within, 3)
+        line["reaches_border"] = round(reaches_border[chosen].float().mean().item(), 3)
+        lines.append(line)
+    return lines
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--label", default="run", help="name printed on every line")
@@ -80,11 +109,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--save", default=None, help="file to save the selected epoch's model state into")
     parser.add_argument("--load", default=None, help="train nothing: evaluate a state saved with --save")
     parser.add_argument("--gallery", default=None, help="PNG of validation lesions through the selected epoch")
+    parser.add_argument(
+        "--by-subject",
+        action="store_true",
+        help="with --harness-validation: per validation subject, the median score of its normal and lesion "
+        "slices, their AUROC and the share of its slices that reach the image border",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument(
         "--table", nargs="+", metavar="JSONL", help="train nothing: print the image AUROCs of these outputs as Markdown"
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.by_subject and not (args.harness_validation and args.load):
+        parser.error("--by-subject reads a saved model (--load) on the harness's validation set (--harness-validation)")
+    return args
 
 
 # The image-level readings the results READMEs tabulate: JSON key -> column title.
@@ -342,6 +380,9 @@ def main() -> None:
         model.model.load_state_dict(saved["state"])
         scores = evaluate(model, *validation, normals=train_images)
         print(json.dumps({"label": args.label, "split": "validation", "epoch": saved["epoch"]} | scores), flush=True)
+        if args.by_subject:
+            for line in by_subject(model, validation, list(data.val_data.samples.source)):
+                print(json.dumps({"label": args.label, "split": "validation"} | line), flush=True)
     for epoch in range(1, args.epochs + 1):
         model.train()
         order = torch.randperm(train_images.shape[0], device=device)

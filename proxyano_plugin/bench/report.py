@@ -167,11 +167,20 @@ def group_runs(latest: list[dict[str, Any]]) -> list[Group]:
     return sorted(split, key=lambda g: datasets.index(g.dataset))
 
 
+DATA_LOCATION = {"root"}
+"""Dataset arguments that say where the data lives, not what it is: runs that differ only there are one group."""
+
+
 def _settings(record: dict[str, Any]) -> dict[str, str]:
     """What fixes a run's numbers besides its seed and where its data lives, flattened to JSON values."""
     model = record.get("model") or {}
     config = {key: value for key, value in (record.get("config") or {}).items() if key not in NOT_IDENTITY}
-    flat = {"class_path": model.get("class_path"), **(model.get("init_args") or {}), **config}
+    data = {
+        f"data.{key}": value
+        for key, value in ((record.get("dataset") or {}).get("init_args") or {}).items()
+        if key not in DATA_LOCATION
+    }
+    flat = {"class_path": model.get("class_path"), **(model.get("init_args") or {}), **config, **data}
     return {key: json.dumps(value, sort_keys=True, default=str) for key, value in flat.items()}
 
 

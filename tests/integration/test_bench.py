@@ -770,6 +770,14 @@ def test_report_splits_runs_whose_settings_differ() -> None:
     assert len(groups["Autoencoder [max_epochs=600]"].runs) == 3
     assert len(groups["Autoencoder [max_epochs=unset]"].runs) == 2
 
+    # What the data is does split: the same dataset name validated on another set is another group.
+    revalidated = [
+        {**r, "run_id": f"v{r['run_id']}", "dataset": {**r["dataset"], "init_args": {"val_subjects": 8}}}
+        for r in autoencoder
+    ]
+    groups = {g.model: g for g in group_runs([*autoencoder, *revalidated]) if g.dataset == "demo"}
+    assert sorted(groups) == ["Autoencoder [data.val_subjects=8]", "Autoencoder [data.val_subjects=unset]"]
+
 
 def test_gallery_files_of_split_groups_have_plain_names() -> None:
     assert report.gallery_file("ProxyAno") == "gallery_ProxyAno.png"

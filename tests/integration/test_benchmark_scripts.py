@@ -10,7 +10,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from testing_utils import REPO
+
+from proxyano_plugin import ProxyAno
 
 BENCHMARKS = REPO / "benchmarks"
 
@@ -179,6 +182,26 @@ def test_sweep_table_prints_every_line_of_every_output_in_percent(tmp_path: Path
     assert rows[2] == "| a | 2 | 55.6 |  |  |  | 80.0 |  |"
     assert rows[3] == "| a | 4 | 25.0 |  | 10.0 |  |  |  |"
     assert rows[4] == "| b | 30 |  |  |  |  |  | 19.0 |"
+
+
+def test_sweep_by_subject_groups_scores_by_subject_and_finds_heads_at_the_border() -> None:
+    sweep = load_script("proxyano_sweep")
+    torch.manual_seed(0)
+    model = ProxyAno(image_size=32, widths=[8, 16, 32], memory_size=20)
+    images = torch.zeros(8, 1, 32, 32)
+    images[:, :, 8:24, 8:24] = 0.5
+    images[:2, :, 0:10, 8:24] = 0.5  # two slices of subject a reach the top border
+    labels = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    sources = ["a_s0.png", "a_s1.png", "a_s2.png", "a_s3.png", "tr1_s0.png", "tr1_s1.png", "tr1_s2.png", "tr1_s3.png"]
+
+    lines = sweep.by_subject(model, (images, labels, None), sources)
+
+    assert [line["subject"] for line in lines] == ["a", "tr1"]
+    assert lines[0]["reaches_border"] == 0.5
+    assert lines[1]["reaches_border"] == 0.0
+    for line in lines:
+        assert 0 <= line["auroc_within"] <= 1
+        assert line["normal_median"] > 0
 
 
 def test_proxyano_profile_splits_the_forward_pass_by_module(

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from testing_utils import REPO
 
 ANOMALIB = Path(sys.executable).with_name("anomalib")
@@ -253,3 +254,22 @@ def test_checkpoint_of_another_model_ends_the_command_in_one_line(tmp_path: Path
     assert "Traceback" not in result.stderr
     assert "weights_only" not in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_the_demo_command_composes_the_shipped_configs(tmp_path: Path) -> None:
+    """README's demo command: the model config, its demo overlay ("proxyano_demo.yaml") and the data config."""
+    configs = [REPO / "configs" / "model" / "proxyano.yaml", REPO / "configs" / "model" / "proxyano_demo.yaml"]
+    arguments = [item for path in configs for item in ("--config", str(path))]
+    result = anomalib_cli(
+        "train", *arguments, "--config", str(REPO / "configs" / "data" / "brain_mri_demo.yaml"), "--print_config",
+        cwd=tmp_path,
+    )  # fmt: skip
+    _ok(result)
+    config = yaml.safe_load(result.stdout)
+    model = config["model"]
+    assert model["class_path"] == "proxyano_plugin.ProxyAno"
+    assert model["init_args"]["translation_jitter"] == 0.5  # the overlay
+    assert model["init_args"]["proxy_kwargs"] == {"n_segments": 1000}  # kept from the model config
+    assert len(model["init_args"]["score_candidates"]) == 3
+    assert config["data"]["init_args"]["val_lesions_before_scan"] is True
+    assert config["trainer"]["max_epochs"] == 60
