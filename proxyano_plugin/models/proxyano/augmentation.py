@@ -20,7 +20,32 @@ import torch
 from torch.nn import functional as F  # noqa: N812
 
 
-class IntensityJitter:
+class Jitter:
+    """One random transform per training image, chosen with probability ``probability``, applied alike to
+    every tensor given (an image batch and its proxies). Subclasses say what the transform is."""
+
+    parameter = "jitter"
+    """The ProxyAno argument that sets ``probability``, for error messages."""
+
+    def __init__(self, probability: float) -> None:
+        if not 0 <= probability <= 1:
+            msg = f"{self.parameter} must be a probability in [0, 1], got {probability}"
+            raise ValueError(msg)
+        self.probability = probability
+
+    def __call__(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Transform every tensor (``[B, C, H, W]`` in [0, 1], same batch and size; none is modified)."""
+        if self.probability == 0:
+            return tensors
+        chosen = torch.rand(tensors[0].shape[0], device=tensors[0].device) < self.probability
+        return self.apply(tensors, chosen.float())
+
+    def apply(self, tensors: tuple[torch.Tensor, ...], chosen: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The transform, drawn per image; ``chosen`` (``[B]``, 0 or 1) marks the images to change."""
+        raise NotImplementedError
+
+
+class IntensityJitter(Jitter):
     """Per image, with probability ``probability``: ``x -> clip(gain * bias_field * x ** gamma, 0, 1)``.
 
     Ranges follow what MRI scans of one protocol differ by (and what the BrainMRIDemo generator draws):
@@ -35,27 +60,22 @@ class IntensityJitter:
         bias: Largest peak magnitude of the log bias field.
     """
 
+    parameter = "intensity_jitter"
+
     def __init__(self, probability: float = 0.5, log_gamma: float = 0.3, gain: float = 0.15, bias: float = 0.2) -> None:
-        if not 0 <= probability <= 1:
-            msg = f"intensity_jitter must be a probability in [0, 1], got {probability}"
-            raise ValueError(msg)
-        self.probability = probability
+        super().__init__(probability)
         self.log_gamma = log_gamma
         self.gain = gain
         self.bias = bias
 
-    def __call__(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Apply one transform per image to every tensor (``[B, C, H, W]`` in [0, 1]; not modified)."""
-        if self.probability == 0:
-            return tensors
-        reference = tensors[0]
-        batch, _, height, width = reference.shape
-        device = reference.device
+    def apply(self, tensors: tuple[torch.Tensor, ...], chosen: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        batch, _, height, width = tensors[0].shape
+        device = tensors[0].device
 
         def uniform(half_range: float) -> torch.Tensor:
             return torch.empty(batch, 1, 1, 1, device=device).uniform_(-half_range, half_range)
 
-        chosen = (torch.rand(batch, 1, 1, 1, device=device) < self.probability).float()
+        chosen = chosen.view(batch, 1, 1, 1)
         gamma = (uniform(self.log_gamma) * chosen).exp()
         ys = torch.linspace(-1, 1, height, device=device).view(1, 1, -1, 1)
         xs = torch.linspace(-1, 1, width, device=device).view(1, 1, 1, -1)
@@ -67,7 +87,7 @@ class IntensityJitter:
         return tuple((tensor.clamp_min(0) ** gamma * scale).clamp(0, 1) for tensor in tensors)
 
 
-class TranslationJitter:
+class TranslationJitter(Jitter):
     """Per image, with probability ``probability``: shift by up to ``max_shift`` of its size in each axis.
 
     Whole pixels, zero-filled: content leaves the frame on one side and background enters on the other, as
@@ -79,21 +99,15 @@ class TranslationJitter:
         max_shift: Largest shift as a fraction of the image height and width.
     """
 
+    parameter = "translation_jitter"
+
     def __init__(self, probability: float = 0.5, max_shift: float = 0.1) -> None:
-        if not 0 <= probability <= 1:
-            msg = f"translation_jitter must be a probability in [0, 1], got {probability}"
-            raise ValueError(msg)
-        self.probability = probability
+        super().__init__(probability)
         self.max_shift = max_shift
 
-    def __call__(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Apply one shift per image to every tensor (``[B, C, H, W]``, same size; not modified)."""
-        if self.probability == 0:
-            return tensors
-        reference = tensors[0]
-        batch, _, height, width = reference.shape
-        device = reference.device
-        chosen = (torch.rand(batch, device=device) < self.probability).float()
+    def apply(self, tensors: tuple[torch.Tensor, ...], chosen: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        batch, _, height, width = tensors[0].shape
+        device = tensors[0].device
         sizes = torch.tensor([width, height], device=device, dtype=torch.float32)
         limits = (self.max_shift * sizes).floor()
         pixels = (torch.rand(batch, 2, device=device) * 2 - 1) * limits
