@@ -23,8 +23,8 @@ from proxyano_plugin.data.demo_generator import (
     DemoSpec,
     default_cache_root,
     demo_dir,
+    further_subjects,
     materialise_demo,
-    subject_images,
 )
 from proxyano_plugin.data.split_csv import LESION_VALIDATION, check_lesion_validation
 from proxyano_plugin.data.synthetic_validation import (
@@ -163,31 +163,27 @@ class BrainMRIDemo(Folder):
 
     def _lesion_validation(self) -> TabularDataset:
         """Training subjects ``train_subjects .. + val_subjects - 1``, half their slices with lesions."""
-        numbers = range(self.spec.train_subjects, self.spec.train_subjects + self.val_subjects)
         appearance = self.val_lesion_appearance
 
-        def scanned(fraction: float) -> tuple[list[DemoImage], list[str]]:
-            slices = [
-                image
-                for number in numbers
-                for image in subject_images(self.spec, "train", number, fraction, appearance)
-            ]
-            return slices, [image.name for image in slices]
+        def scanned(fraction: float) -> tuple[list[np.ndarray], list[DemoImage]]:
+            slices = further_subjects(self.spec, self.val_subjects, fraction, appearance)
+            return [image.image.astype(np.float32) / 255 for image in slices], slices
 
         def lesioned_before_scan() -> tuple[LesionValidation, list[str]]:  # ~1 s, once per set
-            slices, names = scanned(0.5)
+            images, slices = scanned(0.5)
             masks = [np.zeros(image.image.shape, bool) if image.mask is None else image.mask for image in slices]
             labels = np.array([int(image.mask is not None) for image in slices])
-            return LesionValidation([image.image.astype(np.float32) / 255 for image in slices], masks, labels), names
+            return LesionValidation(images, masks, labels), [image.name for image in slices]
 
         def normal() -> tuple[list[np.ndarray], list[str]]:  # ~0.5 s, painted after the scan
-            slices, names = scanned(0.0)
-            return [image.image.astype(np.float32) / 255 for image in slices], names
+            images, slices = scanned(0.0)
+            return images, [image.name for image in slices]
 
         cache_root = (Path(self.cache_root).expanduser() if self.cache_root else default_cache_root()).resolve()
         settings = {"seed": self.spec.seed, "appearance": appearance}
         if self.val_lesions_before_scan:
             settings["lesions"] = "before scan"
+        numbers = range(self.spec.train_subjects, self.spec.train_subjects + self.val_subjects)
         subjects = [f"{self.spec.key()}/train subject {number}" for number in numbers]  # what the set is made of
         target = lesion_validation_dir(cache_root / "lesion_validation", subjects, **settings)
         if self.val_lesions_before_scan:

@@ -172,6 +172,18 @@ def subject_images(
         )
 
 
+def further_subjects(
+    spec: DemoSpec, count: int, lesion_fraction: float = 0.0, appearance: str = "t1ce"
+) -> list[DemoImage]:
+    """The slices of ``count`` training-distribution subjects numbered past ``spec.train_subjects``.
+
+    Never in the dataset itself: the label-free validation set of :class:`~proxyano_plugin.data.BrainMRIDemo`.
+    ``lesion_fraction`` and ``appearance`` as in :func:`subject_images` (lesions put in before the scan).
+    """
+    numbers = range(spec.train_subjects, spec.train_subjects + count)
+    return [image for number in numbers for image in subject_images(spec, "train", number, lesion_fraction, appearance)]
+
+
 def default_cache_root() -> Path:
     """``$PROXYANO_PLUGIN_CACHE/brain_mri_demo``, else ``./datasets/brain_mri_demo``.
 

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/, for
 from proxyano_sweep import load_split
 
 from proxyano_plugin import BrainMRIDemo, ProxyAno
-from proxyano_plugin.data.demo_generator import subject_images
+from proxyano_plugin.data.demo_generator import further_subjects
 
 
 def main() -> None:
@@ -32,8 +32,7 @@ def main() -> None:
     data = BrainMRIDemo(root=args.root, val_split_mode="lesions", val_subjects=8, val_lesions_before_scan=True)
     data.setup()
     images, labels, masks, _ = load_split(model, data.val_dataloader(), torch.device("cpu"))
-    numbers = range(data.spec.train_subjects, data.spec.train_subjects + data.val_subjects)
-    generated = [image for number in numbers for image in subject_images(data.spec, "train", number, 0.5)]
+    generated = further_subjects(data.spec, data.val_subjects, lesion_fraction=0.5)  # the set's own slices, in order
     with torch.no_grad():
         scores = model.model(images).pred_score.flatten().numpy()
     normal = scores[labels.numpy() == 0]
