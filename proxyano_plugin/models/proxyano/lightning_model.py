@@ -115,6 +115,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             export then use that scoring. ``error``, ``map_sigma`` and ``score_relative`` are the scoring until
             then, and the only one without candidates (the default) or without a label-free validation set.
             The logged ``val_*`` curves stay theirs; ``val_selection_candidate{i}`` logs each candidate's.
+        space_to_depth: Both networks fold ``f x f`` pixel blocks into channels (``pixel_unshuffle``) on the way
+            in and unfold them on the way out: they run at ``1/f`` of ``image_size`` with ``f**2`` times fewer
+            FLOPs and see every input pixel. 1 (default) runs them at full resolution.
         reconstruct_from: ``"predicted_proxy"`` (default, the paper) or ``"image"``: no PEM; the IRM is
             trained to repair pasted patches on the raw image and scores the raw image (a CutPaste-style
             repair network, an ablation of the proxy bridge). ``"image"`` needs ``proxy="identity"``.
@@ -154,15 +157,19 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         select_epoch: bool = True,
         score_candidates: list[dict[str, Any]] | None = None,
         error_sign: str = "both",
+        space_to_depth: int = 1,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
         widths = list(widths or CPU_WIDTHS)
-        stride = 2 ** (len(widths) - 1)
+        stride = 2 ** (len(widths) - 1) * (space_to_depth if isinstance(space_to_depth, int) else 1)
         if image_size < stride or image_size % stride:
-            msg = f"image_size must be a positive multiple of {stride} for {len(widths)} levels, got {image_size}"
+            msg = (
+                f"image_size must be a positive multiple of {stride} for {len(widths)} levels and "
+                f"space_to_depth={space_to_depth}, got {image_size}"
+            )
             raise ValueError(msg)
         if reconstruct_from == "image" and proxy != "identity":
             msg = (
@@ -190,6 +197,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             error_blur_sigma=error_blur_sigma,
             pem_skips=pem_skips,
             error_sign=error_sign,
+            space_to_depth=space_to_depth,
         )
         self.proxy_extractor = CachedProxy(
             create_proxy(proxy, **(proxy_kwargs or {})), cache_dir=proxy_cache_dir, max_items=proxy_cache_items

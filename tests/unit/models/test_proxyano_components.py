@@ -119,6 +119,27 @@ def test_model_shapes(in_channels, reduced):
     torch.testing.assert_close(batch.pred_score, output.pred_score)
 
 
+def test_space_to_depth_runs_the_networks_at_half_resolution_and_keeps_every_pixel():
+    model = ProxyAnoModel(1, WIDTHS, 20, 0.01, 1.0, 0.05, "l1", pem_skips="plain", space_to_depth=2).eval()
+    seen = []
+    model.irm.encoder.blocks[0].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape))
+    images = torch.rand(2, 3, 32, 32)
+    output = model.reconstruct(images)
+    assert seen == [(2, 4, 16, 16)]  # each 2x2 pixel block folded into 4 channels
+    assert output.reconstruction.shape == output.proxy.shape == (2, 1, 32, 32)
+    assert output.anomaly_map.shape == (2, 1, 32, 32)
+    # Every input pixel reaches the output: changing one pixel changes the prediction.
+    changed = images.clone()
+    changed[:, :, 5, 7] += 0.5
+    assert not torch.equal(model.reconstruct(changed).proxy, output.proxy)
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, True])
+def test_space_to_depth_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match="space_to_depth must be a positive integer"):
+        ProxyAnoModel(1, WIDTHS, 20, 0.01, 1.0, 0.05, "l1", space_to_depth=bad)
+
+
 def test_model_rejects_bad_channels():
     with pytest.raises(ValueError, match="in_channels must be 1"):
         ProxyAnoModel(2, WIDTHS, 20, 0.01, 1.0, 0.05, "l1")

@@ -42,6 +42,20 @@ def test_a_few_steps_reduce_the_loss():
     assert losses[-1] < 0.7 * losses[0]
 
 
+def test_a_few_steps_reduce_the_loss_at_half_internal_resolution():
+    lightning.seed_everything(0)
+    model = ProxyAno(
+        **TINY,
+        space_to_depth=2,
+        proxy="blur",
+        image_blob_probability=0.0,
+        proxy_blob_probability=0.0,
+        learning_rate=1e-2,
+    )
+    losses = _train(model, _batch(), steps=15)
+    assert losses[-1] < 0.7 * losses[0]
+
+
 def test_training_is_deterministic_for_a_seed():
     runs = []
     for _ in range(2):
@@ -119,6 +133,7 @@ def test_nan_loss_stops_training_with_a_clear_message():
     [
         ({"in_channels": 2}, "in_channels must be 1"),
         ({"image_size": 30}, "image_size must be a positive multiple of 4"),
+        ({"image_size": 36, "space_to_depth": 2}, "multiple of 8 for 3 levels and space_to_depth=2"),
         ({"proxy": "no-such-proxy"}, "no-such-proxy"),
         ({"score_topk": 0.0}, "score_topk"),
         ({"reconstruct_from": "image"}, "set proxy='identity'"),
