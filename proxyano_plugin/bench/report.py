@@ -58,7 +58,7 @@ def _section(section: str, name: str) -> Callable[[dict[str, Any]], float | None
 
 
 def _runtime_throughput(runtime: str) -> Callable[[dict[str, Any]], float | None]:
-    """Throughput of the exported model in ``runtime`` (suites with ``timing.runtimes``; bench/runtimes.py)."""
+    """Throughput of the model in ``runtime`` (suites with ``timing.runtimes``; bench/runtimes.py)."""
     return lambda record: (((record.get("perf") or {}).get("runtimes") or {}).get(runtime) or {}).get("throughput_ips")
 
 
@@ -74,6 +74,8 @@ COLUMNS = (
     # what a design choice may be read from, where every column before it is the test split's.
     Column("val_selection", "Validation (selection)", _section("selected_scores", "selection"), True, 1, 100),
     Column("throughput_ips", "Throughput (img/s)", _section("perf", "throughput_ips"), True),
+    Column("throughput_torch_bf16_ips", "torch bf16 (img/s)", _runtime_throughput("torch-bf16"), True),
+    Column("throughput_torch_compile_ips", "torch.compile (img/s)", _runtime_throughput("torch-compile"), True),
     Column("throughput_onnxruntime_ips", "ONNX Runtime (img/s)", _runtime_throughput("onnxruntime"), True),
     Column("throughput_openvino_ips", "OpenVINO (img/s)", _runtime_throughput("openvino"), True),
     Column("latency_ms", "Latency b1 (ms)", _section("perf", "latency_ms"), False),

@@ -1,13 +1,18 @@
-"""Inference speed of a run's exported model in the runtimes users deploy with, beside the eager torch model.
+"""Inference speed of a run's model in the forms users deploy it in, beside the eager torch model.
 
-With ``timing.runtimes`` listing ``onnxruntime`` and/or ``openvino``, the trained model is exported the way
-``anomalib export`` does it (``to_onnx`` / ``to_openvino``, FP32, at the run's input size; pre- and
-post-processing inside the graph) and timed on the same pre-processed test images, batch 1 and
-``timing.batch_size``, with as many threads as torch uses. Each runtime also reports how far its scores and
-maps are from the eager model's (``max_score_diff``, ``max_map_diff``): an export that changes the numbers
-must not look fast. Measured on CPUs only: on a GPU run the eager numbers are the GPU's, and comparing them with
-CPU runtimes would mislead. A runtime that is not installed or fails is recorded with its error, and the run
-stays ok.
+``timing.runtimes`` adds, to the eager FP32 torch model that is always timed:
+
+- ``torch-bf16``: the same module under ``torch.autocast`` to bfloat16, on the run's device;
+- ``torch-compile``: the same module through ``torch.compile`` (static shapes, compiled before timing), on the
+  run's device;
+- ``onnxruntime`` / ``openvino``: the model exported the way ``anomalib export`` does it (``to_onnx`` /
+  ``to_openvino``, FP32, at the run's input size; pre- and post-processing inside the graph), on CPU runs only:
+  beside a GPU's eager numbers, CPU runtimes would mislead.
+
+Each is timed on the same pre-processed test images, batch 1 and ``timing.batch_size``, with as many threads as
+torch uses, and reports how far its scores and maps are from the eager FP32 model's (``max_score_diff``,
+``max_map_diff``): a path that changes the numbers must not look fast without saying so. A runtime that is not
+installed or fails is recorded with its error, and the run stays ok.
 """
 
 from __future__ import annotations
@@ -17,37 +22,53 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-RUNTIMES = ("torch", "onnxruntime", "openvino")
-EXPORTED = RUNTIMES[1:]  # need pip install "proxyano-plugin[export]"
+RUNTIMES = ("torch", "torch-bf16", "torch-compile", "onnxruntime", "openvino")
+ON_DEVICE = RUNTIMES[1:3]  # the torch module itself, on the run's device
+EXPORTED = RUNTIMES[3:]  # need pip install "proxyano-plugin[export]"; timed on CPUs
 
 
-def measure_runtimes(model: Any, images: Any, timing: Any, workdir: Path) -> dict[str, dict[str, Any]]:
+def measure_runtimes(
+    model: Any, images: Any, timing: Any, workdir: Path, device: Any, sync: Callable[[], None]
+) -> dict[str, dict[str, Any]]:
     """``{runtime: {"latency_ms", "throughput_ips", "max_score_diff", "max_map_diff"} or {"error"}}``."""
     import torch
 
-    wanted = [name for name in timing.runtimes if name in EXPORTED]
+    wanted = [name for name in timing.runtimes if name in ON_DEVICE or (name in EXPORTED and device.type == "cpu")]
     if not wanted:
         return {}
-    model = model.cpu().eval()
-    images = images.float().cpu()
+    images = images.float().to(device)
     batch = torch.cat([images] * math.ceil(timing.batch_size / len(images)))[: timing.batch_size]
-    with torch.inference_mode():
-        reference = model(batch)
     threads = torch.get_num_threads()
-    return {name: _measure(name, model, batch, reference, timing, workdir, threads) for name in wanted}
+    measured = {}
+    for name in wanted:
+        if name in EXPORTED:  # the whole Lightning model, pre- and post-processing inside, as exported
+            module = model.cpu().eval()
+            load = partial(_load_exported, name, module, tuple(batch.shape[-2:]), workdir, threads)
+        else:  # the torch model alone, as the eager throughput is measured
+            module = model.model.to(device).eval()
+            load = partial(_on_device, name, module, device)
+        with torch.inference_mode():
+            reference = module(batch)
+        measured[name] = _measure(name, load, batch, reference, timing, sync)
+    return measured
 
 
 def _measure(
-    name: str, model: Any, batch: Any, reference: Any, timing: Any, workdir: Path, threads: int
+    name: str, load: Callable[[], Callable[[Any], Any]], batch: Any, reference: Any, timing: Any, sync: Any
 ) -> dict[str, Any]:
+    import torch
+
     try:
-        infer = _load(name, model, tuple(int(s) for s in batch.shape[-2:]), workdir, threads)
-        outputs = infer(batch.numpy())
-        single = median_seconds(lambda: infer(batch[:1].numpy()), timing)
-        full = median_seconds(lambda: infer(batch.numpy()), timing)
+        infer = load()
+        with torch.inference_mode():
+            outputs = infer(batch)
+            infer(batch[:1])  # compiles the batch-1 graph of torch-compile before timing
+            single = median_seconds(lambda: infer(batch[:1]), timing, sync)
+            full = median_seconds(lambda: infer(batch), timing, sync)
     except Exception as error:  # a runtime that cannot run this model is a finding, not a failed run
         message = " ".join(str(error).split())[:300] or type(error).__name__
         print(f"{name}: not measured: {message}", file=sys.stderr)
@@ -55,13 +76,31 @@ def _measure(
     return {
         "latency_ms": single * 1e3,
         "throughput_ips": timing.batch_size / full,
-        "max_score_diff": _max_diff(outputs.get("pred_score"), reference.pred_score),
-        "max_map_diff": _max_diff(outputs.get("anomaly_map"), reference.anomaly_map),
+        "max_score_diff": _max_diff(_output(outputs, "pred_score"), reference.pred_score),
+        "max_map_diff": _max_diff(_output(outputs, "anomaly_map"), reference.anomaly_map),
     }
 
 
-def _load(name: str, model: Any, size: tuple[int, int], workdir: Path, threads: int) -> Callable[[Any], dict]:
-    """Export ``model`` for runtime ``name`` and return a function from a numpy batch to named outputs."""
+def _on_device(name: str, net: Any, device: Any) -> Callable[[Any], Any]:
+    """The torch module as ``name`` runs it: under bf16 autocast, or compiled."""
+    import torch
+
+    if name == "torch-compile":
+        return torch.compile(net, dynamic=False)
+
+    def autocast(batch: Any) -> Any:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return net(batch)
+
+    return autocast
+
+
+def _output(outputs: Any, name: str) -> Any:
+    return outputs.get(name) if isinstance(outputs, dict) else getattr(outputs, name, None)
+
+
+def _load_exported(name: str, model: Any, size: tuple[int, int], workdir: Path, threads: int) -> Callable[[Any], dict]:
+    """Export ``model`` for runtime ``name`` and return a function from a CPU tensor batch to named outputs."""
     if name == "onnxruntime":
         import onnxruntime
 
@@ -72,7 +111,7 @@ def _load(name: str, model: Any, size: tuple[int, int], workdir: Path, threads: 
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = [output.name for output in session.get_outputs()]
         input_name = session.get_inputs()[0].name
-        return lambda batch: dict(zip(names, session.run(None, {input_name: batch}), strict=True))
+        return lambda batch: dict(zip(names, session.run(None, {input_name: batch.numpy()}), strict=True))
     import openvino
 
     path = model.to_openvino(workdir, input_size=size)
@@ -84,7 +123,7 @@ def _load(name: str, model: Any, size: tuple[int, int], workdir: Path, threads: 
     request = compiled.create_infer_request()
 
     def infer(batch: Any) -> dict:
-        results = request.infer({0: batch})
+        results = request.infer({0: batch.numpy()})
         return {name: results[output] for name, output in zip(names, compiled.outputs, strict=True)}
 
     return infer
@@ -105,10 +144,11 @@ def median_seconds(call: Callable[[], Any], timing: Any, sync: Callable[[], None
     return statistics.median(times)
 
 
-def _max_diff(exported: Any, eager: Any) -> float | None:
-    if exported is None or eager is None:
+def _max_diff(other: Any, eager: Any) -> float | None:
+    if other is None or eager is None:
         return None
-    import numpy as np
+    import torch
 
-    eager = eager.detach().cpu().numpy()
-    return float(np.abs(np.asarray(exported, dtype=np.float64).reshape(eager.shape) - eager).max())
+    eager = eager.detach().cpu().double()
+    other = torch.as_tensor(other).detach().cpu().double().reshape(eager.shape)
+    return float((other - eager).abs().max())

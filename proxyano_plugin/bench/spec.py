@@ -23,8 +23,9 @@ class Timing:
     batch_size: int = 32
     warmup: int = 3
     repeats: int = 10
-    # Where inference is timed: the eager torch model always; "onnxruntime" and "openvino" add the model as
-    # exported (bench/runtimes.py), on CPUs.
+    # Where inference is timed: the eager torch model always; "torch-bf16" and "torch-compile" add it under bf16
+    # autocast and compiled, on the run's device; "onnxruntime" and "openvino" add the model as exported, on
+    # CPUs (bench/runtimes.py).
     runtimes: tuple[str, ...] = ("torch",)
 
 

@@ -286,13 +286,19 @@ def execute(spec: RunSpec, paths: RunPaths, resume: bool = False) -> dict[str, A
     images = torch.stack(collector.timing_images).to(dtype)
     with torch.inference_mode(), trainer.precision_plugin.test_step_context():
         speed = measure_speed(model.model, images, spec.timing, device, sync)
-    if device.type == "cpu":  # the exported runtimes run on CPUs; beside a GPU's eager numbers they would mislead
-        speed["runtimes"] = measure_runtimes(model, images, spec.timing, paths.run_dir / "exported")
+    runtimes = measure_runtimes(model, images, spec.timing, paths.run_dir / "exported", device, sync)
+    flops = count_flops(model.model.to(device), images[:1].to(device))
+    if flops:  # how much of the device's peak a path reaches: divide by the peak of the precision it runs in
+        for measured in (speed, *runtimes.values()):
+            if "throughput_ips" in measured:
+                measured["achieved_tflops"] = flops * measured["throughput_ips"] / 1e12
+    if runtimes:
+        speed["runtimes"] = runtimes
     measure_s = time.perf_counter() - measure_start
     perf = {
         **speed,
         "load_avg_1m": load,
-        "flops_per_image": count_flops(model.model, images[:1].to(device)),
+        "flops_per_image": flops,
         "param_count": sum(p.numel() for p in model.model.parameters()),
         "state_mb": sum(t.numel() * t.element_size() for t in (*model.model.parameters(), *model.model.buffers()))
         / 2**20,
