@@ -695,7 +695,15 @@ def test_print_config_shows_the_suite_as_it_runs_and_reloads_to_the_same_runs(tm
 
 @pytest.mark.parametrize(
     ("name", "runs"),
-    [("quick", 4), ("brain-tumor", 30), ("proxy-ablation", 36), ("paper", 36), ("speed", 7), ("speed-gpu", 4), ("brain-lesions", 42)],
+    [
+        ("quick", 4),
+        ("brain-tumor", 30),
+        ("proxy-ablation", 36),
+        ("paper", 36),
+        ("speed", 7),
+        ("speed-gpu", 4),
+        ("brain-lesions", 42),
+    ],
 )
 def test_shipped_suites_validate(name: str, runs: int) -> None:
     """Every shipped suite validates against the real classes (missing data only skips)."""
