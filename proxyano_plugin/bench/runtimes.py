@@ -43,17 +43,23 @@ def measure_runtimes(
     images = images.float().to(device)
     batch = torch.cat([images] * math.ceil(timing.batch_size / len(images)))[: timing.batch_size]
     threads = torch.get_num_threads()
+    size = tuple(batch.shape[-2:])
     measured = {}
-    for name in wanted:
-        if name in EXPORTED:  # the whole Lightning model, pre- and post-processing inside, as exported
-            module = model.cpu().eval()
-            load = partial(_load_exported, name, module, tuple(batch.shape[-2:]), workdir, threads)
-        else:  # the torch model alone, as the eager throughput is measured
-            module = model.model.to(device).eval()
-            load = partial(_on_device, name, module, device)
+    # The torch model alone (as the eager throughput is measured), then the whole Lightning model with pre- and
+    # post-processing inside, as exported (``wanted`` holds exported runtimes only on CPU runs). One FP32
+    # reference per module.
+    for module, kind in ((model.model.to(device).eval(), ON_DEVICE), (model.eval(), EXPORTED)):
+        names = [name for name in wanted if name in kind]
+        if not names:
+            continue
         with torch.inference_mode():
             reference = module(batch)
-        measured[name] = _measure(name, load, batch, reference, timing, sync)
+        for name in names:
+            if name in ON_DEVICE:
+                load = partial(_on_device, name, module, device)
+            else:
+                load = partial(_load_exported, name, module, size, workdir, threads)
+            measured[name] = _measure(name, load, batch, reference, timing, sync)
     return measured
 
 

@@ -287,7 +287,7 @@ def execute(spec: RunSpec, paths: RunPaths, resume: bool = False) -> dict[str, A
     with torch.inference_mode(), trainer.precision_plugin.test_step_context():
         speed = measure_speed(model.model, images, spec.timing, device, sync)
     runtimes = measure_runtimes(model, images, spec.timing, paths.run_dir / "exported", device, sync)
-    flops = count_flops(model.model.to(device), images[:1].to(device))
+    flops = count_flops(model.model, images[:1].to(device))
     if flops:  # how much of the device's peak a path reaches: divide by the peak of the precision it runs in
         for measured in (speed, *runtimes.values()):
             if "throughput_ips" in measured:

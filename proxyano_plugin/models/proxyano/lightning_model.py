@@ -23,7 +23,7 @@ from proxyano_plugin.proxies import CachedProxy, create_proxy
 from .augmentation import IntensityJitter, TranslationJitter
 from .loss import ProxyAnoLoss
 from .pseudo_anomaly import BlobShifter, PatchPaster
-from .torch_model import ProxyAnoModel, Scoring
+from .torch_model import ProxyAnoModel, Scoring, check_space_to_depth
 
 __all__ = ["ProxyAno"]
 
@@ -164,7 +164,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         widths = list(widths or CPU_WIDTHS)
-        stride = 2 ** (len(widths) - 1) * (space_to_depth if isinstance(space_to_depth, int) else 1)
+        stride = 2 ** (len(widths) - 1) * check_space_to_depth(space_to_depth)
         if image_size < stride or image_size % stride:
             msg = (
                 f"image_size must be a positive multiple of {stride} for {len(widths)} levels and "

@@ -90,6 +90,14 @@ class Decoder(nn.Module):
         return F.pixel_shuffle(x, self.space_to_depth) if self.space_to_depth > 1 else x
 
 
+def check_space_to_depth(factor: object) -> int:
+    """``factor`` if it is a valid ``space_to_depth`` (a positive int, not a bool), else a ValueError."""
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        msg = f"space_to_depth must be a positive integer (1: off), got {factor!r}"
+        raise ValueError(msg)
+    return factor
+
+
 PEM_SKIPS = ("none", "plain", "memory")
 
 
@@ -259,9 +267,7 @@ class ProxyAnoModel(nn.Module):
         space_to_depth: int = 1,
     ) -> None:
         super().__init__()
-        if isinstance(space_to_depth, bool) or not isinstance(space_to_depth, int) or space_to_depth < 1:
-            msg = f"space_to_depth must be a positive integer (1: off), got {space_to_depth!r}"
-            raise ValueError(msg)
+        check_space_to_depth(space_to_depth)
         if error_sign not in ERROR_SIGNS:
             msg = f"error_sign must be one of {', '.join(ERROR_SIGNS)}, got {error_sign!r}"
             raise ValueError(msg)

@@ -134,6 +134,7 @@ def test_nan_loss_stops_training_with_a_clear_message():
         ({"in_channels": 2}, "in_channels must be 1"),
         ({"image_size": 30}, "image_size must be a positive multiple of 4"),
         ({"image_size": 36, "space_to_depth": 2}, "multiple of 8 for 3 levels and space_to_depth=2"),
+        ({"space_to_depth": 0}, "space_to_depth must be a positive integer"),
         ({"proxy": "no-such-proxy"}, "no-such-proxy"),
         ({"score_topk": 0.0}, "score_topk"),
         ({"reconstruct_from": "image"}, "set proxy='identity'"),
