@@ -118,6 +118,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         space_to_depth: Both networks fold ``f x f`` pixel blocks into channels (``pixel_unshuffle``) on the way
             in and unfold them on the way out: they run at ``1/f`` of ``image_size`` with ``f**2`` times fewer
             FLOPs and see every input pixel. 1 (default) runs them at full resolution.
+        skip_merge: How the decoders join their U-Net skips: ``"concat"`` (default, U-Net) or ``"add"`` (the
+            coarser features mapped to the level's width by a 1x1 convolution and added to the skip: half the
+            decoders' multiply-adds).
         reconstruct_from: ``"predicted_proxy"`` (default, the paper) or ``"image"``: no PEM; the IRM is
             trained to repair pasted patches on the raw image and scores the raw image (a CutPaste-style
             repair network, an ablation of the proxy bridge). ``"image"`` needs ``proxy="identity"``.
@@ -158,6 +161,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         score_candidates: list[dict[str, Any]] | None = None,
         error_sign: str = "both",
         space_to_depth: int = 1,
+        skip_merge: str = "concat",
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -198,6 +202,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             pem_skips=pem_skips,
             error_sign=error_sign,
             space_to_depth=space_to_depth,
+            skip_merge=skip_merge,
         )
         self.proxy_extractor = CachedProxy(
             create_proxy(proxy, **(proxy_kwargs or {})), cache_dir=proxy_cache_dir, max_items=proxy_cache_items

@@ -59,21 +59,39 @@ class Encoder(nn.Module):
         return features
 
 
+SKIP_MERGES = ("concat", "add")
+
+
 class Decoder(nn.Module):
     """Bilinear 2x upsampling + conv blocks back to full resolution, with optional U-Net skips.
+
+    ``skip_merge`` says how a skip joins the upsampled features: ``"concat"`` (U-Net) feeds both to the
+    block's first convolution (3x the channels of the level); ``"add"`` first maps the coarser features to
+    the level's width with a 1x1 convolution, run before upsampling (the two commute, and the coarse grid is
+    4x smaller), and adds the skip (FPN-style): the block then convolves the level's width only, half the
+    decoder's multiply-adds.
 
     ``space_to_depth`` > 1 undoes the encoder's: the head predicts ``f**2`` sub-pixels per location, which
     ``pixel_shuffle`` puts back at full resolution.
     """
 
-    def __init__(self, widths: Sequence[int], out_channels: int, skips: bool, space_to_depth: int = 1) -> None:
+    def __init__(
+        self,
+        widths: Sequence[int],
+        out_channels: int,
+        skips: bool,
+        space_to_depth: int = 1,
+        skip_merge: str = "concat",
+    ) -> None:
         super().__init__()
         self.skips = skips
         self.space_to_depth = space_to_depth
+        self.add_skips = skips and check_skip_merge(skip_merge) == "add"
         reversed_widths = list(reversed(widths))
-        self.blocks = nn.ModuleList(
-            ConvBlock(cin + (cout if skips else 0), cout) for cin, cout in pairwise(reversed_widths)
-        )
+        levels = list(pairwise(reversed_widths))
+        self.projections = nn.ModuleList(nn.Conv2d(cin, cout, 1) for cin, cout in levels) if self.add_skips else None
+        block_inputs = [cout if self.add_skips else cin + (cout if skips else 0) for cin, cout in levels]
+        self.blocks = nn.ModuleList(ConvBlock(cin, cout) for cin, (_, cout) in zip(block_inputs, levels, strict=True))
         self.head = nn.Conv2d(widths[0], out_channels * space_to_depth**2, 1)
         # Start from a dark image (sigmoid(-3) = 0.05): most pixels of a medical slice are background, and a
         # head starting at 0.5 spends the first hundreds of steps, and the error map, on the background.
@@ -82,12 +100,24 @@ class Decoder(nn.Module):
     def forward(self, bottleneck: torch.Tensor, skip_features: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         x = bottleneck
         for level, block in enumerate(self.blocks):
+            if self.projections is not None:
+                x = self.projections[level](x)
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-            if self.skips:
+            if self.add_skips:
+                x = x + skip_features[-(level + 2)]
+            elif self.skips:
                 x = torch.cat([x, skip_features[-(level + 2)]], dim=1)
             x = block(x)
         x = torch.sigmoid(self.head(x))
         return F.pixel_shuffle(x, self.space_to_depth) if self.space_to_depth > 1 else x
+
+
+def check_skip_merge(merge: object) -> str:
+    """``merge`` if it is a valid ``skip_merge``, else a ValueError naming the choices."""
+    if merge not in SKIP_MERGES:
+        msg = f"skip_merge must be one of {', '.join(SKIP_MERGES)}, got {merge!r}"
+        raise ValueError(msg)
+    return merge
 
 
 def check_space_to_depth(factor: object) -> int:
@@ -118,6 +148,7 @@ class ProxyExtractionModule(nn.Module):
         shrink_threshold: float,
         skips: str = "none",
         space_to_depth: int = 1,
+        skip_merge: str = "concat",
     ) -> None:
         super().__init__()
         if skips not in PEM_SKIPS:
@@ -130,7 +161,7 @@ class ProxyExtractionModule(nn.Module):
             MemoryModule(memory_size, width, shrink_threshold) for width in (levels if with_memory else ())
         )
         self.skips = skips != "none"
-        self.decoder = Decoder(widths, channels, skips=self.skips, space_to_depth=space_to_depth)
+        self.decoder = Decoder(widths, channels, self.skips, space_to_depth, skip_merge)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Return the predicted proxy and the addressing weights of every memory (empty without memory)."""
@@ -146,10 +177,12 @@ class ProxyExtractionModule(nn.Module):
 class ImageReconstructionModule(nn.Module):
     """U-Net mapping a proxy back to the image it came from."""
 
-    def __init__(self, channels: int, widths: Sequence[int], space_to_depth: int = 1) -> None:
+    def __init__(
+        self, channels: int, widths: Sequence[int], space_to_depth: int = 1, skip_merge: str = "concat"
+    ) -> None:
         super().__init__()
         self.encoder = Encoder(channels, widths, space_to_depth)
-        self.decoder = Decoder(widths, channels, skips=True, space_to_depth=space_to_depth)
+        self.decoder = Decoder(widths, channels, True, space_to_depth, skip_merge)
 
     def forward(self, proxies: torch.Tensor) -> torch.Tensor:
         features = self.encoder(proxies)
@@ -246,6 +279,7 @@ class ProxyAnoModel(nn.Module):
         score_relative: Divide the image score by the map's mean over the head (see :class:`Scoring`).
         space_to_depth: Both networks fold ``f x f`` pixel blocks into channels on the way in and back on the
             way out, so they run at ``1/f`` of the input resolution (``f**2`` times fewer FLOPs); 1 = off.
+        skip_merge: How both decoders join their skips: ``"concat"`` (U-Net) or ``"add"`` (see :class:`Decoder`).
         error_sign: Which departures score: ``"both"``, ``"brighter"`` (the image brighter than its
             reconstruction: hyperintense lesions, as on FLAIR and T2) or ``"darker"`` (hypointense ones).
     """
@@ -265,9 +299,11 @@ class ProxyAnoModel(nn.Module):
         error_sign: str = "both",
         score_relative: bool = False,
         space_to_depth: int = 1,
+        skip_merge: str = "concat",
     ) -> None:
         super().__init__()
         check_space_to_depth(space_to_depth)
+        check_skip_merge(skip_merge)
         if error_sign not in ERROR_SIGNS:
             msg = f"error_sign must be one of {', '.join(ERROR_SIGNS)}, got {error_sign!r}"
             raise ValueError(msg)
@@ -284,11 +320,13 @@ class ProxyAnoModel(nn.Module):
         self.in_channels = in_channels
         self.score_topk = score_topk
         self.pem = (
-            ProxyExtractionModule(in_channels, widths, memory_size, memory_shrink_threshold, pem_skips, space_to_depth)
+            ProxyExtractionModule(
+                in_channels, widths, memory_size, memory_shrink_threshold, pem_skips, space_to_depth, skip_merge
+            )
             if reconstruct_from == "predicted_proxy"
             else None
         )
-        self.irm = ImageReconstructionModule(in_channels, widths, space_to_depth)
+        self.irm = ImageReconstructionModule(in_channels, widths, space_to_depth, skip_merge)
         self.register_buffer("smoothing_kernel", None, False)
         self.set_scoring(Scoring(error, map_sigma, score_relative))
         blur = gaussian_kernel(error_blur_sigma) if error_blur_sigma > 0 else None

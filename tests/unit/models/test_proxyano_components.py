@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from proxyano_plugin.models.proxyano.augmentation import IntensityJitter, TranslationJitter
 from proxyano_plugin.models.proxyano.loss import ProxyAnoLoss
@@ -138,6 +139,39 @@ def test_space_to_depth_runs_the_networks_at_half_resolution_and_keeps_every_pix
 def test_space_to_depth_must_be_a_positive_integer(bad):
     with pytest.raises(ValueError, match="space_to_depth must be a positive integer"):
         ProxyAnoModel(1, WIDTHS, 20, 0.01, 1.0, 0.05, "l1", space_to_depth=bad)
+
+
+def test_added_skips_halve_the_decoders_and_still_pass_detail():
+    images = torch.rand(2, 1, 32, 32)
+    costs = {}
+    for merge in ("concat", "add"):
+        torch.manual_seed(0)
+        model = ProxyAnoModel(1, WIDTHS, 20, 0.01, 1.0, 0.05, "l1", pem_skips="plain", skip_merge=merge).eval()
+        with FlopCounterMode(display=False) as counter:
+            output = model.reconstruct(images)
+        costs[merge] = counter.get_total_flops()
+        assert output.reconstruction.shape == output.proxy.shape == (2, 1, 32, 32)
+        changed = images.clone()
+        changed[:, :, 5, 7] += 0.5
+        assert not torch.equal(model.reconstruct(changed).proxy, output.proxy)
+    assert costs["add"] < 0.8 * costs["concat"]
+
+
+def test_a_1x1_projection_commutes_with_bilinear_upsampling():
+    # Why the "add" merge may project on the coarse grid: the result equals projecting after upsampling.
+    torch.manual_seed(0)
+    projection = torch.nn.Conv2d(16, 8, 1)
+    features = torch.randn(2, 16, 4, 4)
+
+    def upsample(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+    torch.testing.assert_close(upsample(projection(features)), projection(upsample(features)))
+
+
+def test_skip_merge_must_be_known():
+    with pytest.raises(ValueError, match="skip_merge must be one of concat, add"):
+        ProxyAnoModel(1, WIDTHS, 20, 0.01, 1.0, 0.05, "l1", skip_merge="sum")
 
 
 def test_model_rejects_bad_channels():
