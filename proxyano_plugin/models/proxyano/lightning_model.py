@@ -4,6 +4,7 @@ Zhou et al., "Proxy-bridged Image Reconstruction Network for Anomaly Detection i
 IEEE TMI 2021 (arXiv 2110.01761). See README.md in this folder for every choice the paper leaves open.
 """
 
+import copy
 import logging
 from typing import Any
 
@@ -14,6 +15,7 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRSchedulerConfig
 
 from proxyano_plugin.models.base import OneClassReconstruction
@@ -118,6 +120,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         space_to_depth: Both networks fold ``f x f`` pixel blocks into channels (``pixel_unshuffle``) on the way
             in and unfold them on the way out: they run at ``1/f`` of ``image_size`` with ``f**2`` times fewer
             FLOPs and see every input pixel. 1 (default) runs them at full resolution.
+        weight_averaging: Decay of an exponential moving average of the weights, updated after every step
+            (0.995: about the last 200 steps); validation, the kept epoch, testing and export then use the
+            averaged networks, which move less from epoch to epoch than the trained ones. 0 (default): off.
         skip_merge: How the decoders join their U-Net skips: ``"concat"`` (default, U-Net) or ``"add"`` (the
             coarser features mapped to the level's width by a 1x1 convolution and added to the skip: half the
             decoders' multiply-adds).
@@ -162,6 +167,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         error_sign: str = "both",
         space_to_depth: int = 1,
         skip_merge: str = "concat",
+        weight_averaging: float = 0.0,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -186,6 +192,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             raise ValueError(msg)
         if lr_schedule not in LR_SCHEDULES:
             msg = f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}"
+            raise ValueError(msg)
+        if isinstance(weight_averaging, bool) or not 0 <= weight_averaging < 1:
+            msg = f"weight_averaging must be an EMA decay in [0, 1) (0: off), got {weight_averaging!r}"
             raise ValueError(msg)
         super().__init__(pre_processor, post_processor, evaluator, visualizer, image_size=image_size)
         self.model = ProxyAnoModel(
@@ -218,6 +227,11 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         self.lr_schedule = lr_schedule
         self.select_epoch = select_epoch
         self.score_candidates = [_scoring(candidate) for candidate in score_candidates or []]
+        # The exponential moving average of the networks' weights (and BatchNorm statistics), kept beside the
+        # trained ones; validation and everything after training use it. A submodule, so that checkpoints (and
+        # a resumed fit) carry it; the optimiser sees only ``self.model``.
+        self.weight_averaging = weight_averaging
+        self.averaged = copy.deepcopy(self.model).requires_grad_(False) if weight_averaging > 0 else None
         # One validation epoch's raw scores per candidate, and the scoring of the best epoch so far.
         self.candidate_readings = [BestEpoch() for _ in self.score_candidates]
         self.selected_scoring: Scoring | None = None
@@ -236,6 +250,26 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             batch_size=images.shape[0],
         )
         return terms["loss"]
+
+    def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Any, batch_idx: int) -> None:
+        """Move the averaged weights towards the trained ones after every optimiser step."""
+        del outputs, batch, batch_idx
+        if self.averaged is None:
+            return
+        with torch.no_grad():
+            trained = self.model.state_dict()
+            for name, value in self.averaged.state_dict().items():
+                if value.is_floating_point():
+                    value.lerp_(trained[name], 1 - self.weight_averaging)
+                else:
+                    value.copy_(trained[name])
+
+    def swap_averaged(self) -> None:
+        """Exchange the trained and the averaged networks (validation during a fit scores the averaged ones)."""
+        if self.averaged is None or self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
+            return
+        self.model, self.averaged = self.averaged, self.model
+        self.model.set_scoring(self.averaged.scoring)
 
     def training_losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss terms for a batch already in the model's channels (also used by benchmarks/proxyano_sweep.py)."""
@@ -271,8 +305,13 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
 
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()
+        self.swap_averaged()
         for reading in self.candidate_readings:
             reading.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()  # the epoch selection keeps the weights validated: the averaged ones
+        self.swap_averaged()
 
     def on_label_free_validation(self, metrics: dict[str, float]) -> None:
         """Keep this epoch's weights (and best scoring) if it is the best so far on the label-free validation set."""
@@ -308,9 +347,14 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             self.model.set_scoring(_scoring(checkpoint[SCORING_KEY]))
 
     def on_train_end(self) -> None:
-        """Put back the best validation epoch's weights and scoring; save them where the last checkpoint went."""
+        """Put back the best validation epoch's weights and scoring; save them where the last checkpoint went.
+
+        Without a kept epoch, the averaged weights (``weight_averaging``) replace the last trained ones.
+        """
         epoch = self.best_epoch.restore(self.model)
         if epoch is None:
+            if self.averaged is not None:
+                self.model.load_state_dict(self.averaged.state_dict())
             return
         if self.selected_scoring is not None:
             self.model.set_scoring(self.selected_scoring)

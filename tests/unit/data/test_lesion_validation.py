@@ -152,6 +152,46 @@ def test_proxyano_chooses_its_scoring_with_the_epoch_and_keeps_it_through_a_chec
     assert loaded.selected_scoring == chosen
 
 
+def test_weight_averaging_validates_and_keeps_the_averaged_networks(patients_tree: Path):
+    from anomalib.engine import Engine
+
+    torch.manual_seed(0)
+    model = ProxyAno(image_size=32, widths=[4, 8], memory_size=0, proxy="blur", weight_averaging=0.9)
+    runs = []
+    trained_net, averaged_net = model.model, model.averaged
+    for label, network in (("trained", trained_net), ("averaged", averaged_net)):
+        network.irm.register_forward_hook(lambda module, args, out, label=label: runs.append((label, module.training)))
+    engine = Engine(max_epochs=2, default_root_dir=patients_tree / "run", enable_progress_bar=False, logger=False)
+    engine.fit(model, datamodule=lesion_datamodule(patients_tree))
+    assert ("averaged", False) in runs  # validation ran the averaged networks ...
+    assert ("trained", False) not in runs  # ... and never the trained ones
+    assert ("averaged", True) not in runs  # which only the optimiser's steps move
+    assert model.model is trained_net
+    assert model.averaged is averaged_net
+    # After the fit: the kept epoch's (averaged) weights in the model, the trained ones beside them.
+    state = model.best_epoch.best_state
+    for name, value in model.model.state_dict().items():
+        torch.testing.assert_close(value, state[name])
+    trained = dict(model.averaged.named_parameters())
+    assert any(not torch.equal(value, trained[name]) for name, value in model.model.named_parameters())
+    assert all(not parameter.requires_grad for parameter in model.averaged.parameters())
+    assert all(parameter.requires_grad for parameter in model.model.parameters())
+
+
+def test_weight_averaging_is_an_exponential_moving_average_of_the_steps():
+    torch.manual_seed(0)
+    model = ProxyAno(image_size=32, widths=[4, 8], memory_size=0, proxy="blur", weight_averaging=0.75)
+    start = {name: value.clone() for name, value in model.model.state_dict().items()}
+    with torch.no_grad():
+        for parameter in model.model.parameters():
+            parameter.add_(1.0)
+    model.on_train_batch_end(None, None, 0)
+    for name, parameter in model.averaged.named_parameters():
+        torch.testing.assert_close(parameter, start[name] + 0.25)  # a quarter of the way to the trained weights
+    with pytest.raises(ValueError, match=r"weight_averaging must be an EMA decay in \[0, 1\)"):
+        ProxyAno(image_size=32, widths=[4, 8], weight_averaging=1.0)
+
+
 @pytest.mark.parametrize(
     "candidate",
     [
