@@ -12,7 +12,9 @@ loss terms and the validation AUROCs of several readings of the model:
 - ``pem_vs_image_*``: |G2*(x - PEM(x))|, the predicted proxy against the image itself;
 - ``sigma{S}_top{K}_image`` / ``sigma{S}_pixel``: the full path with other map smoothings and top-k;
 - ``preblur{S}_*``: the error of the blurred image and reconstruction, |G*x - G*x_hat|;
-- ``brighter{S}_*``: its positive part only, max(G*x - G*x_hat, 0) (``error_sign="brighter"``).
+- ``brighter{S}_*``: its positive part only, max(G*x - G*x_hat, 0) (``error_sign="brighter"``);
+- ``ema_full_*`` / ``ema_bn_full_*`` (with ``--set weight_averaging=...``): the averaged networks, as they are
+  and with their BatchNorm statistics recomputed on the training images.
 
 The epoch with the best ``--select`` reading (mean of its image and pixel validation AUROC) is kept; with
 ``--test`` that state alone is scored once on the test split of every ``--test-csv`` (a line with
@@ -195,6 +197,7 @@ def train_epoch(
         optimizer.zero_grad()
         terms["loss"].backward()
         optimizer.step()
+        model.on_train_batch_end(None, None, start)  # moves the averaged weights (weight_averaging > 0)
         for name, value in terms.items():
             totals[name] = totals.get(name, 0.0) + value.item()
     return totals
@@ -332,6 +335,41 @@ def selection_score(scores: dict[str, float], reading: str) -> float:
     return sum(values) / len(values)
 
 
+def with_batch_statistics(net: torch.nn.Module, images: torch.Tensor, batch_size: int) -> torch.nn.Module:
+    """A copy of ``net`` whose BatchNorm statistics are recomputed on ``images`` through its own inference path.
+
+    Averaged weights inherit running statistics averaged from the trained networks', which were measured for
+    other weights; SWA recomputes them (``torch.optim.swa_utils.update_bn``) for that reason.
+    """
+    copy_ = copy.deepcopy(net)
+    for module in copy_.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over the batches below
+    copy_.train()
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            copy_.reconstruct(images[start : start + batch_size])
+    return copy_.eval()
+
+
+@torch.no_grad()
+def averaged_readings(model: ProxyAno, validation: tuple, train_images: torch.Tensor, batch_size: int) -> dict:
+    """``ema_*``: the averaged networks as they are; ``ema_bn_*``: the same with BatchNorm statistics recomputed."""
+    trained, readings = model.model, {}
+    try:
+        for label, net in (
+            ("ema", model.averaged),
+            ("ema_bn", with_batch_statistics(model.averaged, train_images, batch_size)),
+        ):
+            model.model = net
+            scores = evaluate(model, *validation)
+            readings |= {f"{label}_{key}": value for key, value in scores.items() if key.startswith("full_")}
+    finally:
+        model.model = trained
+    return readings
+
+
 def main() -> None:
     args = parse_args()
     if args.table:
@@ -390,6 +428,8 @@ def main() -> None:
         schedule.step()
         if epoch % args.every == 0 or epoch == args.epochs:
             scores = evaluate(model, *validation)
+            if model.averaged is not None:
+                scores |= averaged_readings(model, validation, train_images, args.batch_size)
             line = {"label": args.label, "split": "validation", "epoch": epoch}
             line |= {"seconds": round(time.perf_counter() - started, 1)}
             line |= {f"loss_{k}": round(v, 4) for k, v in totals.items()}

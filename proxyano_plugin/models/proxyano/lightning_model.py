@@ -121,8 +121,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             in and unfold them on the way out: they run at ``1/f`` of ``image_size`` with ``f**2`` times fewer
             FLOPs and see every input pixel. 1 (default) runs them at full resolution.
         weight_averaging: Decay of an exponential moving average of the weights, updated after every step
-            (0.995: about the last 200 steps); validation, the kept epoch, testing and export then use the
-            averaged networks, which move less from epoch to epoch than the trained ones. 0 (default): off.
+            (0.995: about the last 200 steps; warmed up over the first steps; BatchNorm statistics are the
+            trained networks'); validation, the kept epoch, testing and export then use the averaged networks,
+            which move less from epoch to epoch than the trained ones. 0 (default): off.
         skip_merge: How the decoders join their U-Net skips: ``"concat"`` (default, U-Net) or ``"add"`` (the
             coarser features mapped to the level's width by a 1x1 convolution and added to the skip: half the
             decoders' multiply-adds).
@@ -231,7 +232,10 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         # trained ones; validation and everything after training use it. A submodule, so that checkpoints (and
         # a resumed fit) carry it; the optimiser sees only ``self.model``.
         self.weight_averaging = weight_averaging
-        self.averaged = copy.deepcopy(self.model).requires_grad_(False) if weight_averaging > 0 else None
+        self.averaged = None
+        if weight_averaging > 0:  # only then: checkpoints of models without it keep their keys
+            self.averaged = copy.deepcopy(self.model).requires_grad_(False)
+            self.register_buffer("averaged_updates", torch.zeros((), dtype=torch.long))
         # One validation epoch's raw scores per candidate, and the scoring of the best epoch so far.
         self.candidate_readings = [BestEpoch() for _ in self.score_candidates]
         self.selected_scoring: Scoring | None = None
@@ -252,17 +256,27 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         return terms["loss"]
 
     def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Any, batch_idx: int) -> None:
-        """Move the averaged weights towards the trained ones after every optimiser step."""
+        """Move the averaged weights towards the trained ones after every optimiser step.
+
+        The decay warms up as ``min(weight_averaging, (1 + t) / (10 + t))`` after ``t`` updates, so the average
+        does not keep the initial weights for hundreds of steps. BatchNorm statistics are copied, not averaged:
+        averaged from their initial values (variance 1 against ~0.1 trained) they shrank every layer's output
+        and the averaged networks decoded a constant for the first 20-30 epochs (2026-12-04, see the model README).
+        """
         del outputs, batch, batch_idx
         if self.averaged is None:
             return
+        updates = int(self.averaged_updates)
+        decay = min(self.weight_averaging, (1 + updates) / (10 + updates))
         with torch.no_grad():
             trained = self.model.state_dict()
+            parameters = {name for name, _ in self.averaged.named_parameters()}
             for name, value in self.averaged.state_dict().items():
-                if value.is_floating_point():
-                    value.lerp_(trained[name], 1 - self.weight_averaging)
+                if name in parameters:
+                    value.lerp_(trained[name], 1 - decay)
                 else:
                     value.copy_(trained[name])
+        self.averaged_updates += 1
 
     def swap_averaged(self) -> None:
         """Exchange the trained and the averaged networks (validation during a fit scores the averaged ones)."""

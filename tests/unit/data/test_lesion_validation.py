@@ -168,26 +168,36 @@ def test_weight_averaging_validates_and_keeps_the_averaged_networks(patients_tre
     assert ("averaged", True) not in runs  # which only the optimiser's steps move
     assert model.model is trained_net
     assert model.averaged is averaged_net
-    # After the fit: the kept epoch's (averaged) weights in the model, the trained ones beside them.
+    # After the fit: the kept epoch's (averaged) weights in the model; only the model's own weights train.
     state = model.best_epoch.best_state
     for name, value in model.model.state_dict().items():
         torch.testing.assert_close(value, state[name])
-    trained = dict(model.averaged.named_parameters())
-    assert any(not torch.equal(value, trained[name]) for name, value in model.model.named_parameters())
     assert all(not parameter.requires_grad for parameter in model.averaged.parameters())
     assert all(parameter.requires_grad for parameter in model.model.parameters())
 
 
-def test_weight_averaging_is_an_exponential_moving_average_of_the_steps():
+def test_weight_averaging_is_a_warmed_up_moving_average_of_the_weights_and_copies_batchnorm_statistics():
     torch.manual_seed(0)
     model = ProxyAno(image_size=32, widths=[4, 8], memory_size=0, proxy="blur", weight_averaging=0.75)
     start = {name: value.clone() for name, value in model.model.state_dict().items()}
-    with torch.no_grad():
-        for parameter in model.model.parameters():
-            parameter.add_(1.0)
-    model.on_train_batch_end(None, None, 0)
+    expected = 0.0  # how far the average has moved from the start, by the recursion it should follow
+    for step in range(12):
+        with torch.no_grad():
+            for parameter in model.model.parameters():
+                parameter.add_(1.0)
+            for name, buffer in model.model.named_buffers():
+                if "running_var" in name:
+                    buffer.mul_(0.5)
+        model.on_train_batch_end(None, None, step)
+        decay = min(0.75, (1 + step) / (10 + step))  # warm-up: 0.1, 0.18, ... until 0.75
+        expected = decay * expected + (1 - decay) * (step + 1)
+    assert int(model.averaged_updates) == 12
+    trained = model.model.state_dict()
     for name, parameter in model.averaged.named_parameters():
-        torch.testing.assert_close(parameter, start[name] + 0.25)  # a quarter of the way to the trained weights
+        torch.testing.assert_close(parameter, start[name] + expected)
+    for name, buffer in model.averaged.named_buffers():
+        if "running_var" in name:
+            torch.testing.assert_close(buffer, trained[name])  # copied, not averaged from its initial 1.0
     with pytest.raises(ValueError, match=r"weight_averaging must be an EMA decay in \[0, 1\)"):
         ProxyAno(image_size=32, widths=[4, 8], weight_averaging=1.0)
 
