@@ -176,11 +176,14 @@ def test_weight_averaging_validates_and_keeps_the_averaged_networks(patients_tre
     assert all(parameter.requires_grad for parameter in model.model.parameters())
 
 
-def test_weight_averaging_is_a_warmed_up_moving_average_of_the_weights_and_copies_batchnorm_statistics():
+@pytest.mark.parametrize("batchnorm", ["average", "copy"])
+def test_weight_averaging_is_a_warmed_up_moving_average(batchnorm):
     torch.manual_seed(0)
-    model = ProxyAno(image_size=32, widths=[4, 8], memory_size=0, proxy="blur", weight_averaging=0.75)
+    model = ProxyAno(
+        image_size=32, widths=[4, 8], memory_size=0, proxy="blur", weight_averaging=0.75, averaged_batchnorm=batchnorm
+    )
     start = {name: value.clone() for name, value in model.model.state_dict().items()}
-    expected = 0.0  # how far the average has moved from the start, by the recursion it should follow
+    weights, variances = 0.0, 1.0  # where the average should be, by the recursion it follows
     for step in range(12):
         with torch.no_grad():
             for parameter in model.model.parameters():
@@ -190,16 +193,20 @@ def test_weight_averaging_is_a_warmed_up_moving_average_of_the_weights_and_copie
                     buffer.mul_(0.5)
         model.on_train_batch_end(None, None, step)
         decay = min(0.75, (1 + step) / (10 + step))  # warm-up: 0.1, 0.18, ... until 0.75
-        expected = decay * expected + (1 - decay) * (step + 1)
+        weights = decay * weights + (1 - decay) * (step + 1)
+        variances = decay * variances + (1 - decay) * 0.5 ** (step + 1)
     assert int(model.averaged_updates) == 12
     trained = model.model.state_dict()
     for name, parameter in model.averaged.named_parameters():
-        torch.testing.assert_close(parameter, start[name] + expected)
+        torch.testing.assert_close(parameter, start[name] + weights)
     for name, buffer in model.averaged.named_buffers():
         if "running_var" in name:
-            torch.testing.assert_close(buffer, trained[name])  # copied, not averaged from its initial 1.0
+            expected = start[name] * variances if batchnorm == "average" else trained[name]
+            torch.testing.assert_close(buffer, expected)
     with pytest.raises(ValueError, match=r"weight_averaging must be an EMA decay in \[0, 1\)"):
         ProxyAno(image_size=32, widths=[4, 8], weight_averaging=1.0)
+    with pytest.raises(ValueError, match="averaged_batchnorm must be one of average, copy"):
+        ProxyAno(image_size=32, widths=[4, 8], weight_averaging=0.5, averaged_batchnorm="recompute")
 
 
 @pytest.mark.parametrize(
