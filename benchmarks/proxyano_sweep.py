@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.optim.swa_utils import update_bn
 from torchmetrics.functional.classification import binary_auroc
 
 from proxyano_plugin import BrainMRIDemo, ProxyAno
@@ -338,19 +339,11 @@ def selection_score(scores: dict[str, float], reading: str) -> float:
 def with_batch_statistics(net: torch.nn.Module, images: torch.Tensor, batch_size: int) -> torch.nn.Module:
     """A copy of ``net`` whose BatchNorm statistics are recomputed on ``images`` through its own inference path.
 
-    Averaged weights inherit running statistics averaged from the trained networks', which were measured for
-    other weights; SWA recomputes them (``torch.optim.swa_utils.update_bn``) for that reason.
+    Averaged weights inherit running statistics measured for other weights; SWA recomputes them for that reason.
     """
-    copy_ = copy.deepcopy(net)
-    for module in copy_.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # a cumulative average over the batches below
-    copy_.train()
-    with torch.no_grad():
-        for start in range(0, images.shape[0], batch_size):
-            copy_.reconstruct(images[start : start + batch_size])
-    return copy_.eval()
+    recomputed = copy.deepcopy(net)
+    update_bn(images.split(batch_size), recomputed)
+    return recomputed.eval()
 
 
 @torch.no_grad()

@@ -86,11 +86,10 @@ class Decoder(nn.Module):
         super().__init__()
         self.skips = skips
         self.space_to_depth = space_to_depth
-        self.add_skips = skips and check_skip_merge(skip_merge) == "add"
-        reversed_widths = list(reversed(widths))
-        levels = list(pairwise(reversed_widths))
-        self.projections = nn.ModuleList(nn.Conv2d(cin, cout, 1) for cin, cout in levels) if self.add_skips else None
-        block_inputs = [cout if self.add_skips else cin + (cout if skips else 0) for cin, cout in levels]
+        add_skips = skips and check_skip_merge(skip_merge) == "add"
+        levels = list(pairwise(reversed(widths)))
+        self.projections = nn.ModuleList(nn.Conv2d(cin, cout, 1) for cin, cout in levels) if add_skips else None
+        block_inputs = [cout if add_skips else cin + (cout if skips else 0) for cin, cout in levels]
         self.blocks = nn.ModuleList(ConvBlock(cin, cout) for cin, (_, cout) in zip(block_inputs, levels, strict=True))
         self.head = nn.Conv2d(widths[0], out_channels * space_to_depth**2, 1)
         # Start from a dark image (sigmoid(-3) = 0.05): most pixels of a medical slice are background, and a
@@ -100,10 +99,10 @@ class Decoder(nn.Module):
     def forward(self, bottleneck: torch.Tensor, skip_features: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         x = bottleneck
         for level, block in enumerate(self.blocks):
-            if self.projections is not None:
+            if self.projections is not None:  # skip_merge="add"
                 x = self.projections[level](x)
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-            if self.add_skips:
+            if self.projections is not None:
                 x = x + skip_features[-(level + 2)]
             elif self.skips:
                 x = torch.cat([x, skip_features[-(level + 2)]], dim=1)
