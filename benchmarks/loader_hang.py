@@ -11,13 +11,15 @@ Variants (anomalib's datamodules build their loaders with ``num_workers`` only: 
 workers restarted every epoch):
 
 - ``harness``: ``proxyano-bench run`` of a one-run suite (forkserver-started run process, then workers forked
-  from it after CUDA is up): exactly the failing path.
+  from it after CUDA is up): exactly the path that stalled.
+- ``harness-forkserver``: the same suite with ``loader_start_method: forkserver`` (workers from a clean process).
 - ``fork``: ``Engine.fit`` in a plain process, anomalib's loaders as they are.
 - ``spawn`` / ``forkserver``: the workers started with that method instead of fork.
 - ``fork-persistent``: fork, with ``persistent_workers=True`` (no worker restart at the epoch boundary).
 - ``fork-pinned``: fork, with ``pin_memory=True`` (the host-to-GPU copy path Lightning would use).
 
     python benchmarks/loader_hang.py                          # BrainMRIDemo, 4 workers, 120 s per variant
+    python benchmarks/loader_hang.py --parallel               # all variants at once: one deadline in all
     python benchmarks/loader_hang.py --workers 8 --deadline 300 --root ../shared/data/lgg_flair \\
         --split-csv patients_seed0 --variants harness spawn
 
@@ -37,12 +39,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
 import yaml
 
-VARIANTS = ("harness", "fork", "spawn", "forkserver", "fork-persistent", "fork-pinned")
+VARIANTS = ("harness", "harness-forkserver", "fork", "spawn", "forkserver", "fork-persistent", "fork-pinned")
+HARNESS_START_METHODS = {"harness": "default", "harness-forkserver": "forkserver"}
 LOADER_SETTINGS = {
     "fork": {},
     "spawn": {"multiprocessing_context": "spawn"},
@@ -62,7 +66,10 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--root", help="a SplitCSV dataset root (default: the BrainMRIDemo)")
     parser.add_argument("--split-csv", help="its split CSV, e.g. patients_seed0")
-    parser.add_argument("--child", choices=VARIANTS[1:], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--parallel", action="store_true", help="run the variants at the same time (on a machine with many cores)"
+    )
+    parser.add_argument("--child", choices=tuple(LOADER_SETTINGS), help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -129,7 +136,7 @@ def child(args: argparse.Namespace) -> None:
     engine.fit(ProxyAno(proxy_kwargs={"n_segments": 1000}), datamodule=datamodule)
 
 
-def harness_suite(args: argparse.Namespace, directory: Path) -> Path:
+def harness_suite(args: argparse.Namespace, directory: Path, start_method: str) -> Path:
     """A one-run suite of the shipped ProxyAno with ``--workers`` loader workers, as the failing runs had."""
     class_path, init = datamodule_arguments(args)
     suite = {
@@ -140,6 +147,7 @@ def harness_suite(args: argparse.Namespace, directory: Path) -> Path:
         "train_batch_size": 16,
         "eval_batch_size": 16,
         "num_workers": args.workers,
+        "loader_start_method": start_method,
         "trainer_args": {"limit_train_batches": max(1, args.batches // 2), "limit_val_batches": 0},
         "timing": {"batch_size": 8, "warmup": 1, "repeats": 2},
         "examples": 0,
@@ -184,8 +192,9 @@ def dump_stacks(pid: int) -> str:
 
 
 def run_variant(variant: str, args: argparse.Namespace, directory: Path) -> dict[str, object]:
-    if variant == "harness":
-        suite = harness_suite(args, directory)
+    harness = variant in HARNESS_START_METHODS
+    if harness:
+        suite = harness_suite(args, directory, HARNESS_START_METHODS[variant])
         command = [
             sys.executable,
             "-m",
@@ -216,10 +225,13 @@ def run_variant(variant: str, args: argparse.Namespace, directory: Path) -> dict
             code = None
     seconds = time.perf_counter() - start
     tail = log.read_text(errors="replace").splitlines()[-15:]
-    finished = code == 0 and (variant != "harness" or _harness_ok(directory / "out"))
+    records = _harness_records(directory / "out") if harness else []
+    finished = code == 0 and (not harness or (bool(records) and all(r["status"] == "ok" for r in records)))
     return {
         "variant": variant,
         "finished": finished,
+        # The start method the harness reported using (None: the platform's default).
+        "harness_loader_start_method": [r.get("loader_start_method") for r in records] if harness else None,
         "exit_code": code,
         "seconds": round(seconds, 1),
         "log_tail": tail,
@@ -227,9 +239,9 @@ def run_variant(variant: str, args: argparse.Namespace, directory: Path) -> dict
     }
 
 
-def _harness_ok(output: Path) -> bool:
+def _harness_records(output: Path) -> list[dict[str, object]]:
     records = output / "records.jsonl"
-    return records.exists() and all(json.loads(line)["status"] == "ok" for line in records.read_text().splitlines())
+    return [json.loads(line) for line in records.read_text().splitlines()] if records.exists() else []
 
 
 def main() -> int:
@@ -240,14 +252,17 @@ def main() -> int:
         child(args)
         return 0
     print(json.dumps({"environment": environment()}, indent=1), flush=True)
-    results = []
     with tempfile.TemporaryDirectory(prefix="loader-hang-") as tmp:
-        for variant in args.variants:
+
+        def run_one(variant: str) -> dict[str, object]:
             directory = Path(tmp) / variant
             directory.mkdir()
             result = run_variant(variant, args, directory)
-            results.append(result)
             print(json.dumps(result, indent=1), flush=True)
+            return result
+
+        with ThreadPoolExecutor(max_workers=len(args.variants) if args.parallel else 1) as pool:
+            results = list(pool.map(run_one, args.variants))
     print("\nvariant            finished  seconds")
     for result in results:
         print(f"{result['variant']:<18} {'yes' if result['finished'] else 'NO':<9} {result['seconds']}")

@@ -27,7 +27,15 @@ from typing import Any
 from proxyano_plugin.bench import records
 from proxyano_plugin.bench.spec import RunSpec, Suite, SuiteError
 from proxyano_plugin.bench.system import git_commit, versions
-from proxyano_plugin.bench.worker import WARM_MODULES, RunPaths, child_main, last_progress, run_captured
+from proxyano_plugin.bench.worker import (
+    THREADS_VARIABLE,
+    WARM_MODULES,
+    RunPaths,
+    child_main,
+    last_progress,
+    run_captured,
+)
+from proxyano_plugin.proxies.base import cpu_count
 
 SCHEMA_VERSION = 1
 EXIT_OK, EXIT_FAILED_RUNS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -215,6 +223,9 @@ class Runner:
         if gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         world = self.suite.devices
+        threads = threads_per_run(len(self.slots) * world)
+        if threads is not None:
+            env[THREADS_VARIABLE] = str(threads)
         if world > 1:
             env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world), NODE_RANK="0")
         processes = []
@@ -318,6 +329,18 @@ def _exit_reason(exitcodes: list[int | None]) -> str:
         hint = " (killed: out of memory?)" if -code == signal.SIGKILL else ""
         return f"run process died from signal {name}{hint}"
     return f"run process exited with code {code} without a result"
+
+
+def threads_per_run(processes: int) -> int | None:
+    """CPU threads for each of ``processes`` run processes at once, or None to leave torch's default.
+
+    Each would otherwise take every core: several at once then crowd the CPUs, and work done on them in the
+    training step (ProxyAno's superpixels on a first epoch) slows down many times over; that was the "loader
+    hang" seen on a GPU machine (issue 13). A user's ``OMP_NUM_THREADS`` wins.
+    """
+    if processes <= 1 or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return max(1, cpu_count() // processes)
 
 
 def _free_port() -> int:

@@ -51,7 +51,15 @@ class DatasetSpec:
 
 
 # Run settings that change where a run executes, how fast, or what it saves besides its numbers.
-NOT_IDENTITY = ("suite", "accelerator", "num_workers", "timing", "examples", "checkpoint_interval_s")
+NOT_IDENTITY = (
+    "suite",
+    "accelerator",
+    "num_workers",
+    "loader_start_method",
+    "timing",
+    "examples",
+    "checkpoint_interval_s",
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,8 @@ class RunSpec:
     examples: int
     # Seconds between the checkpoints an interrupted run continues from with --resume (0: none).
     checkpoint_interval_s: float = 600.0
+    # How DataLoader workers start: "default" (the platform's: fork on Linux), "fork", "forkserver" or "spawn".
+    loader_start_method: str = "default"
 
     @property
     def name(self) -> str:

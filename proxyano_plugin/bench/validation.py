@@ -21,6 +21,7 @@ from proxyano_plugin.bench.spec import DatasetSpec, ModelSpec, RunSpec, Suite, S
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 ISOLATION_MODES = ("process", "inline")
+LOADER_START_METHODS = ("default", "fork", "forkserver", "spawn")
 # Datamodule arguments the harness owns, so that batch sizes are set in one place (suite or model).
 DATAMODULE_MANAGED = ("train_batch_size", "eval_batch_size", "num_workers")
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -101,6 +102,7 @@ _TOP_KEYS = (
     "train_batch_size",
     "eval_batch_size",
     "num_workers",
+    "loader_start_method",
     "trainer_args",
     "timing",
     "examples",
@@ -173,6 +175,7 @@ class _Validator:
             "suite": name,
             "data_seed": self._int(data, "data_seed", 0, 0, ""),
             "num_workers": self._int(data, "num_workers", 0, 0, ""),
+            "loader_start_method": self._choice(data, "loader_start_method", "default", LOADER_START_METHODS, ""),
             "precision": self._choice(data, "precision", "32-true", PRECISIONS, ""),
             "accelerator": self._choice(data, "accelerator", "auto", ACCELERATORS, ""),
             "deterministic": self._deterministic(data.get("deterministic", "warn")),

@@ -32,6 +32,8 @@ from proxyano_plugin.bench.validation import accepted_kwargs, import_class
 from proxyano_plugin.proxies.base import cpu_count
 
 GALLERY_HOOK = "gallery_images"
+# Set by the harness when runs share the CPUs: torch threads for this run (see runner.threads_per_run).
+THREADS_VARIABLE = "PROXYANO_BENCH_THREADS"
 # Lines of a run's log that say how far training got; the harness quotes the last one when a run times out.
 PROGRESS_PREFIX = "progress:"
 # Imported once by the forkserver that starts the runs, so that each run inherits them.
@@ -95,6 +97,10 @@ def child_main(spec: dict[str, Any], output: str, env: dict[str, str], harness_p
     With ``resume`` the run continues from its checkpoint when it has one.
     """
     os.environ.update(env)
+    if THREADS_VARIABLE in env:
+        import torch
+
+        torch.set_num_threads(int(env[THREADS_VARIABLE]))
     _die_with_harness(harness_pid)
     # Ctrl-C reaches the whole process group; the parent decides what an interrupted run means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -185,6 +191,22 @@ def _alive(pid: int) -> bool:
 # ------------------------------------------------------------------------------------------------- the run
 
 
+def start_loader_workers_with(spec: RunSpec) -> str | None:
+    """Set how this run's DataLoader workers start; returns the method, or None where the default stays.
+
+    anomalib's datamodules build their loaders with ``num_workers`` only, so the workers start with the
+    process's default method (fork on Linux, also on a GPU: measured on an H200, benchmarks/README.md).
+    """
+    if spec.loader_start_method == "default" or spec.num_workers == 0:
+        return None
+    import torch.multiprocessing
+
+    torch.multiprocessing.set_start_method(spec.loader_start_method, force=True)
+    if spec.loader_start_method == "forkserver":
+        torch.multiprocessing.set_forkserver_preload([*WARM_MODULES, "proxyano_plugin"])
+    return spec.loader_start_method
+
+
 def build_datamodule(spec: RunSpec) -> Any:
     """The datamodule with the harness's batch sizes, workers and split seed where it accepts them."""
     cls = import_class(spec.dataset.class_path, "AnomalibDataModule", f"datasets.{spec.dataset.name}.class_path")
@@ -231,6 +253,7 @@ def execute(spec: RunSpec, paths: RunPaths, resume: bool = False) -> dict[str, A
     from proxyano_plugin.bench.metrics import Collector
 
     seed_everything(spec.seed, workers=True)
+    loader_start_method = start_loader_workers_with(spec)
     datamodule = build_datamodule(spec)
     model = build_model(spec)
     collector = Collector(spec.examples, spec.timing.batch_size)
@@ -310,6 +333,8 @@ def execute(spec: RunSpec, paths: RunPaths, resume: bool = False) -> dict[str, A
     return {
         "status": "ok",
         "device": describe_device(device, world_size),
+        # How DataLoader workers were started when not the platform's default (None: default, or no workers).
+        "loader_start_method": loader_start_method,
         "timing": {
             "setup_s": setup_s,
             # Training time of the whole run: earlier segments up to their checkpoint, and this one.

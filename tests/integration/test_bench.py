@@ -32,9 +32,10 @@ from proxyano_plugin.bench import records, report
 from proxyano_plugin.bench.cli import main
 from proxyano_plugin.bench.curves import CURVES_DIR, curve_files, read_curve, write_curve
 from proxyano_plugin.bench.metrics import compute_metrics
-from proxyano_plugin.bench.runner import device_slots, run_suite
+from proxyano_plugin.bench.runner import device_slots, run_suite, threads_per_run
 from proxyano_plugin.bench.spec import SuiteError
 from proxyano_plugin.bench.suite import load_suite
+from proxyano_plugin.bench.worker import start_loader_workers_with
 from proxyano_plugin.models.base import OneClassReconstruction
 
 HERE = Path(__file__).parent
@@ -305,7 +306,8 @@ def test_failure_is_isolated(tmp_path: Path, folder: Path, capsys: pytest.Captur
 
 
 @pytest.mark.slow
-def test_runs_share_a_device(tmp_path: Path, folder: Path) -> None:
+def test_runs_share_a_device(tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # no user choice: the harness splits the cores
     suite = make_suite(tmp_path, folder, [model("slow", sleep_s=0.5)], max_epochs=3, runs_per_device=2)
     output = tmp_path / "out"
 
@@ -314,6 +316,57 @@ def test_runs_share_a_device(tmp_path: Path, folder: Path) -> None:
     first, second = sorted(read(output), key=lambda r: r["started_at"])
     assert second["started_at"] < first["finished_at"]  # ISO timestamps: they overlapped
     assert first["runs_per_device"] == second["runs_per_device"] == 2
+    assert first["device"]["cpu_threads"] == second["device"]["cpu_threads"] == threads_per_run(2)
+
+
+@pytest.mark.slow
+def test_loader_workers_start_the_way_the_suite_says_without_changing_the_run_id(tmp_path: Path, folder: Path) -> None:
+    """Workers started from a forkserver (what runs on a GPU get, issue 13) load the data like forked ones."""
+    output = tmp_path / "out"
+    suite = make_suite(tmp_path, folder, [model("mean")], seeds=[0], num_workers=1, loader_start_method="forkserver")
+    (tmp_path / "default").mkdir()
+    default = make_suite(tmp_path / "default", folder, [model("mean")], seeds=[0], num_workers=1)
+    default_id = load_suite(str(default)).runs[0].run_id
+
+    assert main(["run", str(suite), "--output", str(output), "--no-report"]) == 0
+
+    (record,) = read(output)
+    assert record["status"] == "ok"
+    assert record["loader_start_method"] == "forkserver"
+    assert record["run_id"] == default_id
+
+
+@pytest.mark.parametrize(
+    ("method", "num_workers", "expected"),
+    [("default", 4, None), ("forkserver", 0, None), ("spawn", 4, "spawn"), ("fork", 2, "fork")],
+)
+def test_loader_start_method_is_set_only_when_asked_for_and_used(
+    tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch, method: str, num_workers: int, expected: str | None
+) -> None:
+    suite = make_suite(tmp_path, folder, [model("mean")], num_workers=num_workers, loader_start_method=method)
+    spec = load_suite(str(suite)).runs[0]
+    chosen: list[str] = []
+    monkeypatch.setattr(torch.multiprocessing, "set_start_method", lambda m, force: chosen.append(m))
+
+    assert start_loader_workers_with(spec) == expected
+    assert chosen == ([expected] if expected else [])
+
+
+@pytest.mark.parametrize(
+    ("processes", "omp", "cpus", "expected"),
+    [(1, None, 16, None), (4, None, 16, 4), (3, None, 2, 1), (4, "2", 16, None)],
+)
+def test_runs_sharing_the_cpus_split_their_threads(
+    monkeypatch: pytest.MonkeyPatch, processes: int, omp: str | None, cpus: int, expected: int | None
+) -> None:
+    """Several runs at once, each with every core, crowded a 16-core GPU machine until nothing progressed."""
+    monkeypatch.setattr("proxyano_plugin.bench.runner.cpu_count", lambda: cpus)
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+
+    assert threads_per_run(processes) == expected
 
 
 @pytest.mark.slow
@@ -563,6 +616,7 @@ def test_only_and_dry_run(tmp_path: Path, folder: Path, capsys: pytest.CaptureFi
         ({"trainer_args": {"max_epochs": 3}}, r"^trainer_args\.max_epochs: set by the harness"),
         ({"runs_per_device": 0}, r"^runs_per_device: expected an int >= 1"),
         ({"runs_per_device": 2, "isolation": "inline"}, r"^isolation: 'inline' runs one run at a time"),
+        ({"loader_start_method": "thread"}, r"^loader_start_method: 'thread' is not one of"),
     ],
 )
 def test_invalid_suites_name_the_key(tmp_path: Path, folder: Path, change: dict[str, Any], message: str) -> None:

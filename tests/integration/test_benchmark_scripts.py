@@ -229,9 +229,11 @@ def test_loader_hang_script_reports_finished_and_stuck_variants(
     hang = load_script("loader_hang")
     monkeypatch.setenv("PROXYANO_PLUGIN_CACHE", str(tmp_path))  # the demo's cache
     argv = ["loader_hang.py", "--variants", "fork", "--workers", "1", "--batches", "2"]
-    monkeypatch.setattr("sys.argv", [*argv, "--deadline", "300"])
+    monkeypatch.setattr("sys.argv", [*argv[:3], "fork-persistent", *argv[3:], "--parallel", "--deadline", "300"])
     assert hang.main() == 0
-    assert "fork               yes" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "fork               yes" in printed
+    assert "fork-persistent    yes" in printed
     monkeypatch.setattr("sys.argv", [*argv, "--deadline", "0.5"])  # too short to even import torch
     assert hang.main() == 1
     printed = capsys.readouterr().out
