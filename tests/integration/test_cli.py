@@ -269,7 +269,8 @@ def test_the_demo_command_composes_the_shipped_configs(tmp_path: Path) -> None:
     model = config["model"]
     assert model["class_path"] == "proxyano_plugin.ProxyAno"
     assert model["init_args"]["translation_jitter"] == 0.5  # the overlay
+    assert model["init_args"]["weight_averaging"] == 0.995
     assert model["init_args"]["proxy_kwargs"] == {"n_segments": 1000}  # kept from the model config
     assert len(model["init_args"]["score_candidates"]) == 3
     assert config["data"]["init_args"]["val_lesions_before_scan"] is True
-    assert config["trainer"]["max_epochs"] == 60
+    assert config["trainer"]["max_epochs"] == 90
