@@ -119,7 +119,7 @@ def test_demo_from_the_shipped_config_and_by_bare_name(tmp_path: Path) -> None:
     assert from_config.spec.lesion_area == (0.01, 0.08)
     assert from_config.train_batch_size == 8
     shipped = yaml.safe_load(config.read_text())
-    assert shipped["trainer"] == {"max_epochs": 60}  # the demo's epochs, chosen on its validation set
+    assert shipped["trainer"] == {"max_epochs": 90}  # the demo's epochs, chosen on its validation set
     by_name = parse_data("--data", "BrainMRIDemo", "--data.root", str(tmp_path), "--data.lesion_area", "[0.02, 0.05]")
     assert by_name.spec.lesion_area == (0.02, 0.05)
 
