@@ -879,8 +879,9 @@ def _plot_gallery(directory: Path, model: str, runs: list[dict[str, Any]]) -> Pa
                 )
             elif key == "gt_mask":
                 axis.imshow(np.squeeze(arrays[key][row]).astype(np.float32), cmap="gray", vmin=0, vmax=1)
-            else:
-                axis.imshow(_displayable(arrays[key][row]), cmap="gray")
+            else:  # intermediates on the input's scale: stretched on their own, a black output looked white
+                value_range = None if key == "image" else _input_range(arrays["image"][row])
+                axis.imshow(_displayable(arrays[key][row], value_range), cmap="gray", vmin=0, vmax=1)
             axis.set_xticks([])
             axis.set_yticks([])
             if row == 0:
@@ -895,16 +896,29 @@ def _plot_gallery(directory: Path, model: str, runs: list[dict[str, Any]]) -> Pa
     return path
 
 
-def _displayable(array: Any) -> Any:
-    """``[C, H, W]`` or ``[H, W]`` to an image matplotlib shows: channels last, each scaled to [0, 1].
+def _input_range(image: Any) -> tuple[float, float]:
+    """Intensity range of an input image, the scale its model's intermediates are shown on."""
+    import numpy as np
 
-    Scaling each channel undoes a per-channel normalisation (ImageNet's), so grayscale stays gray.
+    image = np.asarray(image, dtype=np.float32)
+    return float(image.min()), float(image.max())
+
+
+def _displayable(array: Any, value_range: tuple[float, float] | None = None) -> Any:
+    """``[C, H, W]`` or ``[H, W]`` to an image matplotlib shows: channels last, in [0, 1].
+
+    Without ``value_range`` each channel is scaled to its own range, which undoes a per-channel normalisation
+    (ImageNet's), so grayscale stays gray; with it, values are mapped from that range and clipped, so an
+    output darker or brighter than its input looks so.
     """
     import numpy as np
 
     array = np.asarray(array, dtype=np.float32)
     if array.ndim == 3:
         array = array[0] if array.shape[0] == 1 else np.moveaxis(array[:3], 0, -1)
+    if value_range is not None:
+        low, high = value_range
+        return np.clip((array - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(array)
     axes = (0, 1)
     low, high = array.min(axis=axes, keepdims=True), array.max(axis=axes, keepdims=True)
     return np.where(high > low, (array - low) / np.where(high > low, high - low, 1), 0.0)

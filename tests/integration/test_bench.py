@@ -1265,3 +1265,27 @@ def test_records_say_how_many_cpu_threads_computed_the_numbers() -> None:
     finally:
         torch.set_num_threads(threads)
     assert describe_device(torch.device("cpu"), 1)["cpu_threads"] == threads
+
+
+def test_gallery_shows_intermediates_on_the_input_scale(tmp_path: Path) -> None:
+    """A reconstruction much darker than its input is drawn dark, not stretched to its own range (white)."""
+    image = np.full((1, 3, 64, 64), 0.6, dtype=np.float16)
+    image[..., :8, :] = 0.0  # the input spans [0, 0.6]
+    reconstruction = np.full((1, 1, 64, 64), 0.05, dtype=np.float16)
+    reconstruction[..., :8, :] = 0.02
+    np.savez_compressed(
+        tmp_path / "examples.npz",
+        extra_names=np.array(["reconstruction"]),
+        image=image,
+        extra_reconstruction=reconstruction,
+        anomaly_map=np.full((1, 64, 64), 0.5, dtype=np.float16),
+        gt_label=np.array([0.0]),
+        pred_score=np.array([0.5]),
+    )
+    run = {"examples": "examples.npz", "seed": 0, "dataset": {"name": "set"}, "counts": {}}
+    path = report._plot_gallery(tmp_path, "model", [run])
+    pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255
+    height, width = pixels.shape
+    centre_of = lambda column: pixels[height // 2 - 10 : height // 2 + 10, (2 * column + 1) * width // 6 - 10 :][:, :20]  # noqa: E731
+    assert centre_of(0).mean() > 0.9  # the input's body, at the top of its own range
+    assert centre_of(1).mean() < 0.15  # the reconstruction, 0.05 on the input's [0, 0.6] scale
