@@ -871,6 +871,8 @@ def _plot_gallery(directory: Path, model: str, runs: list[dict[str, Any]]) -> Pa
     map_range = (float(arrays["anomaly_map"].min()), float(arrays["anomaly_map"].max()))
     figure, axes = plt.subplots(rows, len(columns), figsize=(2 * len(columns), 2 * rows), squeeze=False)
     for row in range(rows):
+        # Intermediates are drawn on their input's scale: stretched on their own, a black output looked white.
+        input_range = (float(arrays["image"][row].min()), float(arrays["image"][row].max()))
         for col, (key, title) in enumerate(columns):
             axis = axes[row][col]
             if key == "anomaly_map":
@@ -879,8 +881,8 @@ def _plot_gallery(directory: Path, model: str, runs: list[dict[str, Any]]) -> Pa
                 )
             elif key == "gt_mask":
                 axis.imshow(np.squeeze(arrays[key][row]).astype(np.float32), cmap="gray", vmin=0, vmax=1)
-            else:  # intermediates on the input's scale: stretched on their own, a black output looked white
-                value_range = None if key == "image" else _input_range(arrays["image"][row])
+            else:
+                value_range = None if key == "image" else input_range
                 axis.imshow(_displayable(arrays[key][row], value_range), cmap="gray", vmin=0, vmax=1)
             axis.set_xticks([])
             axis.set_yticks([])
@@ -894,14 +896,6 @@ def _plot_gallery(directory: Path, model: str, runs: list[dict[str, Any]]) -> Pa
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
-
-
-def _input_range(image: Any) -> tuple[float, float]:
-    """Intensity range of an input image, the scale its model's intermediates are shown on."""
-    import numpy as np
-
-    image = np.asarray(image, dtype=np.float32)
-    return float(image.min()), float(image.max())
 
 
 def _displayable(array: Any, value_range: tuple[float, float] | None = None) -> Any:
