@@ -11,6 +11,7 @@ import importlib
 import inspect
 import os
 import re
+from dataclasses import replace
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,7 @@ _MODEL_KEYS = (
     "train_batch_size",
     "eval_batch_size",
     "trainer_args",
+    "dataset_init_args",
 )
 _DATASET_KEYS = (
     "name",
@@ -196,10 +198,16 @@ class _Validator:
         _check_unique([m[0].name for m in models], "models")
         _check_unique([d[0].name for d in datasets], "datasets")
         _check_subset_names([dataset for dataset, _ in datasets])
+        for index, (*_, overrides) in enumerate(models):
+            self._check_dataset_overrides(overrides, [dataset for dataset, _ in datasets], f"models[{index}]")
         runs = []
-        for (spec, model_image_size, model_settings, targs), (dataset, dataset_settings) in product(models, datasets):
+        for (spec, model_image_size, model_settings, targs, overrides), (dataset, dataset_settings) in product(
+            models, datasets
+        ):
             # Most specific wins: the model's own setting, then the dataset's, then the suite's.
             settings = defaults | dataset_settings | model_settings
+            if dataset.name in overrides:
+                dataset = replace(dataset, init_args=dataset.init_args | overrides[dataset.name])
             if settings["max_epochs"] is None:
                 raise SuiteError(
                     f"max_epochs: required for {spec.name} on {dataset.name} (on the model, the dataset or the suite)"
@@ -235,8 +243,9 @@ class _Validator:
 
     def _model(
         self, item: Any, index: int, suite_image_size: list[int] | None, suite_trainer_args: dict[str, Any]
-    ) -> tuple[ModelSpec, list[int] | None, dict[str, Any], dict[str, Any]]:
-        """The model's spec, its input size, the run settings it sets itself, and its trainer arguments."""
+    ) -> tuple[ModelSpec, list[int] | None, dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
+        """The model's spec, its input size, the run settings it sets itself, its trainer arguments and its
+        dataset arguments (by dataset name)."""
         where = f"models[{index}]"
         if not isinstance(item, dict):
             raise SuiteError(f"{where}: expected a mapping with name, class_path, init_args")
@@ -256,7 +265,27 @@ class _Validator:
             **suite_trainer_args,
             **self._trainer_args(item.get("trainer_args", {}), f"{where}.trainer_args"),
         }
-        return ModelSpec(name, class_path, init_args), image_size, self._run_settings(item, f"{where}."), trainer_args
+        overrides = self._mapping(item.get("dataset_init_args", {}), f"{where}.dataset_init_args")
+        overrides = {key: self._mapping(value, f"{where}.dataset_init_args.{key}") for key, value in overrides.items()}
+        settings = self._run_settings(item, f"{where}.")
+        return ModelSpec(name, class_path, init_args), image_size, settings, trainer_args, overrides
+
+    @staticmethod
+    def _check_dataset_overrides(overrides: dict[str, dict[str, Any]], datasets: list[DatasetSpec], where: str) -> None:
+        """A model's ``dataset_init_args``: known datasets, arguments their class takes, no paths or batch sizes.
+
+        They change what only this model's runs see (for example the validation set a model selects on), and
+        so only its run ids.
+        """
+        by_name = {dataset.name: dataset for dataset in datasets}
+        for name, init_args in overrides.items():
+            at = f"{where}.dataset_init_args.{name}"
+            if name not in by_name:
+                raise SuiteError(f"{at}: no dataset named {name!r} in this suite ({', '.join(by_name)})")
+            for key in init_args:
+                if key in DATAMODULE_MANAGED or key in ("root", "name"):
+                    raise SuiteError(f"{at}.{key}: set on the dataset or the suite, not per model")
+            _check_init_args(import_class(by_name[name].class_path, "AnomalibDataModule", at), init_args, at)
 
     def _dataset(self, item: Any, index: int) -> tuple[DatasetSpec, dict[str, Any]]:
         """The dataset's spec and the run settings it sets for runs on it (e.g. a smaller set's batch size)."""

@@ -29,6 +29,8 @@ from proxyano_plugin.data.anatomy import remap
 
 LESION_KINDS = ("ring", "solid", "diffuse")
 APPEARANCES = ("t1ce", "flair")
+# Lesion area as a share of the head: the BrainMRIDemo's sizes, and the painted validation sets' unless told.
+DEFAULT_LESION_AREA = (0.01, 0.08)
 _KIND_PROBABILITIES = (0.45, 0.35, 0.2)
 _MAX_TRIES = 30
 
@@ -49,7 +51,7 @@ def add_tumour(
     wm: np.ndarray,
     brain: np.ndarray,
     rng: np.random.Generator,
-    area_range: tuple[float, float] = (0.01, 0.08),
+    area_range: tuple[float, float] = DEFAULT_LESION_AREA,
     mass_effect: tuple[float, float] = (0.0, 0.3),
     appearance: str = "t1ce",
 ) -> tuple[np.ndarray, Lesion]:

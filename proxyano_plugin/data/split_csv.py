@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +21,7 @@ from torchvision.transforms.v2 import Transform
 
 from proxyano_plugin.data.demo_generator import default_cache_root
 from proxyano_plugin.data.intensity import FullDepthDataset, check_intensity, check_split_modes
-from proxyano_plugin.data.lesions import APPEARANCES
+from proxyano_plugin.data.lesions import APPEARANCES, DEFAULT_LESION_AREA
 from proxyano_plugin.data.synthetic_validation import hold_out, lesion_validation_dir, materialise_lesion_validation
 from proxyano_plugin.data.validation import (
     SKIPPED_KINDS,
@@ -246,6 +247,9 @@ class SplitCSV(AnomalibDataModule):
             out whole, so that no validation patient is also trained on; ``None`` holds out single images.
         val_lesion_appearance: with ``"lesions"``: ``"t1ce"`` (dark oedema, enhancing tumour) or ``"flair"``
             (hyperintense lesions), the look of the painted lesions.
+        val_lesion_area: with ``"lesions"``: ``[low, high]``, the painted lesions' area as a share of the head
+            (default ``[0.01, 0.08]``, the BrainMRIDemo's). Set it to the size of the anomalies the model is
+            meant to find: a set chosen on small lesions picks the epoch and score that find small lesions.
         val_cache_dir: with ``"lesions"``: where the painted set is kept (default: ``<cache>/lesion_validation``,
             beside the BrainMRIDemo cache); it is painted once per training split and setting.
         seed: seed of the validation split.
@@ -279,12 +283,13 @@ class SplitCSV(AnomalibDataModule):
         pixel_metrics: bool = False,
         val_group_column: str | None = None,
         val_lesion_appearance: str = "t1ce",
+        val_lesion_area: Sequence[float] | None = None,
         val_cache_dir: str | Path | None = None,
     ) -> None:
         window = check_intensity(intensity, intensity_window)
         self.label_free_validation = str(getattr(val_split_mode, "value", val_split_mode)) == LESION_VALIDATION
         if self.label_free_validation:
-            check_lesion_validation(intensity, val_split_ratio, val_lesion_appearance)
+            check_lesion_validation(intensity, val_split_ratio, val_lesion_appearance, val_lesion_area)
             val_split_mode = ValSplitMode.NONE  # made in _setup, from the training rows
         check_split_modes(intensity, val_split_mode)
         super().__init__(
@@ -313,6 +318,7 @@ class SplitCSV(AnomalibDataModule):
         self.summary: DatasetSummary | None = None
         self.val_group_column = val_group_column
         self.val_lesion_appearance = val_lesion_appearance
+        self.val_lesion_area = None if val_lesion_area is None else tuple(float(value) for value in val_lesion_area)
         self.val_cache_dir = val_cache_dir
 
     @property
@@ -362,13 +368,16 @@ class SplitCSV(AnomalibDataModule):
             groups = [by_file[file] for file in files]
         held = hold_out(groups, self.val_split_ratio, self.seed or 0)
         held_files = [file for file, chosen in zip(files, held, strict=True) if chosen]
-        settings = {"seed": self.seed or 0, "appearance": self.val_lesion_appearance}
+        settings: dict[str, object] = {"seed": self.seed or 0, "appearance": self.val_lesion_appearance}
+        area = DEFAULT_LESION_AREA
+        if self.val_lesion_area is not None:  # only then in the hash: sets painted before the option stay valid
+            settings["area"] = area = self.val_lesion_area
         cache_root = Path(self.val_cache_dir).expanduser() if self.val_cache_dir else default_cache_root().parent
         target = lesion_validation_dir(
             cache_root / "lesion_validation", [str(self.root / f) for f in held_files], **settings
         )
         val_samples = materialise_lesion_validation(
-            self.root, held_files, target, self.seed or 0, self.val_lesion_appearance
+            self.root, held_files, target, self.seed or 0, self.val_lesion_appearance, area
         )
         self.val_data = TabularDataset(name=self.name, samples=val_samples, split=Split.TEST, root=target)
         logger.info(
@@ -384,7 +393,9 @@ class SplitCSV(AnomalibDataModule):
 LESION_VALIDATION = "lesions"
 
 
-def check_lesion_validation(intensity: str | None, ratio: float, appearance: str) -> None:
+def check_lesion_validation(
+    intensity: str | None, ratio: float, appearance: str, area: Sequence[float] | None = None
+) -> None:
     """Refuse settings the lesion validation set cannot honour, before anything is read."""
     if intensity is not None:
         msg = f"val_split_mode='lesions' paints 8-bit images and cannot be combined with intensity={intensity!r}"
@@ -394,4 +405,7 @@ def check_lesion_validation(intensity: str | None, ratio: float, appearance: str
         raise ValueError(msg)
     if appearance not in APPEARANCES:
         msg = f"val_lesion_appearance must be one of {', '.join(APPEARANCES)}, got {appearance!r}"
+        raise ValueError(msg)
+    if area is not None and (len(area) != 2 or not 0 < area[0] <= area[1] < 1):
+        msg = f"val_lesion_area must be [low, high] with 0 < low <= high < 1, got {list(area)}"
         raise ValueError(msg)

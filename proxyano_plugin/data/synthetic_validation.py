@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from proxyano_plugin.data.lesions import add_tumour
+from proxyano_plugin.data.lesions import DEFAULT_LESION_AREA, add_tumour
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def paint_validation(
     images: Sequence[np.ndarray],
     seed: int,
     lesion_fraction: float = 0.5,
-    area_range: tuple[float, float] = (0.01, 0.08),
+    area_range: tuple[float, float] = DEFAULT_LESION_AREA,
     appearance: str = "t1ce",
 ) -> LesionValidation:
     """Paint one lesion into a seeded ``lesion_fraction`` of ``images`` (2D grayscale floats in [0, 1]).
@@ -95,7 +95,7 @@ def materialise_lesion_validation(
     target: Path,
     seed: int,
     appearance: str = "t1ce",
-    area_range: tuple[float, float] = (0.01, 0.08),
+    area_range: tuple[float, float] = DEFAULT_LESION_AREA,
 ) -> pd.DataFrame:
     """Paint ``files`` (relative to ``root``) into ``target`` once; return its sample table (paths in ``target``).
 
@@ -113,7 +113,7 @@ def write_lesion_validation(
     target: Path,
     seed: int,
     appearance: str = "t1ce",
-    area_range: tuple[float, float] = (0.01, 0.08),
+    area_range: tuple[float, float] = DEFAULT_LESION_AREA,
 ) -> pd.DataFrame:
     """Paint the images ``load()`` returns (with their source names) into ``target`` once; return its table.
 
