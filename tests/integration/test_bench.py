@@ -652,6 +652,38 @@ def test_dataset_settings_sit_between_the_suite_and_the_model(tmp_path: Path, fo
         load_suite(str(path))
 
 
+def test_a_model_sets_its_own_dataset_arguments(tmp_path: Path, folder: Path) -> None:
+    """``dataset_init_args`` reach that model's runs on that dataset only; mistakes name the key."""
+    own = {**model("own"), "dataset_init_args": {"tiny": {"val_split_ratio": 0.3}}}
+    path = make_suite(tmp_path, folder, [model("plain"), own], seeds=[0])
+    raw = yaml.safe_load(path.read_text())
+    raw["datasets"].append({**raw["datasets"][0], "name": "other"})
+    path.write_text(yaml.safe_dump(raw))
+    runs = {run.name: run for run in load_suite(str(path)).runs}
+    ratios = {name: run.dataset.init_args.get("val_split_ratio") for name, run in runs.items()}
+    assert ratios == {
+        "plain/tiny/seed0": None,
+        "plain/other/seed0": None,
+        "own/tiny/seed0": 0.3,
+        "own/other/seed0": None,
+    }
+    without = {**raw, "models": [model("plain"), model("own")]}
+    path.write_text(yaml.safe_dump(without))
+    unchanged = {run.name: run.run_id for run in load_suite(str(path)).runs}
+    assert [name for name in runs if runs[name].run_id != unchanged[name]] == ["own/tiny/seed0"]
+
+    for overrides, message in [
+        ({"nosuch": {"val_split_ratio": 0.3}}, r"^models\[1\]\.dataset_init_args\.nosuch: no dataset named 'nosuch'"),
+        ({"tiny": {"bogus": 1}}, r"^models\[1\]\.dataset_init_args\.tiny\.bogus: Folder.__init__ has no param"),
+        ({"tiny": {"root": "/elsewhere"}}, r"^models\[1\]\.dataset_init_args\.tiny\.root: set on the dataset"),
+    ]:
+        path.write_text(
+            yaml.safe_dump({**raw, "models": [model("plain"), {**model("own"), "dataset_init_args": overrides}]})
+        )
+        with pytest.raises(SuiteError, match=message):
+            load_suite(str(path))
+
+
 PROXYANO = "proxyano_plugin.ProxyAno"
 AVAILABLE = "available: blur, edges, identity, superpixel"
 

@@ -13,6 +13,7 @@ from testing_utils import head_slice as head
 from proxyano_plugin import ProxyAno
 from proxyano_plugin.data import SplitCSV
 from proxyano_plugin.data.synthetic_validation import hold_out, paint_validation
+from proxyano_plugin.image_io import decode_image
 from proxyano_plugin.models.selection import BestEpoch
 
 
@@ -77,6 +78,22 @@ def test_split_csv_lesion_validation_errors(patients_tree: Path):
         lesion_datamodule(patients_tree, intensity="minmax")
     with pytest.raises(ValueError, match="val_lesion_appearance must be one of t1ce, flair"):
         lesion_datamodule(patients_tree, val_lesion_appearance="t2")
+    with pytest.raises(ValueError, match=r"val_lesion_area must be \[low, high\] with 0 < low <= high < 1"):
+        lesion_datamodule(patients_tree, val_lesion_area=[0.3, 0.1])
+
+
+def test_split_csv_paints_validation_lesions_of_the_size_asked_for(patients_tree: Path):
+    def painted_masks(**kwargs) -> tuple[Path, list[np.ndarray]]:
+        datamodule = lesion_datamodule(patients_tree, **kwargs)
+        datamodule.setup()
+        root = datamodule.val_data.root
+        return root, [decode_image(root / mask) > 0 for mask in datamodule.val_data.samples.mask_path if mask]
+
+    default_root, small = painted_masks()
+    large_root, large = painted_masks(val_lesion_area=[0.2, 0.3])
+    assert large_root != default_root  # its own cached set, not the default one reused
+    assert len(large) == len(small) == 3
+    assert min(mask.sum() for mask in large) > 2 * max(mask.sum() for mask in small)
 
 
 def test_best_epoch_keeps_and_restores_the_best_weights():
