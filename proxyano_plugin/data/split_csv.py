@@ -21,6 +21,7 @@ from torchvision.transforms.v2 import Transform
 
 from proxyano_plugin.data.demo_generator import default_cache_root
 from proxyano_plugin.data.intensity import FullDepthDataset, check_intensity, check_split_modes
+from proxyano_plugin.data.item_cache import ItemCache
 from proxyano_plugin.data.lesions import APPEARANCES, DEFAULT_LESION_AREA
 from proxyano_plugin.data.synthetic_validation import hold_out, lesion_validation_dir, materialise_lesion_validation
 from proxyano_plugin.data.validation import (
@@ -207,12 +208,19 @@ class FullDepthTabularDataset(FullDepthDataset, TabularDataset):
     """anomalib's ``TabularDataset``, reading its images at full bit depth (see :class:`FullDepthDataset`)."""
 
 
+class CachedTabularDataset(ItemCache, TabularDataset):
+    """anomalib's ``TabularDataset``, keeping the items it has read (see :class:`ItemCache`)."""
+
+
 class SplitCSV(AnomalibDataModule):
     """Images under ``root``, labelled and split by a CSV file (image-level labels, optional masks).
 
     Before setup the images are decoded and checked once, like ``CheckedFolder``'s: unreadable or
     non-finite images are logged and left out (an error with ``strict``), masks must match their images'
     sizes, and a summary (counts, sizes, channels, intensity range) is logged at INFO level.
+    Training and label-free validation items are read once and then served from memory (up to 2 GiB each,
+    see :class:`~proxyano_plugin.data.item_cache.ItemCache`): at 64 px reading them again each epoch costs
+    as much as training a small network on them.
 
     For example ``brain_tumor_mri/splits/medianomaly.csv``::
 
@@ -350,6 +358,10 @@ class SplitCSV(AnomalibDataModule):
                 FullDepthTabularDataset.adopt(dataset, self.intensity, self.intensity_window)
                 for dataset in (self.train_data, self.test_data)
             )
+        else:  # read every epoch: kept in memory after the first
+            self.train_data = CachedTabularDataset.adopt(self.train_data)
+            if self.label_free_validation:
+                self.val_data = CachedTabularDataset.adopt(self.val_data)
 
     def _split_off_lesion_validation(self, samples: pd.DataFrame) -> pd.DataFrame:
         """Hold out training rows, paint lesions into half of them as ``val_data``; return the other rows."""

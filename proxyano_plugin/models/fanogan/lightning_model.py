@@ -6,6 +6,7 @@ Medical Image Analysis 54 (2019). See README.md in this folder for what follows 
 
 import logging
 import math
+import sys
 
 import torch
 from anomalib.data import Batch
@@ -22,6 +23,9 @@ from .loss import critic_loss, generator_loss, izif_loss
 from .torch_model import FAnoGANModel, check_image_size
 
 __all__ = ["FAnoGAN"]
+
+# check_val_every_n_epoch while the GAN trains: no epoch reaches it.
+_NO_VALIDATION = sys.maxsize
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +106,7 @@ class FAnoGAN(OneClassReconstruction, AnomalibModule):
         self.encoder_steps: torch.Tensor
         self.register_buffer("critic_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("encoder_steps", torch.zeros((), dtype=torch.long))
+        self._validation_interval: int | None = None
 
     @property
     def generator_steps(self) -> int:
@@ -151,6 +156,20 @@ class FAnoGAN(OneClassReconstruction, AnomalibModule):
                 "--model.encoder_iterations"
             )
             raise ValueError(msg)
+
+    def on_train_epoch_start(self) -> None:
+        self._validate_only_with_an_encoder()
+
+    def _validate_only_with_an_encoder(self) -> None:
+        """Validation scores ``x`` against ``G(E(x))``: during the GAN stage the encoder is untrained, so those
+        scores say nothing, and on a CPU they cost about a tenth of the run. Lightning reads
+        ``check_val_every_n_epoch`` after each batch: off during the GAN stage, the trainer's own after it."""
+        trainer = self.trainer
+        if not self.gan_finished and trainer.check_val_every_n_epoch != _NO_VALIDATION:
+            self._validation_interval = trainer.check_val_every_n_epoch
+            trainer.check_val_every_n_epoch = _NO_VALIDATION
+        elif self.gan_finished and trainer.check_val_every_n_epoch == _NO_VALIDATION:
+            trainer.check_val_every_n_epoch = self._validation_interval
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """One step of the current stage; stops the trainer when both stages are done."""
@@ -204,6 +223,7 @@ class FAnoGAN(OneClassReconstruction, AnomalibModule):
                 logger.info(
                     "FAnoGAN: GAN stage done after %d generator iterations; training the encoder.", self.gan_iterations
                 )
+                self._validate_only_with_an_encoder()
         return critic_terms.loss.detach()
 
     def _encoder_step(self, images: torch.Tensor) -> torch.Tensor:
@@ -238,6 +258,8 @@ class FAnoGAN(OneClassReconstruction, AnomalibModule):
 
     def on_train_end(self) -> None:
         """Say loudly when training ended before both stages were done (e.g. interrupted or max_time)."""
+        if self.trainer.check_val_every_n_epoch == _NO_VALIDATION:
+            self.trainer.check_val_every_n_epoch = self._validation_interval
         if not self.training_finished:
             logger.warning(
                 "FAnoGAN: training ended after %d of %d generator iterations and %d of %d encoder steps; "

@@ -159,3 +159,31 @@ def test_nan_loss_in_the_gan_stage_stops_training_with_a_clear_message():
 
 def test_trainer_arguments_leave_the_epoch_count_to_the_user():
     assert "max_epochs" not in FAnoGAN(**TINY).trainer_arguments
+
+
+def test_validation_waits_for_the_encoder_and_the_trainer_setting_comes_back():
+    """Scores of an untrained encoder say nothing: no validation during the GAN stage, every epoch after."""
+    lightning.seed_everything(0)
+    model = FAnoGAN(**TINY, gan_iterations=2, critic_iterations=2, encoder_iterations=8)
+    validated = []
+
+    class RecordValidation(lightning.Callback):
+        def on_validation_epoch_start(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                validated.append((trainer.current_epoch, int(pl_module.critic_steps), int(pl_module.encoder_steps)))
+
+    train = [ImageBatch(image=_images(4, seed=index)) for index in range(3)]
+    validation = [ImageBatch(image=_images(4, seed=9), gt_label=torch.tensor([0, 0, 1, 1]))]
+    trainer = lightning.Trainer(
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[RecordValidation()],
+    )
+    trainer.fit(model, DataLoader(train, batch_size=None), DataLoader(validation, batch_size=None))
+    # 4 critic steps fill epoch 0 and one batch of epoch 1; the encoder's 8 steps end in epoch 3.
+    assert validated == [(1, 4, 2), (2, 4, 5), (3, 4, 8)]
+    assert trainer.check_val_every_n_epoch == 1
