@@ -258,6 +258,10 @@ class SplitCSV(AnomalibDataModule):
         val_lesion_area: with ``"lesions"``: ``[low, high]``, the painted lesions' area as a share of the head
             (default ``[0.01, 0.08]``, the BrainMRIDemo's). Set it to the size of the anomalies the model is
             meant to find: a set chosen on small lesions picks the epoch and score that find small lesions.
+        val_lesion_pairs: with ``"lesions"``: every held-out image that can host a lesion appears twice, clean
+            and painted (held-out slices too small for a lesion are left out), instead of half of them painted.
+            Both classes then hold the same slices, so only the lesions separate them: the selection does not
+            reward slice statistics (head size, brightness) that differ between the halves by chance.
         val_cache_dir: with ``"lesions"``: where the painted set is kept (default: ``<cache>/lesion_validation``,
             beside the BrainMRIDemo cache); it is painted once per training split and setting.
         seed: seed of the validation split.
@@ -292,6 +296,7 @@ class SplitCSV(AnomalibDataModule):
         val_group_column: str | None = None,
         val_lesion_appearance: str = "t1ce",
         val_lesion_area: Sequence[float] | None = None,
+        val_lesion_pairs: bool = False,
         val_cache_dir: str | Path | None = None,
     ) -> None:
         window = check_intensity(intensity, intensity_window)
@@ -299,6 +304,9 @@ class SplitCSV(AnomalibDataModule):
         if self.label_free_validation:
             check_lesion_validation(intensity, val_split_ratio, val_lesion_appearance, val_lesion_area)
             val_split_mode = ValSplitMode.NONE  # made in _setup, from the training rows
+        elif val_lesion_pairs:
+            msg = f"val_lesion_pairs needs val_split_mode='lesions', got {val_split_mode!r}"
+            raise ValueError(msg)
         check_split_modes(intensity, val_split_mode)
         super().__init__(
             train_batch_size=train_batch_size,
@@ -327,6 +335,7 @@ class SplitCSV(AnomalibDataModule):
         self.val_group_column = val_group_column
         self.val_lesion_appearance = val_lesion_appearance
         self.val_lesion_area = None if val_lesion_area is None else tuple(float(value) for value in val_lesion_area)
+        self.val_lesion_pairs = val_lesion_pairs
         self.val_cache_dir = val_cache_dir
 
     @property
@@ -384,12 +393,14 @@ class SplitCSV(AnomalibDataModule):
         area = DEFAULT_LESION_AREA
         if self.val_lesion_area is not None:  # only then in the hash: sets painted before the option stay valid
             settings["area"] = area = self.val_lesion_area
+        if self.val_lesion_pairs:
+            settings["paired"] = True
         cache_root = Path(self.val_cache_dir).expanduser() if self.val_cache_dir else default_cache_root().parent
         target = lesion_validation_dir(
             cache_root / "lesion_validation", [str(self.root / f) for f in held_files], **settings
         )
         val_samples = materialise_lesion_validation(
-            self.root, held_files, target, self.seed or 0, self.val_lesion_appearance, area
+            self.root, held_files, target, self.seed or 0, self.val_lesion_appearance, area, self.val_lesion_pairs
         )
         self.val_data = TabularDataset(name=self.name, samples=val_samples, split=Split.TEST, root=target)
         logger.info(

@@ -39,7 +39,7 @@ def test_painted_lesions_change_exactly_their_masks(appearance):
     images = [head(seed) for seed in range(6)]
     painted = paint_validation(images, seed=0, appearance=appearance)
     assert painted.labels.sum() == 3
-    for before, after, mask, label in zip(images, *painted, strict=True):
+    for before, after, mask, label in zip(images, painted.images, painted.masks, painted.labels, strict=True):
         if label:
             assert mask.sum() > 0
             assert np.abs(after - before)[mask].mean() > 0.02
@@ -47,7 +47,47 @@ def test_painted_lesions_change_exactly_their_masks(appearance):
             assert not mask.any()
             np.testing.assert_array_equal(after, before)
     if appearance == "flair":  # hyperintense on FLAIR
-        assert all((a - b)[m].mean() > 0 for b, a, m, lab in zip(images, *painted, strict=True) if lab)
+        assert all(
+            (a - b)[m].mean() > 0
+            for b, a, m, lab in zip(images, painted.images, painted.masks, painted.labels, strict=True)
+            if lab
+        )
+
+
+def test_paired_validation_holds_each_slice_clean_and_painted():
+    empty = np.zeros((64, 64), dtype=np.float32)  # no head: cannot host a lesion, so it is left out
+    images = [head(seed) for seed in range(3)] + [empty]
+    paired = paint_validation(images, seed=0, paired=True)
+    assert paired.origins == [0, 0, 1, 1, 2, 2]
+    np.testing.assert_array_equal(paired.labels, [0, 1, 0, 1, 0, 1])
+    for position, origin in enumerate(paired.origins):
+        image, mask = paired.images[position], paired.masks[position]
+        if paired.labels[position]:
+            assert mask.sum() > 0
+            assert np.abs(image - images[origin])[mask].mean() > 0.02
+        else:
+            assert not mask.any()
+            np.testing.assert_array_equal(image, images[origin])
+    # The lesion of an image is the one the unpaired set paints into it (same random stream).
+    unpaired = paint_validation(images[:3], seed=0, lesion_fraction=1.0)
+    for origin in range(3):
+        np.testing.assert_array_equal(paired.images[2 * origin + 1], unpaired.images[origin])
+    with pytest.raises(ValueError, match="no image has enough head"):
+        paint_validation([empty], seed=0, paired=True)
+
+
+def test_split_csv_paired_lesion_validation(patients_tree: Path):
+    datamodule = lesion_datamodule(patients_tree, val_lesion_pairs=True)
+    datamodule.setup()
+    samples = datamodule.val_data.samples
+    assert len(samples) == 12  # the 6 held-out slices of 2 patients, each clean and painted
+    assert samples.groupby("source").label_index.apply(lambda labels: sorted(labels) == [0, 1]).all()
+    unpaired = lesion_datamodule(patients_tree)
+    unpaired.setup()
+    assert datamodule.val_data.root != unpaired.val_data.root  # its own cached set
+    assert set(samples.source) == set(unpaired.val_data.samples.source)
+    with pytest.raises(ValueError, match="val_lesion_pairs needs val_split_mode='lesions'"):
+        SplitCSV(root=patients_tree, split_csv="patients", val_lesion_pairs=True)
 
 
 def test_split_csv_lesion_validation_comes_from_training_patients_only(patients_tree: Path):
