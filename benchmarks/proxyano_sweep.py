@@ -106,6 +106,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--lesion-area", type=float, nargs=2, default=(0.01, 0.08), help="validation lesion area, share of the head"
     )
+    parser.add_argument(
+        "--paired-validation",
+        action="store_true",
+        help="every held-out image clean and painted (val_lesion_pairs): only the lesions separate the classes",
+    )
     parser.add_argument("--select", default="full", help="reading whose validation AUROCs choose the epoch")
     parser.add_argument("--test", action="store_true", help="score the selected epoch once on the test split(s)")
     parser.add_argument("--test-csv", action="append", default=[], help="split CSVs to test on (default --split-csv)")
@@ -182,7 +187,9 @@ def validation_split(
     held = torch.from_numpy(hold_out(groups, args.val_fraction, args.seed)).to(images.device)
     held_images = list(images[held, 0].cpu().numpy())
     area = tuple(args.lesion_area)
-    painted = paint_validation(held_images, args.seed, area_range=area, appearance=args.lesion_appearance)
+    painted = paint_validation(
+        held_images, args.seed, area_range=area, appearance=args.lesion_appearance, paired=args.paired_validation
+    )
     val_images, val_masks = (torch.from_numpy(np.stack(arrays)).unsqueeze(1) for arrays in painted[:2])
     labels = torch.from_numpy(painted.labels).int()
     return images[~held], (val_images.to(images.device), labels.to(images.device), val_masks.int().to(images.device))

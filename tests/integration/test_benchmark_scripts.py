@@ -2,6 +2,7 @@
 proxyano_sweep.py's --table (the results READMEs' tables from its raw output), proxyano_profile.py (time
 per module) and loader_hang.py (loader settings under a deadline)."""
 
+import argparse
 import importlib.util
 import json
 import sys
@@ -11,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from testing_utils import REPO
+from testing_utils import REPO, head_slice
 
 from proxyano_plugin import ProxyAno
 
@@ -182,6 +183,26 @@ def test_sweep_table_prints_every_line_of_every_output_in_percent(tmp_path: Path
     assert rows[2] == "| a | 2 | 55.6 |  |  |  | 80.0 |  |"
     assert rows[3] == "| a | 4 | 25.0 |  | 10.0 |  |  |  |"
     assert rows[4] == "| b | 30 |  |  |  |  |  | 19.0 |"
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_sweep_validation_split_paints_half_or_every_held_out_slice(paired: bool) -> None:
+    sweep = load_script("proxyano_sweep")
+    images = torch.from_numpy(np.stack([head_slice(seed) for seed in range(8)])).unsqueeze(1)
+    paths = [f"s{index}.png" for index in range(8)]
+    args = argparse.Namespace(
+        group_column=None, val_fraction=0.5, seed=0, lesion_area=(0.01, 0.08), lesion_appearance="t1ce"
+    )
+    args.paired_validation = paired
+
+    kept, (val_images, labels, masks) = sweep.validation_split(images, paths, args)
+
+    assert len(kept) == 4
+    assert len(val_images) == len(labels) == len(masks) == (8 if paired else 4)
+    assert int(labels.sum()) == (4 if paired else 2)
+    assert all(bool(mask.any()) == bool(label) for mask, label in zip(masks, labels, strict=True))
+    if paired:  # clean then painted, per held-out slice
+        torch.testing.assert_close(labels, torch.tensor([0, 1] * 4, dtype=labels.dtype))
 
 
 def test_sweep_by_subject_groups_scores_by_subject_and_finds_heads_at_the_border() -> None:
