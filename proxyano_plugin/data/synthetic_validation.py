@@ -101,9 +101,7 @@ def _paint_one(
     wm, brain = head_maps(image)
     if brain.sum() < MIN_HEAD_FRACTION * brain.size:
         return None
-    lesioned, lesion = add_tumour(
-        image.copy(), wm, brain, np.random.default_rng(stream), area_range, appearance=appearance
-    )
+    lesioned, lesion = add_tumour(image, wm, brain, np.random.default_rng(stream), area_range, appearance=appearance)
     return np.clip(lesioned, 0, 1), lesion.mask
 
 
@@ -111,18 +109,17 @@ def _paint_pairs(
     images: list[np.ndarray], seed: int, area_range: tuple[float, float], appearance: str
 ) -> LesionValidation:
     """Each image that can host a lesion, clean (label 0) then painted (label 1); see :func:`paint_validation`."""
-    result = LesionValidation([], [], np.zeros(0, dtype=np.int64), [])
+    pair_images, masks, origins = [], [], []
     for index, image in enumerate(images):
         lesioned = _paint_one(image, [seed, index], area_range, appearance)
-        if lesioned is None:
-            continue
-        result.images.extend([image, lesioned[0]])
-        result.masks.extend([np.zeros(image.shape, dtype=bool), lesioned[1]])
-        result.origins.extend([index, index])
-    if not result.origins:
+        if lesioned is not None:
+            pair_images += [image, lesioned[0]]
+            masks += [np.zeros(image.shape, dtype=bool), lesioned[1]]
+            origins += [index, index]
+    if not origins:
         msg = "no image has enough head to host a lesion: a paired validation set would be empty"
         raise ValueError(msg)
-    return result._replace(labels=np.tile(np.array([0, 1], dtype=np.int64), len(result.origins) // 2))
+    return LesionValidation(pair_images, masks, np.tile(np.array([0, 1], dtype=np.int64), len(origins) // 2), origins)
 
 
 def lesion_validation_dir(cache_root: Path, files: Sequence[str], **settings: object) -> Path:
