@@ -123,6 +123,7 @@ _MODEL_KEYS = (
     "eval_batch_size",
     "trainer_args",
     "dataset_init_args",
+    "datasets",
 )
 _DATASET_KEYS = (
     "name",
@@ -198,12 +199,21 @@ class _Validator:
         _check_unique([m[0].name for m in models], "models")
         _check_unique([d[0].name for d in datasets], "datasets")
         _check_subset_names([dataset for dataset, _ in datasets])
-        for index, (*_, overrides) in enumerate(models):
+        dataset_names = [dataset.name for dataset, _ in datasets]
+        for index, (*_, overrides, only_on) in enumerate(models):
             self._check_dataset_overrides(overrides, [dataset for dataset, _ in datasets], f"models[{index}]")
+            _check_model_datasets(only_on, dataset_names, f"models[{index}].datasets")
+            for name in set(overrides) - set(only_on or dataset_names):
+                raise SuiteError(
+                    f"models[{index}].dataset_init_args.{name}: this model does not run on {name!r}"
+                    f" (its datasets: {', '.join(only_on)})"
+                )
         runs = []
-        for (spec, model_image_size, model_settings, targs, overrides), (dataset, dataset_settings) in product(
+        for (spec, model_image_size, model_settings, targs, overrides, only_on), (dataset, dataset_settings) in product(
             models, datasets
         ):
+            if only_on is not None and dataset.name not in only_on:
+                continue
             # Most specific wins: the model's own setting, then the dataset's, then the suite's.
             settings = defaults | dataset_settings | model_settings
             if dataset.name in overrides:
@@ -243,9 +253,11 @@ class _Validator:
 
     def _model(
         self, item: Any, index: int, suite_image_size: list[int] | None, suite_trainer_args: dict[str, Any]
-    ) -> tuple[ModelSpec, list[int] | None, dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
-        """The model's spec, its input size, the run settings it sets itself, its trainer arguments and its
-        dataset arguments (by dataset name)."""
+    ) -> tuple[
+        ModelSpec, list[int] | None, dict[str, Any], dict[str, Any], dict[str, dict[str, Any]], list[str] | None
+    ]:
+        """The model's spec, its input size, the run settings it sets itself, its trainer arguments, its
+        dataset arguments (by dataset name) and the datasets it runs on (None: all)."""
         where = f"models[{index}]"
         if not isinstance(item, dict):
             raise SuiteError(f"{where}: expected a mapping with name, class_path, init_args")
@@ -268,7 +280,8 @@ class _Validator:
         overrides = self._mapping(item.get("dataset_init_args", {}), f"{where}.dataset_init_args")
         overrides = {key: self._mapping(value, f"{where}.dataset_init_args.{key}") for key, value in overrides.items()}
         settings = self._run_settings(item, f"{where}.")
-        return ModelSpec(name, class_path, init_args), image_size, settings, trainer_args, overrides
+        only_on = item.get("datasets")
+        return ModelSpec(name, class_path, init_args), image_size, settings, trainer_args, overrides, only_on
 
     @staticmethod
     def _check_dataset_overrides(overrides: dict[str, dict[str, Any]], datasets: list[DatasetSpec], where: str) -> None:
@@ -535,6 +548,19 @@ def _check_keys(data: dict[str, Any], allowed: tuple[str, ...], prefix: str) -> 
             close = difflib.get_close_matches(str(key), list(allowed), n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
             raise SuiteError(f"{prefix}{key}: unknown key ({hint})")
+
+
+def _check_model_datasets(only_on: Any, dataset_names: list[str], where: str) -> None:
+    """A model's ``datasets``: absent (every dataset) or a non-empty list of this suite's dataset names."""
+    if only_on is None:
+        return
+    if not isinstance(only_on, list) or not only_on or not all(isinstance(name, str) for name in only_on):
+        raise SuiteError(f"{where}: expected a non-empty list of dataset names, got {only_on!r}")
+    unknown = [name for name in only_on if name not in dataset_names]
+    if unknown:
+        raise SuiteError(
+            f"{where}: no dataset named {', '.join(map(repr, unknown))} in this suite ({', '.join(dataset_names)})"
+        )
 
 
 def _check_unique(names: list[str], section: str) -> None:

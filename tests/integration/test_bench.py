@@ -684,6 +684,35 @@ def test_a_model_sets_its_own_dataset_arguments(tmp_path: Path, folder: Path) ->
             load_suite(str(path))
 
 
+def test_a_model_runs_on_the_datasets_it_names(tmp_path: Path, folder: Path) -> None:
+    """``datasets`` restricts a model to some of the suite's datasets, without changing any run id."""
+    path = make_suite(tmp_path, folder, [model("plain"), model("own")], seeds=[0])
+    raw = yaml.safe_load(path.read_text())
+    raw["datasets"].append({**raw["datasets"][0], "name": "other"})
+    path.write_text(yaml.safe_dump(raw))
+    everywhere = {run.name: run.run_id for run in load_suite(str(path)).runs}
+    only_other = {**model("own"), "datasets": ["other"], "dataset_init_args": {"other": {"val_split_ratio": 0.3}}}
+    path.write_text(yaml.safe_dump({**raw, "models": [model("plain"), {**model("own"), "datasets": ["other"]}]}))
+    restricted = {run.name: run.run_id for run in load_suite(str(path)).runs}
+    assert sorted(restricted) == ["own/other/seed0", "plain/other/seed0", "plain/tiny/seed0"]
+    assert all(restricted[name] == everywhere[name] for name in restricted)
+    path.write_text(yaml.safe_dump({**raw, "models": [model("plain"), only_other]}))
+    assert [run.name for run in load_suite(str(path)).runs if run.model.name == "own"] == ["own/other/seed0"]
+
+    for own, message in [
+        ({"datasets": ["nosuch"]}, r"^models\[1\]\.datasets: no dataset named 'nosuch' in this suite \(tiny, other\)"),
+        ({"datasets": "other"}, r"^models\[1\]\.datasets: expected a non-empty list of dataset names"),
+        ({"datasets": []}, r"^models\[1\]\.datasets: expected a non-empty list of dataset names"),
+        (
+            {"datasets": ["other"], "dataset_init_args": {"tiny": {"val_split_ratio": 0.3}}},
+            r"^models\[1\]\.dataset_init_args\.tiny: this model does not run on 'tiny' \(its datasets: other\)",
+        ),
+    ]:
+        path.write_text(yaml.safe_dump({**raw, "models": [model("plain"), {**model("own"), **own}]}))
+        with pytest.raises(SuiteError, match=message):
+            load_suite(str(path))
+
+
 PROXYANO = "proxyano_plugin.ProxyAno"
 AVAILABLE = "available: blur, edges, identity, superpixel"
 
@@ -788,7 +817,7 @@ def test_print_config_shows_the_suite_as_it_runs_and_reloads_to_the_same_runs(tm
         ("paper", 36),
         ("speed", 9),
         ("speed-gpu", 4),
-        ("brain-lesions", 90),
+        ("brain-lesions", 66),
     ],
 )
 def test_shipped_suites_validate(name: str, runs: int) -> None:
