@@ -10,6 +10,8 @@ loss terms and the validation AUROCs of several readings of the model:
 - ``irm_on_true_proxy_*``: the IRM fed the *extracted* proxy instead of the predicted one;
 - ``pem_error_*``: the PEM's own error |G2*(proxy(x) - PEM(x))| (needs the proxy extractor at test time);
 - ``pem_vs_image_*``: |G2*(x - PEM(x))|, the predicted proxy against the image itself;
+- ``memory_residual_*`` / ``memory_nearest_*`` / ``memory_unaddressed_*``: how unfamiliar the bottleneck
+  features are to the PEM's memory (see :func:`memory_maps`), a signal the skips cannot copy away;
 - ``sigma{S}_top{K}_image`` / ``sigma{S}_pixel``: the full path with other map smoothings and top-k;
 - ``preblur{S}_*``: the error of the blurred image and reconstruction, |G*x - G*x_hat|;
 - ``brighter{S}_*``: its positive part only, max(G*x - G*x_hat, 0) (``error_sign="brighter"``);
@@ -40,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.nn import functional as F  # noqa: N812
 from torch.optim.swa_utils import update_bn
 from torchmetrics.functional.classification import binary_auroc
 
@@ -242,6 +245,10 @@ def evaluate(
             )
             pixel(f"{name}_pixel", pem_map)
             scores[f"{name}_image"] = binary_auroc(net.image_score(pem_map), labels).item()
+    if net.pem is not None and len(net.pem.memories):
+        for name, memory_map in memory_maps(net, images).items():
+            pixel(f"{name}_pixel", memory_map)
+            scores[f"{name}_image"] = binary_auroc(net.image_score(memory_map), labels).item()
     kernel, top = net.smoothing_kernel, net.score_topk
     for sigma in SIGMAS:
         net.smoothing_kernel = gaussian_kernel(sigma).to(images.device)
@@ -263,6 +270,32 @@ def evaluate(
     scores |= calibrated_readings(net, images, readings["full"], labels, masks, normals)
     net.train()
     return scores
+
+
+def memory_maps(net: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How unfamiliar each bottleneck location is to the PEM's memory, upsampled to image maps.
+
+    The skips let the decoders copy what the memory would not express, so the reconstruction can hide a
+    lesion that the bottleneck features still show: ``memory_residual`` is |z - read(z)|^2 (channel mean),
+    ``memory_nearest`` the squared distance of z to its nearest item, ``memory_unaddressed`` 1 - the largest
+    addressing weight.
+    """
+    memory = net.pem.memories[-1]
+    features = net.pem.encoder(net.to_model_channels(images))[-1]
+    read_out, weights = memory(features)
+    batch, channels, height, width = features.shape
+    queries = features.permute(0, 2, 3, 1).reshape(-1, channels)
+    grids = {
+        "memory_residual": (features - read_out).pow(2).mean(1),
+        "memory_nearest": torch.cdist(queries, memory.items).pow(2).min(1).values.reshape(batch, height, width)
+        / channels,
+        "memory_unaddressed": 1 - weights.max(1).values.reshape(batch, height, width),
+    }
+    size = images.shape[-2:]
+    return {
+        name: F.interpolate(grid.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+        for name, grid in grids.items()
+    }
 
 
 def ssim_error(images: torch.Tensor, reconstructions: torch.Tensor, sigma: float) -> torch.Tensor:

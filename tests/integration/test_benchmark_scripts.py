@@ -1,6 +1,6 @@
 """The analysis scripts in benchmarks/: split_shortcuts.py (per-image statistics as anomaly scores),
-proxyano_sweep.py's --table (the results READMEs' tables from its raw output), proxyano_profile.py (time
-per module) and loader_hang.py (loader settings under a deadline)."""
+proxyano_sweep.py's --table (the results READMEs' tables from its raw output) and memory readings,
+proxyano_profile.py (time per module) and loader_hang.py (loader settings under a deadline)."""
 
 import argparse
 import importlib.util
@@ -223,6 +223,30 @@ def test_sweep_by_subject_groups_scores_by_subject_and_finds_heads_at_the_border
     for line in lines:
         assert 0 <= line["auroc_within"] <= 1
         assert line["normal_median"] > 0
+
+
+@torch.no_grad()
+def test_sweep_memory_maps_score_features_the_memory_does_not_hold() -> None:
+    """Items set to one image's bottleneck features: that image is familiar everywhere, another is not."""
+    sweep = load_script("proxyano_sweep")
+    torch.manual_seed(0)
+    net = ProxyAno(image_size=32, widths=[8, 16, 32], memory_size=16).model.eval()
+    familiar, other = torch.zeros(1, 1, 32, 32), torch.zeros(1, 1, 32, 32)
+    familiar[..., 8:24, 8:24] = 0.5
+    other[..., 4:12, 4:28] = 0.9
+    features = net.pem.encoder(familiar)[-1]  # [1, 32, 8, 8]: 16 items hold its first 16 locations (rows 0-1)
+    net.pem.memories[-1].items.copy_(features.permute(0, 2, 3, 1).reshape(-1, 32)[:16])
+
+    maps = sweep.memory_maps(net, torch.cat([familiar, other]))
+
+    assert set(maps) == {"memory_residual", "memory_nearest", "memory_unaddressed"}
+    for name, memory_map in maps.items():
+        assert memory_map.shape == (2, 1, 32, 32), name
+        assert float(memory_map.min()) >= 0, name
+    assert float(maps["memory_unaddressed"].max()) <= 1
+    nearest = maps["memory_nearest"]
+    assert float(nearest[0, 0, :6].max()) < 1e-6  # pixel rows 0-5 interpolate grid rows 0-1 only
+    assert float(nearest[1].mean()) > float(nearest[0].mean())
 
 
 def test_proxyano_profile_splits_the_forward_pass_by_module(
