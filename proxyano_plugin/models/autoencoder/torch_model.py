@@ -5,6 +5,7 @@ it to ``latent_size`` numbers, and a mirrored decoder of 4x4 transposed convolut
 bottleneck is what makes it an anomaly detector: it cannot carry what it never saw in normal images.
 """
 
+from collections.abc import Callable
 from itertools import pairwise
 from typing import NamedTuple
 
@@ -33,11 +34,13 @@ def _stage(in_channels: int, out_channels: int, transpose: bool, last: bool = Fa
     return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
-def _mlp(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
-    """Linear -> BatchNorm -> ReLU -> Linear, one half of the bottleneck."""
+def bottleneck_mlp(
+    in_features: int, hidden: int, out_features: int, norm: Callable[[int], nn.Module] = nn.BatchNorm1d
+) -> nn.Sequential:
+    """Linear -> norm -> ReLU -> Linear, one half of a fully connected bottleneck (ProxyAno's global code too)."""
     return nn.Sequential(
         nn.Linear(in_features, hidden),
-        nn.BatchNorm1d(hidden),
+        norm(hidden),
         nn.ReLU(inplace=True),
         nn.Linear(hidden, out_features),
     )
@@ -73,8 +76,8 @@ class AutoencoderModel(nn.Module):
         self.encoder = nn.Sequential(
             *(_stage(cin, cout, transpose=False) for cin, cout in pairwise([in_channels, *widths]))
         )
-        self.bottleneck_in = _mlp(flat, hidden_size, latent_size)
-        self.bottleneck_out = _mlp(latent_size, hidden_size, flat)
+        self.bottleneck_in = bottleneck_mlp(flat, hidden_size, latent_size)
+        self.bottleneck_out = bottleneck_mlp(latent_size, hidden_size, flat)
         decoder_widths = [*reversed(widths), in_channels]
         self.decoder = nn.Sequential(
             *(

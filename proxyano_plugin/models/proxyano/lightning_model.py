@@ -94,6 +94,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             validation scores of neighbouring epochs agree and the selected epoch is not a lucky swing.
         pem_skips: Where detail passes the PEM: ``"none"`` (one memory bottleneck), ``"plain"`` (U-Net
             skips around the memory) or ``"memory"`` (a memory on every skip level).
+        pem_code_size: 0 (the default: the PEM's bottleneck is its coarsest feature map) or the size of one
+            global code, fully connected, that the PEM squeezes each image into (the plain Autoencoder's
+            bottleneck; the memory then reads that code). Needs ``pem_skips="none"``.
         proxy_blob_probability: Chance that a training proxy gets an SI-native pseudo lesion: a blob whose
             intensity is shifted (flat regions stay flat), besides the pasted patches.
         image_blob_probability: Chance that the PEM's training input gets a lesion-like blob (textured,
@@ -161,6 +164,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         reconstruct_from: str = "predicted_proxy",
         error_blur_sigma: float = 0.0,
         pem_skips: str = "plain",
+        pem_code_size: int = 0,
         proxy_blob_probability: float = 0.5,
         image_blob_probability: float = 1.0,
         blob_area_range: tuple[float, float] = (0.005, 0.05),
@@ -218,6 +222,8 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             reconstruct_from=reconstruct_from,
             error_blur_sigma=error_blur_sigma,
             pem_skips=pem_skips,
+            pem_code_size=pem_code_size,
+            image_size=image_size,
             error_sign=error_sign,
             space_to_depth=space_to_depth,
             skip_merge=skip_merge,

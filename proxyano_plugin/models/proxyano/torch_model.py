@@ -7,6 +7,7 @@ never needs scikit-image.
 
 from collections.abc import Sequence
 from itertools import pairwise
+from math import prod
 from typing import NamedTuple
 
 import torch
@@ -14,6 +15,7 @@ from anomalib.data import InferenceBatch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from proxyano_plugin.models.autoencoder.torch_model import bottleneck_mlp
 from proxyano_plugin.models.base import to_model_channels
 
 from .memory import MemoryModule
@@ -129,6 +131,36 @@ def check_space_to_depth(factor: object) -> int:
 
 PEM_SKIPS = ("none", "plain", "memory")
 
+# Width of the fully connected layers on each side of a global code (the plain Autoencoder's).
+CODE_HIDDEN = 1024
+
+
+class GlobalCode(nn.Module):
+    """Squeezes the PEM's ``[B, C, h, w]`` bottleneck into ``code_size`` numbers and back (fully connected).
+
+    A spatial bottleneck keeps one vector per location, so a lesion covering many locations can be written
+    into it location by location; one code for the whole image can only hold what normal images share (the
+    plain Autoencoder's bottleneck, which ranks large painted lesions where the spatial PEM does not). The
+    memory, when there is one, reads the code as a single query. LayerNorm, not the Autoencoder's BatchNorm:
+    a training set of ``16k + 1`` images ends each epoch on a batch of one, which BatchNorm1d cannot train on.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], code_size: int, memory: MemoryModule | None) -> None:
+        super().__init__()
+        self.shape = shape
+        self.squeeze = bottleneck_mlp(prod(shape), CODE_HIDDEN, code_size, nn.LayerNorm)
+        self.memory = memory
+        self.expand = bottleneck_mlp(code_size, CODE_HIDDEN, prod(shape), nn.LayerNorm)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The bottleneck rebuilt from the code, and the memory's addressing weights (empty without one)."""
+        code = self.squeeze(features.flatten(1))
+        weights = []
+        if self.memory is not None:
+            read_out, code_weights = self.memory(code[:, :, None, None])
+            code, weights = read_out.flatten(1), [code_weights]
+        return self.expand(code).view(-1, *self.shape), weights
+
 
 class ProxyExtractionModule(nn.Module):
     """Encoder -> memory -> decoder: predicts the proxy (superpixel image) of an image.
@@ -136,7 +168,9 @@ class ProxyExtractionModule(nn.Module):
     ``skips`` decides where detail may pass: ``"none"`` (one bottleneck read through the memory, MemAE's
     layout: the prediction is the memory's best coarse guess), ``"plain"`` (U-Net skips around the memory)
     or ``"memory"`` (every skip level is read through a memory of its own, as DAAD does on skips: fine
-    detail reaches the decoder only as a mix of items learned on normal images).
+    detail reaches the decoder only as a mix of items learned on normal images). ``code_size`` > 0 (with no
+    skips) squeezes the bottleneck into one global code first (:class:`GlobalCode`); ``image_size`` then sets
+    the bottleneck's grid.
     """
 
     def __init__(
@@ -148,6 +182,8 @@ class ProxyExtractionModule(nn.Module):
         skips: str = "none",
         space_to_depth: int = 1,
         skip_merge: str = "concat",
+        code_size: int = 0,
+        image_size: int | None = None,
     ) -> None:
         super().__init__()
         if skips not in PEM_SKIPS:
@@ -155,9 +191,15 @@ class ProxyExtractionModule(nn.Module):
             raise ValueError(msg)
         self.encoder = Encoder(channels, widths, space_to_depth)
         with_memory = memory_size > 0
+        self.code = None
+        if code_size:
+            grid = check_code_size(code_size, skips, image_size, len(widths), space_to_depth)
+            memory = MemoryModule(memory_size, code_size, shrink_threshold) if with_memory else None
+            self.code = GlobalCode((widths[-1], grid, grid), code_size, memory)
         levels = widths if skips == "memory" else widths[-1:]
         self.memories = nn.ModuleList(
-            MemoryModule(memory_size, width, shrink_threshold) for width in (levels if with_memory else ())
+            MemoryModule(memory_size, width, shrink_threshold)
+            for width in (levels if with_memory and self.code is None else ())
         )
         self.skips = skips != "none"
         self.decoder = Decoder(widths, channels, self.skips, space_to_depth, skip_merge)
@@ -170,7 +212,23 @@ class ProxyExtractionModule(nn.Module):
         for level, memory in enumerate(self.memories, start=first):
             features[level], level_weights = memory(features[level])
             weights.append(level_weights)
+        if self.code is not None:
+            features[-1], weights = self.code(features[-1])
         return self.decoder(features[-1], features if self.skips else ()), weights
+
+
+def check_code_size(code_size: object, skips: str, image_size: int | None, levels: int, space_to_depth: int) -> int:
+    """The bottleneck's grid side for a valid ``pem_code_size``, else a ValueError that says what to change."""
+    if isinstance(code_size, bool) or not isinstance(code_size, int) or code_size < 0:
+        msg = f"pem_code_size must be a non-negative integer (0: spatial bottleneck), got {code_size!r}"
+        raise ValueError(msg)
+    if skips != "none":
+        msg = f"pem_code_size > 0 needs pem_skips='none': skips would carry the image past the code (got {skips!r})"
+        raise ValueError(msg)
+    if image_size is None:
+        msg = "pem_code_size > 0 needs the image_size (the fully connected layers are sized for its bottleneck)"
+        raise ValueError(msg)
+    return image_size // (2 ** (levels - 1) * space_to_depth)
 
 
 class ImageReconstructionModule(nn.Module):
@@ -279,6 +337,9 @@ class ProxyAnoModel(nn.Module):
         space_to_depth: Both networks fold ``f x f`` pixel blocks into channels on the way in and back on the
             way out, so they run at ``1/f`` of the input resolution (``f**2`` times fewer FLOPs); 1 = off.
         skip_merge: How both decoders join their skips: ``"concat"`` (U-Net) or ``"add"`` (see :class:`Decoder`).
+        pem_code_size: 0 (a spatial PEM bottleneck) or the size of one global code the PEM squeezes the image
+            into (see :class:`GlobalCode`; needs ``pem_skips="none"`` and ``image_size``).
+        image_size: Square input size; only a global code needs it.
         error_sign: Which departures score: ``"both"``, ``"brighter"`` (the image brighter than its
             reconstruction: hyperintense lesions, as on FLAIR and T2) or ``"darker"`` (hypointense ones).
     """
@@ -299,6 +360,8 @@ class ProxyAnoModel(nn.Module):
         score_relative: bool = False,
         space_to_depth: int = 1,
         skip_merge: str = "concat",
+        pem_code_size: int = 0,
+        image_size: int | None = None,
     ) -> None:
         super().__init__()
         check_space_to_depth(space_to_depth)
@@ -320,7 +383,15 @@ class ProxyAnoModel(nn.Module):
         self.score_topk = score_topk
         self.pem = (
             ProxyExtractionModule(
-                in_channels, widths, memory_size, memory_shrink_threshold, pem_skips, space_to_depth, skip_merge
+                in_channels,
+                widths,
+                memory_size,
+                memory_shrink_threshold,
+                pem_skips,
+                space_to_depth,
+                skip_merge,
+                pem_code_size,
+                image_size,
             )
             if reconstruct_from == "predicted_proxy"
             else None

@@ -368,6 +368,46 @@ def test_pem_skips_carry_fine_detail_the_bottleneck_cannot():
         assert (local == 1.0) == expect_local
 
 
+@pytest.mark.parametrize("memory_size", [0, 10])
+def test_pem_global_code_reads_one_query_per_image(memory_size):
+    torch.manual_seed(0)
+    pem = ProxyExtractionModule(1, WIDTHS, memory_size, 0.0, skips="none", code_size=4, image_size=32)
+    predicted, weights = pem(torch.rand(3, 1, 32, 32))
+    assert predicted.shape == (3, 1, 32, 32)
+    assert [w.shape for w in weights] == ([(3, memory_size)] if memory_size else [])
+    pem(torch.rand(1, 1, 32, 32))[0].mean().backward()  # an epoch's last batch may hold one image
+
+
+def test_pem_global_code_passes_no_more_than_its_numbers():
+    """The prediction depends on the image only through the code: the Jacobian's rank is at most its size,
+    where the spatial bottleneck of the same encoder passes far more."""
+    image = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    directions = torch.randn(8, 1, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+
+    def jacobian_rank(**code) -> int:
+        torch.manual_seed(0)
+        pem = ProxyExtractionModule(1, WIDTHS, 0, 0.0, skips="none", **code).eval()
+        # The Jacobian applied to 8 random directions (forward mode): its rank bounds the Jacobian's from below.
+        with torch.no_grad():
+            changes = [torch.func.jvp(lambda x: pem(x)[0], (image,), (d,))[1].flatten() for d in directions]
+        return int(torch.linalg.matrix_rank(torch.stack(changes), rtol=1e-4))
+
+    assert jacobian_rank(code_size=3, image_size=16) <= 3 < jacobian_rank()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"skips": "plain", "code_size": 4, "image_size": 32}, "needs pem_skips='none'"),
+        ({"skips": "none", "code_size": 4}, "needs the image_size"),
+        ({"skips": "none", "code_size": -1, "image_size": 32}, "non-negative integer"),
+    ],
+)
+def test_pem_global_code_rejects_what_it_cannot_build(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        ProxyExtractionModule(1, WIDTHS, 10, 0.0, **arguments)
+
+
 def test_pem_rejects_unknown_skip_layout():
     with pytest.raises(ValueError, match="pem_skips must be one of"):
         ProxyExtractionModule(1, WIDTHS, 10, 0.0, skips="dense")
