@@ -19,6 +19,7 @@ from testing_utils import REPO, save_checkpoint, write_tiny_folder_dataset
 from proxyano_plugin.models.autoencoder import Autoencoder
 from proxyano_plugin.models.fanogan import FAnoGAN
 from proxyano_plugin.models.patchcore import PatchcoreLite0
+from proxyano_plugin.models.proxyano import ProxyAno
 
 ANOMALIB = Path(sys.executable).with_name("anomalib")
 
@@ -29,6 +30,10 @@ TINY_MODELS = {
         {"dim": 4, "latent_dim": 16, "gan_iterations": 1, "critic_iterations": 2, "encoder_iterations": 2},
     ),
     "patchcore_lite0": (PatchcoreLite0, {"image_size": 64, "coreset_sampling_ratio": 0.25}),
+    "proxyano_global_code": (
+        ProxyAno,
+        {"image_size": 64, "widths": [4, 8], "pem_skips": "none", "pem_code_size": 4, "memory_size": 8},
+    ),
 }
 CLI_OVERRIDES = {
     "autoencoder": [
@@ -107,7 +112,7 @@ def test_proxyano_gradient_error_and_relative_score_export_to_onnx(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["autoencoder", "fanogan"])
+@pytest.mark.parametrize("name", ["autoencoder", "fanogan", "proxyano_global_code"])
 def test_onnx_export_matches_eager(name, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

@@ -115,7 +115,8 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             ``BrainMRIDemo``: training-distribution normals with painted lesions), keep the weights of the
             epoch with the best mean of image and pixel validation AUROC and restore them when training
             ends. Ignored with any other validation set, which may hold test images.
-        score_candidates: Scorings (``{error: ..., map_sigma: ...}`` each) that the label-free validation
+        score_candidates: Scorings (``{error: ..., map_sigma: ...}`` each, optionally ``relative`` and
+            ``error_blur_sigma``, which defaults to the model's) that the label-free validation
             chooses among, jointly with the epoch (``select_epoch``): every validation epoch scores the same
             reconstructions with each, and the best (epoch, scoring) pair is kept; testing, the checkpoint and
             export then use that scoring. ``error``, ``map_sigma`` and ``score_relative`` are the scoring until
@@ -241,7 +242,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         self.learning_rate = learning_rate
         self.lr_schedule = lr_schedule
         self.select_epoch = select_epoch
-        self.score_candidates = [_scoring(candidate) for candidate in score_candidates or []]
+        self.score_candidates = [_scoring(candidate, error_blur_sigma) for candidate in score_candidates or []]
         # The exponential moving average of the networks' weights (and BatchNorm statistics), kept beside the
         # trained ones; validation and everything after training use it. A submodule, so that checkpoints (and
         # a resumed fit) carry it; the optimiser sees only ``self.model``.
@@ -359,7 +360,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
                 metrics, scoring = readings[best], self.score_candidates[best]
         if self.best_epoch.consider(metrics, self.current_epoch, self.model):
             self.selected_scoring = scoring
-            chosen = "" if scoring is None else f" scored by {scoring.error}, map sigma {scoring.map_sigma:g}"
+            chosen = "" if scoring is None else f" scored by {scoring}"
             epoch = self.current_epoch
             logger.info("ProxyAno: epoch %d%s is the best on validation so far (%s)", epoch, chosen, metrics)
 
@@ -373,9 +374,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         if SELECTION_KEY in checkpoint:
             self.best_epoch.load_state_dict(checkpoint[SELECTION_KEY])
             selected = checkpoint[SELECTION_KEY].get("scoring")
-            self.selected_scoring = None if selected is None else _scoring(selected)
+            self.selected_scoring = None if selected is None else _scoring(selected, self.model.error_blur_sigma)
         if SCORING_KEY in checkpoint:
-            self.model.set_scoring(_scoring(checkpoint[SCORING_KEY]))
+            self.model.set_scoring(_scoring(checkpoint[SCORING_KEY], self.model.error_blur_sigma))
 
     def on_train_end(self) -> None:
         """Put back the best validation epoch's weights and scoring; save them where the last checkpoint went.
@@ -420,14 +421,24 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs, eta_min=COSINE_FLOOR * self.learning_rate)
 
 
-def _scoring(candidate: dict[str, Any]) -> Scoring:
-    """A checked :class:`Scoring` from ``{error, map_sigma[, relative]}`` (a score candidate or a checkpoint's)."""
+def _scoring(candidate: dict[str, Any], error_blur_sigma: float = 0.0) -> Scoring:
+    """A checked :class:`Scoring` from ``{error, map_sigma[, relative, error_blur_sigma]}`` (a score candidate or a
+    checkpoint's); one without ``error_blur_sigma`` keeps the model's (``error_blur_sigma``), as before it had one.
+    """
     if not isinstance(candidate, dict) or not {"error", "map_sigma"} <= set(candidate) <= set(Scoring._fields):
-        msg = f"a score candidate is a mapping of error, map_sigma and optionally relative, got {candidate!r}"
+        msg = (
+            "a score candidate is a mapping of error, map_sigma and optionally relative and error_blur_sigma, "
+            f"got {candidate!r}"
+        )
         raise ValueError(msg)
     if not isinstance(candidate.get("relative", False), bool):
         msg = f"a score candidate's relative is true or false, got {candidate['relative']!r}"
         raise ValueError(msg)
-    scoring = Scoring(str(candidate["error"]), float(candidate["map_sigma"]), candidate.get("relative", False))
+    scoring = Scoring(
+        str(candidate["error"]),
+        float(candidate["map_sigma"]),
+        candidate.get("relative", False),
+        float(candidate.get("error_blur_sigma", error_blur_sigma)),
+    )
     scoring.check()
     return scoring

@@ -269,18 +269,25 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
+def optional_kernel(sigma: float, device: torch.device) -> torch.Tensor | None:
+    """:func:`gaussian_kernel` on ``device``, or None for sigma 0 (no blur)."""
+    return gaussian_kernel(sigma).to(device) if sigma > 0 else None
+
+
 # Pixels above this intensity (images in [0, 1]) are the head, for ``Scoring.relative``; MRI background is ~0.
 HEAD_LEVEL = 0.05
 
 
 class Scoring(NamedTuple):
-    """How a reconstruction is scored: the pixel error, the Gaussian smoothing (px) of its map, and whether the
+    """How a reconstruction is scored: the pixel error, the Gaussian smoothing (px) of its map, whether the
     image score is relative to the map's mean over the head (an image whose error is high everywhere, from noise
-    or an unusual scan, then does not score high for that alone)."""
+    or an unusual scan, then does not score high for that alone), and the Gaussian blur (px) of the difference
+    before the error is taken (texture the proxy cannot carry then cancels instead of scoring; 0: none)."""
 
     error: str
     map_sigma: float
     relative: bool = False
+    error_blur_sigma: float = 0.0
 
     def check(self) -> None:
         if self.error not in ERRORS:
@@ -288,6 +295,9 @@ class Scoring(NamedTuple):
             raise ValueError(msg)
         if not self.map_sigma >= 0:
             msg = f"map_sigma must be >= 0 (0: no smoothing), got {self.map_sigma!r}"
+            raise ValueError(msg)
+        if not self.error_blur_sigma >= 0:
+            msg = f"error_blur_sigma must be >= 0 (0: no blur), got {self.error_blur_sigma!r}"
             raise ValueError(msg)
 
 
@@ -398,21 +408,21 @@ class ProxyAnoModel(nn.Module):
         )
         self.irm = ImageReconstructionModule(in_channels, widths, space_to_depth, skip_merge)
         self.register_buffer("smoothing_kernel", None, False)
-        self.set_scoring(Scoring(error, map_sigma, score_relative))
-        blur = gaussian_kernel(error_blur_sigma) if error_blur_sigma > 0 else None
-        self.register_buffer("error_blur_kernel", blur, False)
+        self.register_buffer("error_blur_kernel", None, False)
+        self.set_scoring(Scoring(error, map_sigma, score_relative, error_blur_sigma))
 
     @property
     def scoring(self) -> Scoring:
         """How reconstructions are scored now."""
-        return Scoring(self.error, self.map_sigma, self.relative)
+        return Scoring(self.error, self.map_sigma, self.relative, self.error_blur_sigma)
 
     def set_scoring(self, scoring: Scoring) -> None:
-        """Score with another pixel error and map smoothing (the networks are untouched)."""
+        """Score with another pixel error, blur and map smoothing (the networks are untouched)."""
         scoring.check()
-        self.error, self.map_sigma, self.relative = scoring
+        self.error, self.map_sigma, self.relative, self.error_blur_sigma = scoring
         device = next(self.irm.parameters()).device
-        self.smoothing_kernel = gaussian_kernel(scoring.map_sigma).to(device) if scoring.map_sigma > 0 else None
+        self.smoothing_kernel = optional_kernel(scoring.map_sigma, device)
+        self.error_blur_kernel = optional_kernel(scoring.error_blur_sigma, device)
 
     def to_model_channels(self, images: torch.Tensor) -> torch.Tensor:
         """Reduce anomalib's always-3-channel batch to the model's channels."""
@@ -422,13 +432,14 @@ class ProxyAnoModel(nn.Module):
         self, images: torch.Tensor, reconstructions: torch.Tensor, scoring: Scoring | None = None
     ) -> torch.Tensor:
         """Per-pixel reconstruction error ``[B, 1, H, W]``, smoothed; ``scoring`` overrides the model's own."""
-        error, kernel = self.error, self.smoothing_kernel
+        error, kernel, blur = self.error, self.smoothing_kernel, self.error_blur_kernel
         if scoring is not None:
             error = scoring.error
-            kernel = gaussian_kernel(scoring.map_sigma).to(images.device) if scoring.map_sigma > 0 else None
+            kernel = optional_kernel(scoring.map_sigma, images.device)
+            blur = optional_kernel(scoring.error_blur_sigma, images.device)
         difference = images - reconstructions
-        if self.error_blur_kernel is not None:  # blur is linear: blurring the difference blurs both sides
-            difference = gaussian_blur(difference, self.error_blur_kernel)
+        if blur is not None:  # blur is linear: blurring the difference blurs both sides
+            difference = gaussian_blur(difference, blur)
         if self.error_sign == "brighter":
             difference = difference.clamp_min(0)
         elif self.error_sign == "darker":

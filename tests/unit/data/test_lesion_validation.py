@@ -186,15 +186,16 @@ def test_proxyano_chooses_its_scoring_with_the_epoch_and_keeps_it_through_a_chec
 
     torch.manual_seed(0)
     candidates = [
-        {"error": "l1", "map_sigma": 1.0, "relative": False},
-        {"error": "gradient", "map_sigma": 2.0, "relative": True},
+        {"error": "l1", "map_sigma": 1.0, "relative": False, "error_blur_sigma": 0.0},
+        {"error": "gradient", "map_sigma": 2.0, "relative": True, "error_blur_sigma": 0.0},
+        {"error": "l1", "map_sigma": 1.0, "relative": False, "error_blur_sigma": 2.0},
     ]
     model = ProxyAno(image_size=32, widths=[4, 8], memory_size=0, proxy="blur", score_candidates=candidates)
     engine = Engine(max_epochs=2, default_root_dir=patients_tree / "run", enable_progress_bar=False, logger=False)
     engine.fit(model, datamodule=lesion_datamodule(patients_tree))
     metrics = engine.trainer.callback_metrics
-    readings = [float(metrics[f"val_selection_candidate{index}"]) for index in (0, 1)]
-    assert readings[0] != readings[1]  # the two scorings read the same reconstructions differently
+    readings = [float(metrics[f"val_selection_candidate{index}"]) for index in (0, 1, 2)]
+    assert len(set(readings)) == 3  # the scorings read the same reconstructions differently
     chosen = model.selected_scoring
     assert chosen is not None
     assert model.model.scoring == chosen  # restored with the epoch's weights: testing and export use it

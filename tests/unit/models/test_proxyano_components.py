@@ -5,10 +5,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from proxyano_plugin.models.proxyano.augmentation import IntensityJitter, TranslationJitter
+from proxyano_plugin.models.proxyano.lightning_model import _scoring
 from proxyano_plugin.models.proxyano.loss import ProxyAnoLoss
 from proxyano_plugin.models.proxyano.memory import MemoryModule, addressing_entropy, hard_shrink_relu
 from proxyano_plugin.models.proxyano.pseudo_anomaly import BlobShifter, PatchPaster
-from proxyano_plugin.models.proxyano.torch_model import ProxyAnoModel, ProxyExtractionModule
+from proxyano_plugin.models.proxyano.torch_model import ProxyAnoModel, ProxyExtractionModule, Scoring
 
 WIDTHS = [8, 16, 32]
 
@@ -426,3 +427,26 @@ def test_pem_rejects_unknown_skip_layout():
 def test_corruption_settings_are_checked_with_the_models_parameter_names(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_a_scoring_blurs_the_difference_as_the_model_argument_does():
+    """``Scoring.error_blur_sigma`` (a score candidate's) gives the map of a model built with that blur."""
+    torch.manual_seed(0)
+    images, reconstructions = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    plain = ProxyAnoModel(1, WIDTHS, 0, 0.0, 1.0, 0.05, "l1").eval()
+    blurred = ProxyAnoModel(1, WIDTHS, 0, 0.0, 1.0, 0.05, "l1", error_blur_sigma=2.0).eval()
+    expected = blurred.error_map(images, reconstructions)
+    torch.testing.assert_close(plain.error_map(images, reconstructions, Scoring("l1", 1.0, False, 2.0)), expected)
+    plain.set_scoring(blurred.scoring)
+    torch.testing.assert_close(plain.error_map(images, reconstructions), expected)
+    assert not torch.allclose(
+        expected, ProxyAnoModel(1, WIDTHS, 0, 0.0, 1.0, 0.05, "l1").error_map(images, reconstructions)
+    )
+
+
+def test_a_candidate_without_a_blur_keeps_the_models():
+    """Candidates and checkpoints written before scorings had a blur meant the model's own."""
+    assert _scoring({"error": "l1", "map_sigma": 1.0}, 4.0).error_blur_sigma == 4.0
+    assert _scoring({"error": "l1", "map_sigma": 1.0, "error_blur_sigma": 0.0}, 4.0).error_blur_sigma == 0.0
+    with pytest.raises(ValueError, match="error_blur_sigma must be >= 0"):
+        _scoring({"error": "l1", "map_sigma": 1.0, "error_blur_sigma": -1.0})
