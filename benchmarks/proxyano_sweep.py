@@ -50,7 +50,13 @@ from proxyano_plugin import BrainMRIDemo, ProxyAno
 from proxyano_plugin.data import SplitCSV
 from proxyano_plugin.data.split_csv import resolve_split_csv
 from proxyano_plugin.data.synthetic_validation import hold_out, paint_validation
-from proxyano_plugin.models.proxyano.torch_model import gaussian_blur, gaussian_kernel, gradient_l1, head_mean
+from proxyano_plugin.models.proxyano.torch_model import (
+    gaussian_blur,
+    gaussian_kernel,
+    gradient_l1,
+    head_mean,
+    ssim_error,
+)
 
 SIGMAS = (1.0, 2.0, 4.0)
 TOP_FRACTIONS = (0.001, 0.01, 0.05, 1.0)  # 1.0: the mean error
@@ -298,18 +304,6 @@ def memory_maps(net: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.T
     }
 
 
-def ssim_error(images: torch.Tensor, reconstructions: torch.Tensor, sigma: float) -> torch.Tensor:
-    """1 - SSIM per pixel (Gaussian window), channel mean: insensitive to local brightness and contrast scale."""
-    kernel = gaussian_kernel(sigma).to(images.device)
-    mean_x, mean_y = gaussian_blur(images, kernel), gaussian_blur(reconstructions, kernel)
-    var_x = gaussian_blur(images * images, kernel) - mean_x**2
-    var_y = gaussian_blur(reconstructions * reconstructions, kernel) - mean_y**2
-    cov = gaussian_blur(images * reconstructions, kernel) - mean_x * mean_y
-    c1, c2 = 0.01**2, 0.03**2
-    ssim = ((2 * mean_x * mean_y + c1) * (2 * cov + c2)) / ((mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2))
-    return (1 - ssim).mean(1, keepdim=True)
-
-
 def calibrated_readings(net, images, reconstructions, labels, masks, normals) -> dict[str, float]:
     """Maps and scores relative to what normal images show: the image's own head, or each pixel's normal error."""
     scores = {}
@@ -317,7 +311,10 @@ def calibrated_readings(net, images, reconstructions, labels, masks, normals) ->
     top, reference = net.image_score(anomaly_map), head_mean(anomaly_map, images)
     scores["minus_head_mean_image"] = binary_auroc(top - reference, labels).item()
     scores["over_head_mean_image"] = binary_auroc(net.image_score(anomaly_map, images, relative=True), labels).item()
-    structural = {f"ssim{sigma:g}": ssim_error(images, reconstructions, sigma) for sigma in (1.0, 1.5, 3.0)}
+    structural = {
+        f"ssim{sigma:g}": ssim_error(images, reconstructions, gaussian_kernel(sigma).to(images.device))
+        for sigma in (1.0, 1.5, 3.0)
+    }
     gradient = gradient_l1(images - reconstructions).mean(1, keepdim=True)  # error="gradient", before smoothing
     structural["gradient"] = gradient
     structural["gradient_plus_l1"] = gradient + (images - reconstructions).abs()

@@ -92,14 +92,19 @@ def test_checkpoint_round_trip_with_weights_only(name, tmp_path):
 
 
 @pytest.mark.slow
-def test_proxyano_gradient_error_and_relative_score_export_to_onnx(tmp_path):
-    """The shipped model's export is tested through the CLI; the scorings validation can choose, here."""
+@pytest.mark.parametrize(
+    "scoring",
+    [
+        {"error": "gradient", "map_sigma": 2.0, "score_relative": True},
+        {"error": "ssim", "map_sigma": 1.0, "error_blur_sigma": 3.0},
+    ],
+)
+def test_proxyano_scorings_export_to_onnx(scoring, tmp_path):
+    """The shipped model's export is tested through the CLI; the other scorings validation can choose, here."""
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from proxyano_plugin import ProxyAno
 
     torch.manual_seed(0)
-    scoring = {"error": "gradient", "map_sigma": 2.0, "score_relative": True}
     model = ProxyAno(image_size=64, widths=[4, 8], memory_size=16, **scoring).eval()
     session = onnxruntime.InferenceSession(str(model.to_onnx(tmp_path, input_size=(64, 64))))
     images = _images()

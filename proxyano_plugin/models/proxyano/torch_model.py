@@ -258,7 +258,7 @@ class ProxyAnoOutput(NamedTuple):
 
 RECONSTRUCT_FROM = ("predicted_proxy", "image")
 ERROR_SIGNS = ("both", "brighter", "darker")
-ERRORS = ("l1", "l2", "gradient")
+ERRORS = ("l1", "l2", "gradient", "ssim")
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -267,6 +267,21 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
     coords = torch.arange(-radius, radius + 1, dtype=torch.float32)
     kernel = torch.exp(-(coords**2) / (2 * sigma**2))
     return kernel / kernel.sum()
+
+
+# SSIM's stabilising constants for intensities in [0, 1] (Wang et al. 2004: (0.01 L)^2 and (0.03 L)^2, L = 1).
+SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2
+
+
+def ssim_error(images: torch.Tensor, reconstructions: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """1 - SSIM per pixel within a separable Gaussian ``window``, channel mean ``[B, 1, H, W]``; pure torch."""
+    mean_x, mean_y = gaussian_blur(images, window), gaussian_blur(reconstructions, window)
+    var_x = gaussian_blur(images * images, window) - mean_x**2
+    var_y = gaussian_blur(reconstructions * reconstructions, window) - mean_y**2
+    cov = gaussian_blur(images * reconstructions, window) - mean_x * mean_y
+    numerator = (2 * mean_x * mean_y + SSIM_C1) * (2 * cov + SSIM_C2)
+    ssim = numerator / ((mean_x**2 + mean_y**2 + SSIM_C1) * (var_x + var_y + SSIM_C2))
+    return (1 - ssim).mean(1, keepdim=True)
 
 
 def optional_kernel(sigma: float, device: torch.device) -> torch.Tensor | None:
@@ -282,7 +297,8 @@ class Scoring(NamedTuple):
     """How a reconstruction is scored: the pixel error, the Gaussian smoothing (px) of its map, whether the
     image score is relative to the map's mean over the head (an image whose error is high everywhere, from noise
     or an unusual scan, then does not score high for that alone), and the Gaussian blur (px) of the difference
-    before the error is taken (texture the proxy cannot carry then cancels instead of scoring; 0: none)."""
+    before the error is taken (texture the proxy cannot carry then cancels instead of scoring; 0: none), which
+    for the ``"ssim"`` error is the window of its local statistics instead."""
 
     error: str
     map_sigma: float
@@ -298,6 +314,9 @@ class Scoring(NamedTuple):
             raise ValueError(msg)
         if not self.error_blur_sigma >= 0:
             msg = f"error_blur_sigma must be >= 0 (0: no blur), got {self.error_blur_sigma!r}"
+            raise ValueError(msg)
+        if self.error == "ssim" and not self.error_blur_sigma > 0:
+            msg = "error 'ssim' compares local statistics within a Gaussian window: set error_blur_sigma > 0 (px)"
             raise ValueError(msg)
 
 
@@ -338,7 +357,10 @@ class ProxyAnoModel(nn.Module):
         score_topk: Image score = mean of the top ``score_topk`` fraction of the map (1.0 = mean error).
         error: Pixel error, averaged over channels: ``"l1"`` (|x - x_hat|), ``"l2"`` ((x - x_hat)^2) or
             ``"gradient"`` (|grad(x - x_hat)|: where the difference changes, i.e. edges that the reconstruction
-            adds or misses, so a lesion's border scores and a smooth intensity offset does not).
+            adds or misses, so a lesion's border scores and a smooth intensity offset does not) or ``"ssim"``
+            (1 - SSIM in a Gaussian window of ``error_blur_sigma``: local mean, contrast and structure, so a
+            region whose contrast or structure differs scores whatever its brightness; ``error_sign`` does not
+            apply).
         reconstruct_from: ``"predicted_proxy"`` (the paper: image -> PEM -> IRM) or ``"image"`` (no PEM is
             built; the IRM repairs the raw image, a CutPaste-style variant kept for ablations).
         pem_skips: Where detail passes the PEM: ``"none"``, ``"plain"`` or ``"memory"`` (see
@@ -437,6 +459,9 @@ class ProxyAnoModel(nn.Module):
             error = scoring.error
             kernel = optional_kernel(scoring.map_sigma, images.device)
             blur = optional_kernel(scoring.error_blur_sigma, images.device)
+        if error == "ssim":
+            pixel_error = ssim_error(images, reconstructions, blur)
+            return pixel_error if kernel is None else gaussian_blur(pixel_error, kernel)
         difference = images - reconstructions
         if blur is not None:  # blur is linear: blurring the difference blurs both sides
             difference = gaussian_blur(difference, blur)

@@ -450,3 +450,18 @@ def test_a_candidate_without_a_blur_keeps_the_models():
     assert _scoring({"error": "l1", "map_sigma": 1.0, "error_blur_sigma": 0.0}, 4.0).error_blur_sigma == 0.0
     with pytest.raises(ValueError, match="error_blur_sigma must be >= 0"):
         _scoring({"error": "l1", "map_sigma": 1.0, "error_blur_sigma": -1.0})
+
+
+def test_ssim_error_ignores_brightness_offsets_that_l1_scores():
+    """1 - SSIM is ~0 for a perfect reconstruction and small for a uniform offset (its means term only), while a
+    reconstruction with the structure flattened scores far higher; it needs a window."""
+    torch.manual_seed(0)
+    images = torch.nn.functional.interpolate(torch.rand(2, 1, 8, 8), size=32, mode="bilinear") * 0.5 + 0.25
+    model = ProxyAnoModel(1, WIDTHS, 0, 0.0, 0.0, 0.05, "ssim", error_blur_sigma=2.0)
+    same = model.error_map(images, images)
+    offset = model.error_map(images, images + 0.05)
+    flat = model.error_map(images, images.mean(dim=(2, 3), keepdim=True).expand_as(images))
+    assert same.abs().max() < 1e-4
+    assert offset.mean() < flat.mean() / 5
+    with pytest.raises(ValueError, match="set error_blur_sigma > 0"):
+        Scoring("ssim", 1.0).check()
