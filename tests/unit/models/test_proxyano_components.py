@@ -223,8 +223,8 @@ def test_gradient_error_ignores_a_uniform_offset_and_outlines_a_region():
 
 
 def test_unknown_error_names_the_choices():
-    with pytest.raises(ValueError, match="l1, l2, gradient"):
-        ProxyAnoModel(1, WIDTHS, 0, 0.0, 0.0, 1.0, "ssim")
+    with pytest.raises(ValueError, match="l1, l2, gradient, ssim"):
+        ProxyAnoModel(1, WIDTHS, 0, 0.0, 0.0, 1.0, "ssd")
 
 
 def test_error_blur_cancels_fine_texture_but_keeps_a_blob():
