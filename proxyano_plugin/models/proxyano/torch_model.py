@@ -142,7 +142,7 @@ class GlobalCode(nn.Module):
     into it location by location; one code for the whole image can only hold what normal images share (the
     plain Autoencoder's bottleneck, which ranks large painted lesions where the spatial PEM does not). The
     memory, when there is one, reads the code as a single query. LayerNorm, not the Autoencoder's BatchNorm:
-    a training set of ``16k + 1`` images ends each epoch on a batch of one, which BatchNorm1d cannot train on.
+    a training set whose size leaves one image in an epoch's last batch cannot train BatchNorm1d on it.
     """
 
     def __init__(self, shape: tuple[int, int, int], code_size: int, memory: MemoryModule | None) -> None:
@@ -461,8 +461,12 @@ class ProxyAnoModel(nn.Module):
             blur = optional_kernel(scoring.error_blur_sigma, images.device)
         if error == "ssim":
             pixel_error = ssim_error(images, reconstructions, blur)
-            return pixel_error if kernel is None else gaussian_blur(pixel_error, kernel)
-        difference = images - reconstructions
+        else:
+            pixel_error = self.difference_error(images - reconstructions, error, blur)
+        return pixel_error if kernel is None else gaussian_blur(pixel_error, kernel)
+
+    def difference_error(self, difference: torch.Tensor, error: str, blur: torch.Tensor | None) -> torch.Tensor:
+        """The l1, l2 or gradient error of ``image - reconstruction``, blurred first and signed, channel mean."""
         if blur is not None:  # blur is linear: blurring the difference blurs both sides
             difference = gaussian_blur(difference, blur)
         if self.error_sign == "brighter":
@@ -473,8 +477,7 @@ class ProxyAnoModel(nn.Module):
             pixel_error = gradient_l1(difference)
         else:
             pixel_error = difference.abs() if error == "l1" else difference.square()
-        pixel_error = pixel_error.mean(dim=1, keepdim=True)
-        return pixel_error if kernel is None else gaussian_blur(pixel_error, kernel)
+        return pixel_error.mean(dim=1, keepdim=True)
 
     def image_score(
         self, anomaly_map: torch.Tensor, images: torch.Tensor | None = None, relative: bool | None = None
