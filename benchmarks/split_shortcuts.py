@@ -43,7 +43,7 @@ from torchmetrics.functional.classification import binary_auroc
 from proxyano_plugin.data import SplitCSV
 from proxyano_plugin.data.split_csv import resolve_split_csv
 from proxyano_plugin.models.base import resize_pre_processor, to_model_channels
-from proxyano_plugin.models.proxyano.torch_model import gaussian_blur, gaussian_kernel
+from proxyano_plugin.models.image_errors import gaussian_blur, gaussian_kernel
 
 FOREGROUND_LEVEL = 0.1  # grey level (of 1) above which a pixel counts as head rather than background
 

@@ -25,6 +25,7 @@ ANOMALIB = Path(sys.executable).with_name("anomalib")
 
 TINY_MODELS = {
     "autoencoder": (Autoencoder, {"image_size": 64, "base_width": 4, "hidden_size": 32}),
+    "autoencoder_ssim": (Autoencoder, {"image_size": 64, "base_width": 4, "hidden_size": 32, "error": "ssim"}),
     "fanogan": (
         FAnoGAN,
         {"dim": 4, "latent_dim": 16, "gan_iterations": 1, "critic_iterations": 2, "encoder_iterations": 2},

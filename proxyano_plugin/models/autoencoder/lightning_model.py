@@ -34,6 +34,8 @@ class Autoencoder(OneClassReconstruction, AnomalibModule):
         hidden_size: Fully connected width around the code (MedIAnomaly's ``--hidden-num``: 1024).
         learning_rate: Adam learning rate (MedIAnomaly: 1e-3).
         weight_decay: Adam weight decay (MedIAnomaly: 0).
+        error: Anomaly map, ``"l2"`` (MedIAnomaly) or ``"ssim"``; training is MSE either way.
+        ssim_sigma: Gaussian sigma (px) of the SSIM window for ``error="ssim"``.
     """
 
     def __init__(
@@ -45,13 +47,15 @@ class Autoencoder(OneClassReconstruction, AnomalibModule):
         hidden_size: int = 1024,
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
+        error: str = "l2",
+        ssim_sigma: float = 3.0,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
         super().__init__(pre_processor, post_processor, evaluator, visualizer, image_size=image_size)
-        self.model = AutoencoderModel(in_channels, image_size, base_width, latent_size, hidden_size)
+        self.model = AutoencoderModel(in_channels, image_size, base_width, latent_size, hidden_size, error, ssim_sigma)
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
 

@@ -14,8 +14,20 @@ from anomalib.data import InferenceBatch
 from torch import nn
 
 from proxyano_plugin.models.base import to_model_channels
+from proxyano_plugin.models.image_errors import gaussian_kernel, ssim_error
 
 DOWNSAMPLING = 16  # four stride-2 stages
+ERRORS = ("l2", "ssim")
+
+
+def check_error(error: object, ssim_sigma: object) -> None:
+    """Clear errors for the scoring arguments, before any network is built."""
+    if error not in ERRORS:
+        msg = f"Autoencoder error must be one of {', '.join(ERRORS)}, got {error!r}"
+        raise ValueError(msg)
+    if not isinstance(ssim_sigma, int | float) or not ssim_sigma > 0:
+        msg = f"Autoencoder ssim_sigma (the SSIM window's Gaussian sigma, px) must be > 0, got {ssim_sigma!r}"
+        raise ValueError(msg)
 
 
 class Reconstruction(NamedTuple):
@@ -55,6 +67,10 @@ class AutoencoderModel(nn.Module):
         base_width: Channels of the first stage; the stages use 1x, 2x, 4x, 4x this width.
         latent_size: Size of the bottleneck code.
         hidden_size: Width of the fully connected layer on each side of the code.
+        error: Anomaly map: ``"l2"`` (squared residual, MedIAnomaly) or ``"ssim"`` (1 - SSIM of image and
+            reconstruction in [0, 1], within a Gaussian window of ``ssim_sigma`` px): the same SSIM as ProxyAno's
+            ``error: ssim``, so the two models can be compared under one score.
+        ssim_sigma: Gaussian sigma (px) of the SSIM window; only read with ``error="ssim"``.
     """
 
     def __init__(
@@ -64,12 +80,17 @@ class AutoencoderModel(nn.Module):
         base_width: int = 16,
         latent_size: int = 16,
         hidden_size: int = 1024,
+        error: str = "l2",
+        ssim_sigma: float = 3.0,
     ) -> None:
         super().__init__()
+        check_error(error, ssim_sigma)
         if image_size < DOWNSAMPLING or image_size % DOWNSAMPLING:
             msg = f"Autoencoder image_size must be a positive multiple of {DOWNSAMPLING}, got {image_size}"
             raise ValueError(msg)
         self.in_channels = in_channels
+        self.error = error
+        self.register_buffer("ssim_window", gaussian_kernel(ssim_sigma) if error == "ssim" else None, False)
         widths = [base_width, 2 * base_width, 4 * base_width, 4 * base_width]
         self.code_shape = (widths[-1], image_size // DOWNSAMPLING, image_size // DOWNSAMPLING)
         flat = widths[-1] * self.code_shape[1] * self.code_shape[2]
@@ -94,7 +115,10 @@ class AutoencoderModel(nn.Module):
         return Reconstruction(model_images, self.decoder(features))
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
-        """Anomaly map = squared residual (channel mean), image score = its mean, as in MedIAnomaly."""
+        """Anomaly map = squared residual (channel mean; or 1 - SSIM), image score = its mean, as in MedIAnomaly."""
         model_images, reconstructions = self.reconstruct(images)
-        anomaly_map = (model_images - reconstructions).square().mean(dim=1, keepdim=True)
+        if self.ssim_window is not None:  # SSIM's constants assume intensities in [0, 1]
+            anomaly_map = ssim_error((model_images + 1) / 2, (reconstructions + 1) / 2, self.ssim_window)
+        else:
+            anomaly_map = (model_images - reconstructions).square().mean(dim=1, keepdim=True)
         return InferenceBatch(pred_score=anomaly_map.mean(dim=(1, 2, 3)), anomaly_map=anomaly_map)

@@ -17,6 +17,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from proxyano_plugin.models.autoencoder.torch_model import bottleneck_mlp
 from proxyano_plugin.models.base import to_model_channels
+from proxyano_plugin.models.image_errors import gaussian_blur, gradient_l1, optional_kernel, ssim_error
 
 from .memory import MemoryModule
 
@@ -261,34 +262,6 @@ ERROR_SIGNS = ("both", "brighter", "darker")
 ERRORS = ("l1", "l2", "gradient", "ssim")
 
 
-def gaussian_kernel(sigma: float) -> torch.Tensor:
-    """Normalised 1D Gaussian covering +-3 sigma."""
-    radius = max(1, round(3 * sigma))
-    coords = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-(coords**2) / (2 * sigma**2))
-    return kernel / kernel.sum()
-
-
-# SSIM's stabilising constants for intensities in [0, 1] (Wang et al. 2004: (0.01 L)^2 and (0.03 L)^2, L = 1).
-SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2
-
-
-def ssim_error(images: torch.Tensor, reconstructions: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """1 - SSIM per pixel within a separable Gaussian ``window``, channel mean ``[B, 1, H, W]``; pure torch."""
-    mean_x, mean_y = gaussian_blur(images, window), gaussian_blur(reconstructions, window)
-    var_x = gaussian_blur(images * images, window) - mean_x**2
-    var_y = gaussian_blur(reconstructions * reconstructions, window) - mean_y**2
-    cov = gaussian_blur(images * reconstructions, window) - mean_x * mean_y
-    numerator = (2 * mean_x * mean_y + SSIM_C1) * (2 * cov + SSIM_C2)
-    ssim = numerator / ((mean_x**2 + mean_y**2 + SSIM_C1) * (var_x + var_y + SSIM_C2))
-    return (1 - ssim).mean(1, keepdim=True)
-
-
-def optional_kernel(sigma: float, device: torch.device) -> torch.Tensor | None:
-    """:func:`gaussian_kernel` on ``device``, or None for sigma 0 (no blur)."""
-    return gaussian_kernel(sigma).to(device) if sigma > 0 else None
-
-
 # Pixels above this intensity (images in [0, 1]) are the head, for ``Scoring.relative``; MRI background is ~0.
 HEAD_LEVEL = 0.05
 
@@ -324,23 +297,6 @@ def head_mean(anomaly_map: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """The map's mean over each image's head (pixels above ``HEAD_LEVEL``), ``[B]``: the relative score's reference."""
     head = (images.mean(dim=1) > HEAD_LEVEL).flatten(1).to(anomaly_map.dtype)
     return (anomaly_map.flatten(1) * head).sum(dim=1) / head.sum(dim=1).clamp_min(1.0)
-
-
-def gradient_l1(images: torch.Tensor) -> torch.Tensor:
-    """|d/dx| + |d/dy| per pixel (forward differences, 0 past the last row and column); size kept, exportable."""
-    dx = F.pad((images[..., :, 1:] - images[..., :, :-1]).abs(), (0, 1))
-    dy = F.pad((images[..., 1:, :] - images[..., :-1, :]).abs(), (0, 0, 0, 1))
-    return dx + dy
-
-
-def gaussian_blur(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Separable blur of ``[B, C, H, W]`` with a 1D kernel, per channel, reflect-padded (size kept)."""
-    radius = kernel.numel() // 2
-    height, width = images.shape[-2:]
-    planes = images.reshape(-1, 1, height, width)  # channels folded into the batch: one plain conv exports cleanly
-    planes = F.pad(planes, (radius, radius, radius, radius), mode="reflect")
-    planes = F.conv2d(F.conv2d(planes, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
-    return planes.reshape(images.shape)
 
 
 class ProxyAnoModel(nn.Module):

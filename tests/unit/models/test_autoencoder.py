@@ -7,6 +7,7 @@ from anomalib.data import ImageBatch
 from torchvision.transforms.v2 import Normalize
 
 from proxyano_plugin.models.autoencoder import Autoencoder
+from proxyano_plugin.models.image_errors import gaussian_kernel, ssim_error
 
 TINY = {"image_size": 32, "base_width": 4, "hidden_size": 32, "latent_size": 8}
 
@@ -51,6 +52,31 @@ def test_a_few_steps_reduce_the_loss():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_ssim_error_scores_one_minus_ssim_of_the_zero_one_images():
+    """``error="ssim"`` maps 1 - SSIM of image and reconstruction in [0, 1] (ProxyAno's function), same weights."""
+    lightning.seed_everything(0)
+    l2 = Autoencoder(**TINY).eval()
+    ssim = Autoencoder(**TINY, error="ssim", ssim_sigma=2.0).eval()
+    ssim.load_state_dict(l2.state_dict())  # the window is not a weight: checkpoints of either load into the other
+    images = _batch(4).image
+    with torch.no_grad():
+        model_images, reconstructions = l2.model.reconstruct(images)
+        output = ssim.model(images)
+    expected = ssim_error((model_images + 1) / 2, (reconstructions + 1) / 2, gaussian_kernel(2.0))
+    torch.testing.assert_close(output.anomaly_map, expected)
+    torch.testing.assert_close(output.pred_score, expected.mean(dim=(1, 2, 3)))
+    assert not torch.allclose(output.anomaly_map, l2.model(images).anomaly_map)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [({"error": "l1"}, "error must be one of l2, ssim, got 'l1'"), ({"error": "ssim", "ssim_sigma": 0}, "> 0, got 0")],
+)
+def test_unknown_errors_and_empty_windows_are_refused(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        Autoencoder(**TINY, **arguments)
 
 
 def test_image_size_must_be_a_multiple_of_16():

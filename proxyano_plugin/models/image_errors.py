@@ -1,0 +1,53 @@
+"""Pixel errors between an image and its reconstruction, pure torch (exportable): blur, SSIM and gradients.
+
+Shared by the reconstruction models (ProxyAno's scorings, the Autoencoder's ``error`` option) and the benchmark
+scripts, so every SSIM or blurred error in the project is the same function.
+"""
+
+import torch
+from torch.nn import functional as F  # noqa: N812
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """Normalised 1D Gaussian covering +-3 sigma."""
+    radius = max(1, round(3 * sigma))
+    coords = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(coords**2) / (2 * sigma**2))
+    return kernel / kernel.sum()
+
+
+# SSIM's stabilising constants for intensities in [0, 1] (Wang et al. 2004: (0.01 L)^2 and (0.03 L)^2, L = 1).
+SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2
+
+
+def ssim_error(images: torch.Tensor, reconstructions: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """1 - SSIM per pixel within a separable Gaussian ``window``, channel mean ``[B, 1, H, W]``; pure torch."""
+    mean_x, mean_y = gaussian_blur(images, window), gaussian_blur(reconstructions, window)
+    var_x = gaussian_blur(images * images, window) - mean_x**2
+    var_y = gaussian_blur(reconstructions * reconstructions, window) - mean_y**2
+    cov = gaussian_blur(images * reconstructions, window) - mean_x * mean_y
+    numerator = (2 * mean_x * mean_y + SSIM_C1) * (2 * cov + SSIM_C2)
+    ssim = numerator / ((mean_x**2 + mean_y**2 + SSIM_C1) * (var_x + var_y + SSIM_C2))
+    return (1 - ssim).mean(1, keepdim=True)
+
+
+def optional_kernel(sigma: float, device: torch.device) -> torch.Tensor | None:
+    """:func:`gaussian_kernel` on ``device``, or None for sigma 0 (no blur)."""
+    return gaussian_kernel(sigma).to(device) if sigma > 0 else None
+
+
+def gradient_l1(images: torch.Tensor) -> torch.Tensor:
+    """|d/dx| + |d/dy| per pixel (forward differences, 0 past the last row and column); size kept, exportable."""
+    dx = F.pad((images[..., :, 1:] - images[..., :, :-1]).abs(), (0, 1))
+    dy = F.pad((images[..., 1:, :] - images[..., :-1, :]).abs(), (0, 0, 0, 1))
+    return dx + dy
+
+
+def gaussian_blur(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Separable blur of ``[B, C, H, W]`` with a 1D kernel, per channel, reflect-padded (size kept)."""
+    radius = kernel.numel() // 2
+    height, width = images.shape[-2:]
+    planes = images.reshape(-1, 1, height, width)  # channels folded into the batch: one plain conv exports cleanly
+    planes = F.pad(planes, (radius, radius, radius, radius), mode="reflect")
+    planes = F.conv2d(F.conv2d(planes, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
+    return planes.reshape(images.shape)
