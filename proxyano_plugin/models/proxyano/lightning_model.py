@@ -115,6 +115,10 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             ``BrainMRIDemo``: training-distribution normals with painted lesions), keep the weights of the
             epoch with the best mean of image and pixel validation AUROC and restore them when training
             ends. Ignored with any other validation set, which may hold test images.
+        select_from_epoch: The first epoch (0-based) ``select_epoch`` may keep; earlier epochs are validated and
+            logged but never kept. An untrained network reconstructs a dark, centred head and can win on pixel
+            AUROC by that centre prior alone (the 30-epoch global-code rows of brain-lesions kept epoch 0 or 1);
+            0 (default) considers every epoch. If no validation epoch reaches it, the last epoch's weights stay.
         score_candidates: Scorings (``{error: ..., map_sigma: ...}`` each, optionally ``relative`` and
             ``error_blur_sigma``, which defaults to the model's) that the label-free validation
             chooses among, jointly with the epoch (``select_epoch``): every validation epoch scores the same
@@ -173,6 +177,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         intensity_jitter: float = 0.0,
         translation_jitter: float = 0.0,
         select_epoch: bool = True,
+        select_from_epoch: int = 0,
         score_candidates: list[dict[str, Any]] | None = None,
         error_sign: str = "both",
         space_to_depth: int = 1,
@@ -206,6 +211,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             raise ValueError(msg)
         if isinstance(weight_averaging, bool) or not 0 <= weight_averaging < 1:
             msg = f"weight_averaging must be an EMA decay in [0, 1) (0: off), got {weight_averaging!r}"
+            raise ValueError(msg)
+        if isinstance(select_from_epoch, bool) or not isinstance(select_from_epoch, int) or select_from_epoch < 0:
+            msg = f"select_from_epoch must be a non-negative integer (0: every epoch), got {select_from_epoch!r}"
             raise ValueError(msg)
         if averaged_batchnorm not in AVERAGED_BATCHNORM:
             msg = f"averaged_batchnorm must be one of {', '.join(AVERAGED_BATCHNORM)}, got {averaged_batchnorm!r}"
@@ -242,6 +250,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         self.learning_rate = learning_rate
         self.lr_schedule = lr_schedule
         self.select_epoch = select_epoch
+        self.select_from_epoch = select_from_epoch
         self.score_candidates = [_scoring(candidate, error_blur_sigma) for candidate in score_candidates or []]
         # The exponential moving average of the networks' weights (and BatchNorm statistics), kept beside the
         # trained ones; validation and everything after training use it. A submodule, so that checkpoints (and
@@ -358,6 +367,8 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             best = max(range(len(readings)), key=lambda index: readings[index].get("selection", float("-inf")))
             if readings[best]:
                 metrics, scoring = readings[best], self.score_candidates[best]
+        if self.current_epoch < self.select_from_epoch:
+            return
         if self.best_epoch.consider(metrics, self.current_epoch, self.model):
             self.selected_scoring = scoring
             chosen = "" if scoring is None else f" scored by {scoring}"

@@ -181,6 +181,24 @@ def test_proxyano_selects_its_epoch_on_lesion_validation_only(patients_tree: Pat
     assert other.model.scoring.error == "l1"  # nor chooses a scoring
 
 
+def test_proxyano_never_keeps_an_epoch_before_select_from_epoch(patients_tree: Path):
+    from anomalib.engine import Engine
+
+    torch.manual_seed(0)
+    model = ProxyAno(image_size=32, widths=[4, 8], memory_size=0, proxy="blur", select_from_epoch=2)
+    engine = Engine(max_epochs=3, default_root_dir=patients_tree / "run", enable_progress_bar=False, logger=False)
+    engine.fit(model, datamodule=lesion_datamodule(patients_tree))
+    assert model.best_epoch.best_epoch == 2  # epochs 0 and 1 were validated (curves) but not eligible
+    late = ProxyAno(image_size=32, widths=[4, 8], memory_size=0, proxy="blur", select_from_epoch=5)
+    Engine(max_epochs=1, default_root_dir=patients_tree / "run2", enable_progress_bar=False, logger=False).fit(
+        late, datamodule=lesion_datamodule(patients_tree)
+    )
+    assert late.best_epoch.best_epoch is None  # nothing eligible: the last epoch's weights stay
+    for value in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="select_from_epoch must be a non-negative integer"):
+            ProxyAno(image_size=32, widths=[4, 8], select_from_epoch=value)
+
+
 def test_proxyano_chooses_its_scoring_with_the_epoch_and_keeps_it_through_a_checkpoint(patients_tree: Path):
     from anomalib.engine import Engine
 
