@@ -1,4 +1,4 @@
-"""Pixel errors between an image and its reconstruction, pure torch (exportable): blur, SSIM and gradients.
+"""Pixel errors between an image and its reconstruction, pure torch (exportable): blur, SSIM, gradients, top-k.
 
 Shared by the reconstruction models (ProxyAno's scorings, the Autoencoder's ``error`` option) and the benchmark
 scripts, so every SSIM or blurred error in the project is the same function.
@@ -51,3 +51,12 @@ def gaussian_blur(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     planes = F.pad(planes, (radius, radius, radius, radius), mode="reflect")
     planes = F.conv2d(F.conv2d(planes, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
     return planes.reshape(images.shape)
+
+
+def topk_mean(anomaly_map: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Mean of the ``fraction`` highest map values per image ``[B]`` (top-k, unlike quantile, exports to ONNX)."""
+    flat = anomaly_map.flatten(1)
+    if fraction >= 1:  # the plain mean: no sort
+        return flat.mean(dim=1)
+    k = max(1, round(fraction * flat.shape[1]))
+    return flat.topk(k, dim=1).values.mean(dim=1)

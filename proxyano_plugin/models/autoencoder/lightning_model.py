@@ -36,6 +36,8 @@ class Autoencoder(OneClassReconstruction, AnomalibModule):
         weight_decay: Adam weight decay (MedIAnomaly: 0).
         error: Anomaly map, ``"l2"`` (MedIAnomaly) or ``"ssim"``; training is MSE either way.
         ssim_sigma: Gaussian sigma (px) of the SSIM window for ``error="ssim"``.
+        map_sigma: Gaussian smoothing (px) of the anomaly map (MedIAnomaly: 0, none).
+        score_topk: Image score = mean of the top fraction of the map (MedIAnomaly: 1.0, the mean).
     """
 
     def __init__(
@@ -49,13 +51,17 @@ class Autoencoder(OneClassReconstruction, AnomalibModule):
         weight_decay: float = 0.0,
         error: str = "l2",
         ssim_sigma: float = 3.0,
+        map_sigma: float = 0.0,
+        score_topk: float = 1.0,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
         super().__init__(pre_processor, post_processor, evaluator, visualizer, image_size=image_size)
-        self.model = AutoencoderModel(in_channels, image_size, base_width, latent_size, hidden_size, error, ssim_sigma)
+        self.model = AutoencoderModel(
+            in_channels, image_size, base_width, latent_size, hidden_size, error, ssim_sigma, map_sigma, score_topk
+        )
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
 

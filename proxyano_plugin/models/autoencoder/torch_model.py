@@ -14,20 +14,30 @@ from anomalib.data import InferenceBatch
 from torch import nn
 
 from proxyano_plugin.models.base import to_model_channels
-from proxyano_plugin.models.image_errors import gaussian_kernel, ssim_error
+from proxyano_plugin.models.image_errors import gaussian_blur, gaussian_kernel, optional_kernel, ssim_error, topk_mean
 
 DOWNSAMPLING = 16  # four stride-2 stages
 ERRORS = ("l2", "ssim")
 
 
-def check_error(error: object, ssim_sigma: object) -> None:
+def check_scoring(error: object, ssim_sigma: object, map_sigma: object, score_topk: object) -> None:
     """Clear errors for the scoring arguments, before any network is built."""
     if error not in ERRORS:
         msg = f"Autoencoder error must be one of {', '.join(ERRORS)}, got {error!r}"
         raise ValueError(msg)
-    if not isinstance(ssim_sigma, int | float) or not ssim_sigma > 0:
+    if not _is_number(ssim_sigma) or not ssim_sigma > 0:
         msg = f"Autoencoder ssim_sigma (the SSIM window's Gaussian sigma, px) must be > 0, got {ssim_sigma!r}"
         raise ValueError(msg)
+    if not _is_number(map_sigma) or not map_sigma >= 0:
+        msg = f"Autoencoder map_sigma must be >= 0 (0: no smoothing), got {map_sigma!r}"
+        raise ValueError(msg)
+    if not _is_number(score_topk) or not 0 < score_topk <= 1:
+        msg = f"Autoencoder score_topk must be in (0, 1] (1: the map's mean), got {score_topk!r}"
+        raise ValueError(msg)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class Reconstruction(NamedTuple):
@@ -71,6 +81,9 @@ class AutoencoderModel(nn.Module):
             reconstruction in [0, 1], within a Gaussian window of ``ssim_sigma`` px): the same SSIM as ProxyAno's
             ``error: ssim``, so the two models can be compared under one score.
         ssim_sigma: Gaussian sigma (px) of the SSIM window; only read with ``error="ssim"``.
+        map_sigma: Gaussian smoothing (px) of the anomaly map; 0 (MedIAnomaly) leaves it raw.
+        score_topk: Image score = mean of the top ``score_topk`` fraction of the map; 1.0 (MedIAnomaly) is the
+            map's mean. With ``error="ssim"``, ``map_sigma=1`` and ``score_topk=0.01`` it scores as ProxyAno.
     """
 
     def __init__(
@@ -82,15 +95,18 @@ class AutoencoderModel(nn.Module):
         hidden_size: int = 1024,
         error: str = "l2",
         ssim_sigma: float = 3.0,
+        map_sigma: float = 0.0,
+        score_topk: float = 1.0,
     ) -> None:
         super().__init__()
-        check_error(error, ssim_sigma)
+        check_scoring(error, ssim_sigma, map_sigma, score_topk)
         if image_size < DOWNSAMPLING or image_size % DOWNSAMPLING:
             msg = f"Autoencoder image_size must be a positive multiple of {DOWNSAMPLING}, got {image_size}"
             raise ValueError(msg)
         self.in_channels = in_channels
-        self.error = error
+        self.score_topk = score_topk
         self.register_buffer("ssim_window", gaussian_kernel(ssim_sigma) if error == "ssim" else None, False)
+        self.register_buffer("smoothing_kernel", optional_kernel(map_sigma, torch.device("cpu")), False)
         widths = [base_width, 2 * base_width, 4 * base_width, 4 * base_width]
         self.code_shape = (widths[-1], image_size // DOWNSAMPLING, image_size // DOWNSAMPLING)
         flat = widths[-1] * self.code_shape[1] * self.code_shape[2]
@@ -115,10 +131,13 @@ class AutoencoderModel(nn.Module):
         return Reconstruction(model_images, self.decoder(features))
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
-        """Anomaly map = squared residual (channel mean; or 1 - SSIM), image score = its mean, as in MedIAnomaly."""
+        """Anomaly map = squared residual (channel mean), image score = its mean, as in MedIAnomaly; or the
+        scoring the arguments ask for (1 - SSIM, smoothed, top-k mean)."""
         model_images, reconstructions = self.reconstruct(images)
         if self.ssim_window is not None:  # SSIM's constants assume intensities in [0, 1]
             anomaly_map = ssim_error((model_images + 1) / 2, (reconstructions + 1) / 2, self.ssim_window)
         else:
             anomaly_map = (model_images - reconstructions).square().mean(dim=1, keepdim=True)
-        return InferenceBatch(pred_score=anomaly_map.mean(dim=(1, 2, 3)), anomaly_map=anomaly_map)
+        if self.smoothing_kernel is not None:
+            anomaly_map = gaussian_blur(anomaly_map, self.smoothing_kernel)
+        return InferenceBatch(pred_score=topk_mean(anomaly_map, self.score_topk), anomaly_map=anomaly_map)

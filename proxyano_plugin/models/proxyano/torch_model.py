@@ -17,7 +17,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from proxyano_plugin.models.autoencoder.torch_model import bottleneck_mlp
 from proxyano_plugin.models.base import to_model_channels
-from proxyano_plugin.models.image_errors import gaussian_blur, gradient_l1, optional_kernel, ssim_error
+from proxyano_plugin.models.image_errors import gaussian_blur, gradient_l1, optional_kernel, ssim_error, topk_mean
 
 from .memory import MemoryModule
 
@@ -438,13 +438,11 @@ class ProxyAnoModel(nn.Module):
     def image_score(
         self, anomaly_map: torch.Tensor, images: torch.Tensor | None = None, relative: bool | None = None
     ) -> torch.Tensor:
-        """Mean of the ``score_topk`` highest map values per image (top-k, unlike quantile, exports to ONNX).
+        """Mean of the ``score_topk`` highest map values per image.
 
         ``relative`` (default: the model's scoring) divides it by the map's mean over the head of ``images``.
         """
-        flat = anomaly_map.flatten(1)
-        k = max(1, round(self.score_topk * flat.shape[1]))
-        top = flat.topk(k, dim=1).values.mean(dim=1)
+        top = topk_mean(anomaly_map, self.score_topk)
         if not (self.relative if relative is None else relative):
             return top
         if images is None:

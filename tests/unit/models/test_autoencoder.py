@@ -7,7 +7,7 @@ from anomalib.data import ImageBatch
 from torchvision.transforms.v2 import Normalize
 
 from proxyano_plugin.models.autoencoder import Autoencoder
-from proxyano_plugin.models.image_errors import gaussian_kernel, ssim_error
+from proxyano_plugin.models.image_errors import gaussian_blur, gaussian_kernel, ssim_error
 
 TINY = {"image_size": 32, "base_width": 4, "hidden_size": 32, "latent_size": 8}
 
@@ -70,9 +70,30 @@ def test_ssim_error_scores_one_minus_ssim_of_the_zero_one_images():
     assert not torch.allclose(output.anomaly_map, l2.model(images).anomaly_map)
 
 
+def test_smoothed_top_k_scoring_is_proxyanos():
+    """``map_sigma`` and ``score_topk`` score the map as ProxyAno does: a smoothed map, the mean of its top pixels."""
+    lightning.seed_everything(0)
+    plain = Autoencoder(**TINY, error="ssim").eval()
+    scored = Autoencoder(**TINY, error="ssim", map_sigma=1.0, score_topk=0.01).eval()
+    scored.load_state_dict(plain.state_dict())
+    images = _batch(4).image
+    with torch.no_grad():
+        raw, output = plain.model(images).anomaly_map, scored.model(images)
+    smoothed = gaussian_blur(raw, gaussian_kernel(1.0))
+    torch.testing.assert_close(output.anomaly_map, smoothed)
+    top = smoothed.flatten(1).sort(dim=1, descending=True).values[:, :10].mean(dim=1)  # 1 % of 1,024 pixels
+    torch.testing.assert_close(output.pred_score, top)
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
-    [({"error": "l1"}, "error must be one of l2, ssim, got 'l1'"), ({"error": "ssim", "ssim_sigma": 0}, "> 0, got 0")],
+    [
+        ({"error": "l1"}, "error must be one of l2, ssim, got 'l1'"),
+        ({"error": "ssim", "ssim_sigma": 0}, "> 0, got 0"),
+        ({"map_sigma": -1.0}, "map_sigma must be >= 0"),
+        ({"score_topk": 0.0}, r"score_topk must be in \(0, 1\]"),
+        ({"score_topk": True}, r"score_topk must be in \(0, 1\]"),
+    ],
 )
 def test_unknown_errors_and_empty_windows_are_refused(arguments, message):
     with pytest.raises(ValueError, match=message):
