@@ -50,8 +50,7 @@ from proxyano_plugin import BrainMRIDemo, ProxyAno
 from proxyano_plugin.data import SplitCSV
 from proxyano_plugin.data.split_csv import resolve_split_csv
 from proxyano_plugin.data.synthetic_validation import hold_out, paint_validation
-from proxyano_plugin.models.image_errors import gaussian_blur, gaussian_kernel, gradient_l1, ssim_error
-from proxyano_plugin.models.proxyano.torch_model import head_mean
+from proxyano_plugin.models.image_errors import gaussian_blur, gaussian_kernel, gradient_l1, head_mean, ssim_error
 
 SIGMAS = (1.0, 2.0, 4.0)
 TOP_FRACTIONS = (0.001, 0.01, 0.05, 1.0)  # 1.0: the mean error

@@ -60,3 +60,13 @@ def topk_mean(anomaly_map: torch.Tensor, fraction: float) -> torch.Tensor:
         return flat.mean(dim=1)
     k = max(1, round(fraction * flat.shape[1]))
     return flat.topk(k, dim=1).values.mean(dim=1)
+
+
+# Pixels above this intensity (images in [0, 1]) are the head, for ``Scoring.relative``; MRI background is ~0.
+HEAD_LEVEL = 0.05
+
+
+def head_mean(anomaly_map: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """The map's mean over each image's head (pixels above ``HEAD_LEVEL``), ``[B]``: the relative score's reference."""
+    head = (images.mean(dim=1) > HEAD_LEVEL).flatten(1).to(anomaly_map.dtype)
+    return (anomaly_map.flatten(1) * head).sum(dim=1) / head.sum(dim=1).clamp_min(1.0)

@@ -34,10 +34,11 @@ class Autoencoder(OneClassReconstruction, AnomalibModule):
         hidden_size: Fully connected width around the code (MedIAnomaly's ``--hidden-num``: 1024).
         learning_rate: Adam learning rate (MedIAnomaly: 1e-3).
         weight_decay: Adam weight decay (MedIAnomaly: 0).
-        error: Anomaly map, ``"l2"`` (MedIAnomaly) or ``"ssim"``; training is MSE either way.
+        error: Anomaly map, ``"l2"`` (MedIAnomaly), ``"l1"`` or ``"ssim"``; training is MSE either way.
         ssim_sigma: Gaussian sigma (px) of the SSIM window for ``error="ssim"``.
         map_sigma: Gaussian smoothing (px) of the anomaly map (MedIAnomaly: 0, none).
         score_topk: Image score = mean of the top fraction of the map (MedIAnomaly: 1.0, the mean).
+        score_relative: Divide the image score by the map's mean over the head (MedIAnomaly: no).
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class Autoencoder(OneClassReconstruction, AnomalibModule):
         ssim_sigma: float = 3.0,
         map_sigma: float = 0.0,
         score_topk: float = 1.0,
+        score_relative: bool = False,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -60,7 +62,16 @@ class Autoencoder(OneClassReconstruction, AnomalibModule):
     ) -> None:
         super().__init__(pre_processor, post_processor, evaluator, visualizer, image_size=image_size)
         self.model = AutoencoderModel(
-            in_channels, image_size, base_width, latent_size, hidden_size, error, ssim_sigma, map_sigma, score_topk
+            in_channels,
+            image_size,
+            base_width,
+            latent_size,
+            hidden_size,
+            error,
+            ssim_sigma,
+            map_sigma,
+            score_topk,
+            score_relative,
         )
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay

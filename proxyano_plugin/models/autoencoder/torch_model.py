@@ -14,13 +14,22 @@ from anomalib.data import InferenceBatch
 from torch import nn
 
 from proxyano_plugin.models.base import to_model_channels
-from proxyano_plugin.models.image_errors import gaussian_blur, gaussian_kernel, optional_kernel, ssim_error, topk_mean
+from proxyano_plugin.models.image_errors import (
+    gaussian_blur,
+    gaussian_kernel,
+    head_mean,
+    optional_kernel,
+    ssim_error,
+    topk_mean,
+)
 
 DOWNSAMPLING = 16  # four stride-2 stages
-ERRORS = ("l2", "ssim")
+ERRORS = ("l2", "l1", "ssim")
 
 
-def check_scoring(error: object, ssim_sigma: object, map_sigma: object, score_topk: object) -> None:
+def check_scoring(
+    error: object, ssim_sigma: object, map_sigma: object, score_topk: object, score_relative: object
+) -> None:
     """Clear errors for the scoring arguments, before any network is built."""
     if error not in ERRORS:
         msg = f"Autoencoder error must be one of {', '.join(ERRORS)}, got {error!r}"
@@ -33,6 +42,9 @@ def check_scoring(error: object, ssim_sigma: object, map_sigma: object, score_to
         raise ValueError(msg)
     if not _is_number(score_topk) or not 0 < score_topk <= 1:
         msg = f"Autoencoder score_topk must be in (0, 1] (1: the map's mean), got {score_topk!r}"
+        raise ValueError(msg)
+    if not isinstance(score_relative, bool):
+        msg = f"Autoencoder score_relative is true or false, got {score_relative!r}"
         raise ValueError(msg)
 
 
@@ -77,13 +89,14 @@ class AutoencoderModel(nn.Module):
         base_width: Channels of the first stage; the stages use 1x, 2x, 4x, 4x this width.
         latent_size: Size of the bottleneck code.
         hidden_size: Width of the fully connected layer on each side of the code.
-        error: Anomaly map: ``"l2"`` (squared residual, MedIAnomaly) or ``"ssim"`` (1 - SSIM of image and
-            reconstruction in [0, 1], within a Gaussian window of ``ssim_sigma`` px): the same SSIM as ProxyAno's
-            ``error: ssim``, so the two models can be compared under one score.
+        error: Anomaly map: ``"l2"`` (squared residual, MedIAnomaly), ``"l1"`` (absolute residual on the [0, 1]
+            scale) or ``"ssim"`` (1 - SSIM of image and reconstruction in [0, 1], within a Gaussian window of
+            ``ssim_sigma`` px): ProxyAno's errors, so the two models can be compared under one scoring.
         ssim_sigma: Gaussian sigma (px) of the SSIM window; only read with ``error="ssim"``.
         map_sigma: Gaussian smoothing (px) of the anomaly map; 0 (MedIAnomaly) leaves it raw.
         score_topk: Image score = mean of the top ``score_topk`` fraction of the map; 1.0 (MedIAnomaly) is the
             map's mean. With ``error="ssim"``, ``map_sigma=1`` and ``score_topk=0.01`` it scores as ProxyAno.
+        score_relative: Divide the image score by the map's mean over the head (ProxyAno's ``score_relative``).
     """
 
     def __init__(
@@ -97,14 +110,17 @@ class AutoencoderModel(nn.Module):
         ssim_sigma: float = 3.0,
         map_sigma: float = 0.0,
         score_topk: float = 1.0,
+        score_relative: bool = False,
     ) -> None:
         super().__init__()
-        check_scoring(error, ssim_sigma, map_sigma, score_topk)
+        check_scoring(error, ssim_sigma, map_sigma, score_topk, score_relative)
         if image_size < DOWNSAMPLING or image_size % DOWNSAMPLING:
             msg = f"Autoencoder image_size must be a positive multiple of {DOWNSAMPLING}, got {image_size}"
             raise ValueError(msg)
         self.in_channels = in_channels
+        self.error = error
         self.score_topk = score_topk
+        self.score_relative = score_relative
         self.register_buffer("ssim_window", gaussian_kernel(ssim_sigma) if error == "ssim" else None, False)
         self.register_buffer("smoothing_kernel", optional_kernel(map_sigma, torch.device("cpu")), False)
         widths = [base_width, 2 * base_width, 4 * base_width, 4 * base_width]
@@ -132,12 +148,17 @@ class AutoencoderModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Anomaly map = squared residual (channel mean), image score = its mean, as in MedIAnomaly; or the
-        scoring the arguments ask for (1 - SSIM, smoothed, top-k mean)."""
+        scoring the arguments ask for (ProxyAno's: l1 or 1 - SSIM, smoothed, top-k mean, relative)."""
         model_images, reconstructions = self.reconstruct(images)
-        if self.ssim_window is not None:  # SSIM's constants assume intensities in [0, 1]
-            anomaly_map = ssim_error((model_images + 1) / 2, (reconstructions + 1) / 2, self.ssim_window)
-        else:
+        if self.error == "l2":
             anomaly_map = (model_images - reconstructions).square().mean(dim=1, keepdim=True)
+        elif self.error == "l1":  # on the [0, 1] scale, as ProxyAno's
+            anomaly_map = (model_images - reconstructions).abs().mean(dim=1, keepdim=True) / 2
+        else:  # SSIM's constants assume intensities in [0, 1]
+            anomaly_map = ssim_error((model_images + 1) / 2, (reconstructions + 1) / 2, self.ssim_window)
         if self.smoothing_kernel is not None:
             anomaly_map = gaussian_blur(anomaly_map, self.smoothing_kernel)
-        return InferenceBatch(pred_score=topk_mean(anomaly_map, self.score_topk), anomaly_map=anomaly_map)
+        score = topk_mean(anomaly_map, self.score_topk)
+        if self.score_relative:
+            score = score / head_mean(anomaly_map, (model_images + 1) / 2).clamp_min(1e-6)
+        return InferenceBatch(pred_score=score, anomaly_map=anomaly_map)

@@ -17,7 +17,14 @@ from torch.nn import functional as F  # noqa: N812
 
 from proxyano_plugin.models.autoencoder.torch_model import bottleneck_mlp
 from proxyano_plugin.models.base import to_model_channels
-from proxyano_plugin.models.image_errors import gaussian_blur, gradient_l1, optional_kernel, ssim_error, topk_mean
+from proxyano_plugin.models.image_errors import (
+    gaussian_blur,
+    gradient_l1,
+    head_mean,
+    optional_kernel,
+    ssim_error,
+    topk_mean,
+)
 
 from .memory import MemoryModule
 
@@ -262,10 +269,6 @@ ERROR_SIGNS = ("both", "brighter", "darker")
 ERRORS = ("l1", "l2", "gradient", "ssim")
 
 
-# Pixels above this intensity (images in [0, 1]) are the head, for ``Scoring.relative``; MRI background is ~0.
-HEAD_LEVEL = 0.05
-
-
 class Scoring(NamedTuple):
     """How a reconstruction is scored: the pixel error, the Gaussian smoothing (px) of its map, whether the
     image score is relative to the map's mean over the head (an image whose error is high everywhere, from noise
@@ -291,12 +294,6 @@ class Scoring(NamedTuple):
         if self.error == "ssim" and not self.error_blur_sigma > 0:
             msg = "error 'ssim' compares local statistics within a Gaussian window: set error_blur_sigma > 0 (px)"
             raise ValueError(msg)
-
-
-def head_mean(anomaly_map: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """The map's mean over each image's head (pixels above ``HEAD_LEVEL``), ``[B]``: the relative score's reference."""
-    head = (images.mean(dim=1) > HEAD_LEVEL).flatten(1).to(anomaly_map.dtype)
-    return (anomaly_map.flatten(1) * head).sum(dim=1) / head.sum(dim=1).clamp_min(1.0)
 
 
 class ProxyAnoModel(nn.Module):

@@ -7,7 +7,7 @@ from anomalib.data import ImageBatch
 from torchvision.transforms.v2 import Normalize
 
 from proxyano_plugin.models.autoencoder import Autoencoder
-from proxyano_plugin.models.image_errors import gaussian_blur, gaussian_kernel, ssim_error
+from proxyano_plugin.models.image_errors import HEAD_LEVEL, gaussian_blur, gaussian_kernel, ssim_error
 
 TINY = {"image_size": 32, "base_width": 4, "hidden_size": 32, "latent_size": 8}
 
@@ -85,14 +85,33 @@ def test_smoothed_top_k_scoring_is_proxyanos():
     torch.testing.assert_close(output.pred_score, top)
 
 
+def test_l1_relative_scoring_is_proxyanos():
+    """``error="l1"`` is the absolute residual on the [0, 1] scale; ``score_relative`` divides the top-k score by the
+    map's mean over the head, as ProxyAno's chosen lgg scoring (l1, sigma 1, top 1 %, relative)."""
+    lightning.seed_everything(0)
+    scored = Autoencoder(**TINY, error="l1", map_sigma=1.0, score_topk=0.01, score_relative=True).eval()
+    images = _batch(4).image
+    with torch.no_grad():
+        model_images, reconstructions = scored.model.reconstruct(images)
+        output = scored.model(images)
+    residual = ((model_images + 1) / 2 - (reconstructions + 1) / 2).abs()
+    expected_map = gaussian_blur(residual, gaussian_kernel(1.0))
+    torch.testing.assert_close(output.anomaly_map, expected_map)
+    head = (images.mean(dim=1) > HEAD_LEVEL).flatten(1).float()
+    reference = (expected_map.flatten(1) * head).sum(1) / head.sum(1)
+    top = expected_map.flatten(1).sort(dim=1, descending=True).values[:, :10].mean(dim=1)
+    torch.testing.assert_close(output.pred_score, top / reference)
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"error": "l1"}, "error must be one of l2, ssim, got 'l1'"),
+        ({"error": "l3"}, "error must be one of l2, l1, ssim, got 'l3'"),
         ({"error": "ssim", "ssim_sigma": 0}, "> 0, got 0"),
         ({"map_sigma": -1.0}, "map_sigma must be >= 0"),
         ({"score_topk": 0.0}, r"score_topk must be in \(0, 1\]"),
         ({"score_topk": True}, r"score_topk must be in \(0, 1\]"),
+        ({"score_relative": 1}, "score_relative is true or false"),
     ],
 )
 def test_unknown_errors_and_empty_windows_are_refused(arguments, message):
