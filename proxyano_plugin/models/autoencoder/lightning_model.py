@@ -86,5 +86,9 @@ class Autoencoder(OneClassReconstruction, AnomalibModule):
         self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=images.shape[0])
         return loss
 
+    def gallery_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The reconstruction on the input's [0, 1] scale, for the benchmark gallery (the network works in [-1, 1])."""
+        return {"reconstruction": (self.model.reconstruct(images).reconstructions + 1) / 2}
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)

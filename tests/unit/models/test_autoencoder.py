@@ -141,3 +141,15 @@ def test_pre_processor_only_resizes_to_image_size():
 
 def test_trainer_arguments_leave_the_epoch_count_to_the_user():
     assert "max_epochs" not in Autoencoder(**TINY).trainer_arguments
+
+
+def test_gallery_shows_the_reconstruction_on_the_input_scale():
+    """The benchmark gallery draws intermediates on the input's [0, 1] scale; the network's own is [-1, 1]."""
+    from proxyano_plugin.bench.worker import intermediates
+
+    model = Autoencoder(**TINY).eval()
+    images = _batch(2).image
+    with torch.no_grad():
+        drawn = intermediates(model, images)
+        raw = model.model.reconstruct(images).reconstructions
+    torch.testing.assert_close(drawn["reconstruction"], (raw + 1) / 2)
