@@ -70,3 +70,8 @@ def head_mean(anomaly_map: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """The map's mean over each image's head (pixels above ``HEAD_LEVEL``), ``[B]``: the relative score's reference."""
     head = (images.mean(dim=1) > HEAD_LEVEL).flatten(1).to(anomaly_map.dtype)
     return (anomaly_map.flatten(1) * head).sum(dim=1) / head.sum(dim=1).clamp_min(1.0)
+
+
+def relative_to_head(score: torch.Tensor, anomaly_map: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """``score`` divided by the map's mean over the head of ``images`` (in [0, 1]): the relative image score."""
+    return score / head_mean(anomaly_map, images).clamp_min(1e-6)

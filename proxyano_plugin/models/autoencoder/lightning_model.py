@@ -62,16 +62,16 @@ class Autoencoder(OneClassReconstruction, AnomalibModule):
     ) -> None:
         super().__init__(pre_processor, post_processor, evaluator, visualizer, image_size=image_size)
         self.model = AutoencoderModel(
-            in_channels,
-            image_size,
-            base_width,
-            latent_size,
-            hidden_size,
-            error,
-            ssim_sigma,
-            map_sigma,
-            score_topk,
-            score_relative,
+            in_channels=in_channels,
+            image_size=image_size,
+            base_width=base_width,
+            latent_size=latent_size,
+            hidden_size=hidden_size,
+            error=error,
+            ssim_sigma=ssim_sigma,
+            map_sigma=map_sigma,
+            score_topk=score_topk,
+            score_relative=score_relative,
         )
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay

@@ -17,8 +17,8 @@ from proxyano_plugin.models.base import to_model_channels
 from proxyano_plugin.models.image_errors import (
     gaussian_blur,
     gaussian_kernel,
-    head_mean,
     optional_kernel,
+    relative_to_head,
     ssim_error,
     topk_mean,
 )
@@ -150,15 +150,17 @@ class AutoencoderModel(nn.Module):
         """Anomaly map = squared residual (channel mean), image score = its mean, as in MedIAnomaly; or the
         scoring the arguments ask for (ProxyAno's: l1 or 1 - SSIM, smoothed, top-k mean, relative)."""
         model_images, reconstructions = self.reconstruct(images)
+        # ProxyAno's errors and head threshold are defined on the [0, 1] scale (SSIM's constants too)
+        unit_images, unit_reconstructions = (model_images + 1) / 2, (reconstructions + 1) / 2
         if self.error == "l2":
             anomaly_map = (model_images - reconstructions).square().mean(dim=1, keepdim=True)
-        elif self.error == "l1":  # on the [0, 1] scale, as ProxyAno's
-            anomaly_map = (model_images - reconstructions).abs().mean(dim=1, keepdim=True) / 2
-        else:  # SSIM's constants assume intensities in [0, 1]
-            anomaly_map = ssim_error((model_images + 1) / 2, (reconstructions + 1) / 2, self.ssim_window)
+        elif self.error == "l1":
+            anomaly_map = (unit_images - unit_reconstructions).abs().mean(dim=1, keepdim=True)
+        else:
+            anomaly_map = ssim_error(unit_images, unit_reconstructions, self.ssim_window)
         if self.smoothing_kernel is not None:
             anomaly_map = gaussian_blur(anomaly_map, self.smoothing_kernel)
         score = topk_mean(anomaly_map, self.score_topk)
         if self.score_relative:
-            score = score / head_mean(anomaly_map, (model_images + 1) / 2).clamp_min(1e-6)
+            score = relative_to_head(score, anomaly_map, unit_images)
         return InferenceBatch(pred_score=score, anomaly_map=anomaly_map)

@@ -20,8 +20,8 @@ from proxyano_plugin.models.base import to_model_channels
 from proxyano_plugin.models.image_errors import (
     gaussian_blur,
     gradient_l1,
-    head_mean,
     optional_kernel,
+    relative_to_head,
     ssim_error,
     topk_mean,
 )
@@ -445,7 +445,7 @@ class ProxyAnoModel(nn.Module):
         if images is None:
             msg = "a relative image score needs the images (their head is the reference)"
             raise ValueError(msg)
-        return top / head_mean(anomaly_map, images).clamp_min(1e-6)
+        return relative_to_head(top, anomaly_map, images)
 
     def reconstruct(self, images: torch.Tensor) -> ProxyAnoOutput:
         """Run the full inference path and keep the intermediates."""
