@@ -382,7 +382,7 @@ def strata(split_csv: Path, results: PerImage) -> tuple[list[Stratum], list[str]
             found.append(Stratum(f"lesion {min(sizes):,}-{max(sizes):,} px", normal | {f for _, f in members}))
         said.append(
             f"all normal test images against the anomalous ones in each tercile of `{LESION_SIZE_COLUMN}` "
-            "(lesion pixels in the 256 px mask)"
+            "(lesion pixels in a 256 x 256 px mask)"
         )
     patients = [(row.get("patient") or "").split("_") for row in rows]
     institutions = sorted({parts[1] for parts in patients if len(parts) >= 2})

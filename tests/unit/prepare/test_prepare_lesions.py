@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from proxyano_plugin.bench.report import LESION_SIZE_COLUMN
 from proxyano_plugin.data.split_csv import read_split_csv
 from proxyano_plugin.prepare import LesionOptions, PrepareError, paint_lesions
 from proxyano_plugin.prepare.cli import main
@@ -80,6 +81,9 @@ def test_tree_layout_masks_and_manifest(tmp_path: Path) -> None:
         assert not (mask & ~head).any()  # lesions stay inside the (eroded) head
         assert np.abs(image.astype(int) - original)[mask].mean() > 5  # and change what they cover
         assert 0.0 < float(row["lesion_area_fraction"]) < 0.2
+        # the column the report bins into size terciles: pixels of a 256 x 256 frame, as lgg_flair gives it
+        assert int(row[LESION_SIZE_COLUMN]) == round(mask.mean() * 256 * 256)
+    assert all(row["mask_pixels_256"] == "" for row in rows if row["label"] == "0")
     assert {row["source"] for row in rows}.isdisjoint({"images/test_07.png", "images/test_08.png"})
 
 
