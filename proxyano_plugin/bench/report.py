@@ -850,13 +850,18 @@ def gallery_file(model: str) -> str:
 
 
 def _plot_gallery(directory: Path, model: str, runs: list[dict[str, Any]]) -> Path | None:
-    """Examples of one run of ``model``: input, model intermediates, anomaly map, ground truth."""
+    """Examples of one run of ``model``: input, model intermediates, anomaly map, ground truth.
+
+    The examples (``examples/*.npz``) are not committed: where none is here (a fresh checkout), an existing
+    gallery is kept as it was drawn, and the report still shows it.
+    """
     import matplotlib.pyplot as plt
     import numpy as np
 
+    path = directory / gallery_file(model)
     candidates = [r for r in runs if r.get("examples") and (directory / r["examples"]).exists()]
     if not candidates:
-        return None
+        return path if path.exists() else None
     # Prefer a dataset with masks, then the lowest seed.
     run = min(candidates, key=lambda r: ((r.get("counts") or {}).get("test_with_masks", 0) == 0, r.get("seed", 0)))
     with np.load(directory / run["examples"]) as data:
@@ -892,7 +897,6 @@ def _plot_gallery(directory: Path, model: str, runs: list[dict[str, Any]]) -> Pa
         axes[row][0].set_ylabel(f"{label}\nscore {float(arrays['pred_score'][row]):.3g}", fontsize="x-small")
     figure.suptitle(f"{model} on {run['dataset']['name']} (seed {run.get('seed')})", fontsize="small")
     figure.tight_layout()
-    path = directory / gallery_file(model)
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path

@@ -1354,3 +1354,13 @@ def test_gallery_shows_intermediates_on_the_input_scale(tmp_path: Path) -> None:
 
     assert centre_of(0).mean() > 0.9  # the input's body, at the top of its own range
     assert centre_of(1).mean() < 0.15  # the reconstruction, 0.05 on the input's [0, 0.6] scale
+
+
+def test_report_keeps_a_gallery_whose_examples_are_not_in_this_checkout(tmp_path: Path) -> None:
+    """examples/ is not committed: regenerating a report in a fresh clone keeps the drawn gallery and its link."""
+    run = {"examples": "examples/gone.npz", "seed": 0, "dataset": {"name": "set"}, "counts": {}}
+    assert report._plot_gallery(tmp_path, "model", [run]) is None  # nothing drawn, nothing to show
+    drawn = tmp_path / report.gallery_file("model")
+    drawn.write_bytes(b"png drawn by an earlier session")
+    assert report._plot_gallery(tmp_path, "model", [run]) == drawn
+    assert drawn.read_bytes() == b"png drawn by an earlier session"
