@@ -12,6 +12,8 @@ loss terms and the validation AUROCs of several readings of the model:
 - ``pem_vs_image_*``: |G2*(x - PEM(x))|, the predicted proxy against the image itself;
 - ``memory_residual_*`` / ``memory_nearest_*`` / ``memory_unaddressed_*``: how unfamiliar the bottleneck
   features are to the PEM's memory (see :func:`memory_maps`), a signal the skips cannot copy away;
+- ``masked{B}_*``: every pixel reconstructed from a pass in which its B x B block of the input was blanked
+  (see :func:`masked_reconstruction`), so the skips cannot copy a lesion that covers the block;
 - ``sigma{S}_top{K}_image`` / ``sigma{S}_pixel``: the full path with other map smoothings and top-k;
 - ``preblur{S}_*``: the error of the blurred image and reconstruction, |G*x - G*x_hat|;
 - ``brighter{S}_*``: its positive part only, max(G*x - G*x_hat, 0) (``error_sign="brighter"``);
@@ -53,6 +55,7 @@ from proxyano_plugin.data.synthetic_validation import hold_out, paint_validation
 from proxyano_plugin.models.image_errors import gaussian_blur, gaussian_kernel, gradient_l1, head_mean, ssim_error
 
 SIGMAS = (1.0, 2.0, 4.0)
+MASK_BLOCKS = (8, 16)  # px at 64 px: blanked blocks of the masked readings
 TOP_FRACTIONS = (0.001, 0.01, 0.05, 1.0)  # 1.0: the mean error
 
 
@@ -245,6 +248,11 @@ def evaluate(
             )
             pixel(f"{name}_pixel", pem_map)
             scores[f"{name}_image"] = binary_auroc(net.image_score(pem_map), labels).item()
+    if net.pem is not None:
+        for block in MASK_BLOCKS:
+            anomaly_map = net.error_map(images, masked_reconstruction(net, images, block))
+            scores[f"masked{block}_image"] = binary_auroc(net.image_score(anomaly_map), labels).item()
+            pixel(f"masked{block}_pixel", anomaly_map)
     if net.pem is not None and len(net.pem.memories):
         for name, memory_map in memory_maps(net, images).items():
             pixel(f"{name}_pixel", memory_map)
@@ -270,6 +278,25 @@ def evaluate(
     scores |= calibrated_readings(net, images, readings["full"], labels, masks, normals)
     net.train()
     return scores
+
+
+def masked_reconstruction(net: torch.nn.Module, images: torch.Tensor, block: int) -> torch.Tensor:
+    """The full path's reconstruction, each pixel taken from the one of four passes that blanked (zeroed) its
+    ``block`` x ``block`` block of the input.
+
+    Blocks are assigned to the passes by their (row, column) parity, so in every pass a blanked block has only
+    unblanked neighbours: the networks fill it from the anatomy around it, and a lesion inside it cannot pass
+    through the skips. Inpainting as a reading of the trained model, not a training change.
+    """
+    height, width = images.shape[-2:]
+    rows = torch.arange(height, device=images.device) // block % 2
+    columns = torch.arange(width, device=images.device) // block % 2
+    parity = rows[:, None] * 2 + columns[None, :]
+    combined = 0
+    for part in range(4):
+        blanked = (parity == part).to(images.dtype)
+        combined = combined + net.irm(net.reconstruct(images * (1 - blanked)).proxy) * blanked
+    return combined
 
 
 def memory_maps(net: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:

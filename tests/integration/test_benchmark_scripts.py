@@ -249,6 +249,32 @@ def test_sweep_memory_maps_score_features_the_memory_does_not_hold() -> None:
     assert float(nearest[1].mean()) > float(nearest[0].mean())
 
 
+@torch.no_grad()
+def test_sweep_masked_reconstruction_takes_each_pixel_from_the_pass_that_blanked_it() -> None:
+    """A recording stand-in for the networks: each pixel of the result comes from the one pass whose input had
+    its block zeroed, and the four passes blank every block once, no block beside another of its pass."""
+    sweep = load_script("proxyano_sweep")
+    inputs = []
+
+    class Recording(torch.nn.Module):
+        def reconstruct(self, images: torch.Tensor) -> argparse.Namespace:
+            inputs.append(images.clone())
+            return argparse.Namespace(proxy=images)
+
+        def irm(self, proxy: torch.Tensor) -> torch.Tensor:
+            return torch.full_like(proxy, float(len(inputs)))  # pass number 1..4
+
+    images = torch.ones(2, 1, 8, 8)
+    combined = sweep.masked_reconstruction(Recording(), images, block=2)
+
+    blanked = torch.stack([(tensor == 0).all(0)[0] for tensor in inputs])  # [4 passes, 8, 8]
+    assert blanked.sum(0).eq(1).all()  # every pixel blanked in exactly one pass
+    assert blanked[0, :2, :2].all()  # pass 1 blanks the first block ...
+    assert not blanked[0, :2, 2:4].any()  # ... and not its neighbours
+    assert not blanked[0, 2:4, :2].any()
+    torch.testing.assert_close(combined[0, 0], (blanked.float() * torch.arange(1.0, 5.0)[:, None, None]).sum(0))
+
+
 def test_proxyano_profile_splits_the_forward_pass_by_module(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
