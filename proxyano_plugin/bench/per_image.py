@@ -1,6 +1,7 @@
 """Per-image results of a run: one small CSV per run, so that subsets and strata need no second training.
 
-``per_image/<run_id>.csv`` holds one row per test image: ``file`` (the image path as anomalib gives it),
+``per_image/<run_id>.csv`` holds one row per test image: ``file`` (the image path, relative to the dataset's root
+when it lies under it: shorter, and the same on every machine; absolute otherwise and in files written before),
 ``label`` (0 normal, 1 anomalous), ``score`` (the raw image score the metrics use) and ``mask_pixels`` (positive
 pixels of the ground-truth mask at the anomaly map's size; empty when the test set has no masks). No maps.
 
@@ -27,9 +28,13 @@ class ImageRow(NamedTuple):
     mask_pixels: int | None
 
 
-def write_per_image(path: Path, rows: Iterable[ImageRow]) -> Path:
-    """Write the rows atomically (a temporary file renamed into place): a killed run leaves no half file."""
+def write_per_image(path: Path, rows: Iterable[ImageRow], root: str | Path | None = None) -> Path:
+    """Write the rows atomically (a temporary file renamed into place): a killed run leaves no half file.
+
+    With the dataset's ``root``, files under it are written relative to it (:func:`image_key` resolves both forms).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    base = Path(root).expanduser().resolve() if root else None
     tmp = path.with_name(f"{path.name}.tmp")
     with tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -37,9 +42,16 @@ def write_per_image(path: Path, rows: Iterable[ImageRow]) -> Path:
         for row in rows:
             # Nine significant digits round-trip a float32 score exactly.
             pixels = "" if row.mask_pixels is None else int(row.mask_pixels)
-            writer.writerow([row.file, int(row.label), f"{row.score:.9g}", pixels])
+            writer.writerow([_relative_to(row.file, base), int(row.label), f"{row.score:.9g}", pixels])
     os.replace(tmp, path)
     return path
+
+
+def _relative_to(file: str, base: Path | None) -> str:
+    if base is None:
+        return file
+    resolved = Path(file).expanduser().resolve()
+    return resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else file
 
 
 def read_per_image(path: Path) -> list[ImageRow]:

@@ -297,7 +297,7 @@ def execute(spec: RunSpec, paths: RunPaths, resume: bool = False) -> dict[str, A
     if trainer.global_rank != 0:
         return {"status": "ok"}
     # Scores, labels and mask areas of every test image: subsets and strata are computed from them later.
-    per_image = write_per_image(paths.per_image, collector.per_image)
+    per_image = write_per_image(paths.per_image, collector.per_image, root=spec.dataset.init_args.get("root"))
 
     measure_start = time.perf_counter()
     # Other processes competing for the CPUs distort latency and throughput; record how busy it was.
