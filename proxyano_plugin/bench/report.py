@@ -131,7 +131,7 @@ def write_report(
     extras = Extras()
     results = PerImage(directory)
     groups = add_subset_groups(groups, results, extras, subsets or {})
-    extras.no_model = no_model_scores(groups, extras, shortcuts or {})
+    extras.no_model = no_model_scores(groups, extras, shortcuts or {}, directory)
     for dataset in dict.fromkeys(g.dataset for g in groups):
         lines = strata_table(dataset, [g for g in groups if g.dataset == dataset], results)
         if lines:
@@ -468,6 +468,20 @@ class NoModel:
     scores: list[NoModelScore]
 
 
+def _existing_shortcuts(paths: list[str], directory: Path | None) -> str:
+    """The first of ``paths`` that exists, else the first one's ``<folder>/shortcuts.csv`` beside ``directory``
+    (results folders are siblings), else the last declared (its error is then reported)."""
+    for path in paths:
+        if Path(path).is_file():
+            return path
+    if directory is not None:
+        for path in paths:
+            sibling = directory.resolve().parent / Path(path).parent.name / Path(path).name
+            if sibling.is_file():
+                return str(sibling)
+    return paths[-1]
+
+
 def read_shortcuts(path: Path) -> list[dict[str, Any]]:
     """The rows of a ``shortcuts.csv`` (``split,statistic,level,auroc``) with ``auroc`` a float; ``ValueError``
     (one line) when the file cannot be read or a row is not one."""
@@ -499,15 +513,22 @@ def read_shortcuts(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def no_model_scores(groups: list[Group], extras: Extras, extra: Mapping[str, str]) -> dict[str, NoModel]:
+def no_model_scores(
+    groups: list[Group], extras: Extras, extra: Mapping[str, str], directory: Path | None = None
+) -> dict[str, NoModel]:
     """Each report dataset's no-model scores: the rows of its dataset's ``shortcuts.csv`` (the records', or
-    ``extra``'s) whose ``split`` is the stem of its split CSV (a subset's own CSV for ``<dataset>-<subset>``)."""
-    files: dict[str, str] = {}
+    ``extra``'s) whose ``split`` is the stem of its split CSV (a subset's own CSV for ``<dataset>-<subset>``).
+
+    Records name the file by the absolute path it had when they ran (a worktree that may be gone): the first
+    declared path that exists wins, then the same file among the report ``directory``'s sibling result folders.
+    """
+    declared: dict[str, list[str]] = {}
     for group in groups:
         for run in group.runs:
-            declared = (run.get("dataset") or {}).get("shortcuts")
-            if declared:
-                files[group.dataset] = declared
+            path = (run.get("dataset") or {}).get("shortcuts")
+            if path and path not in declared.setdefault(group.dataset, []):
+                declared[group.dataset].append(path)
+    files = {dataset: _existing_shortcuts(paths, directory) for dataset, paths in declared.items()}
     files.update({name: path for name, path in extra.items() if path})
     read: dict[str, list[dict[str, Any]] | None] = {}
     found: dict[str, NoModel] = {}

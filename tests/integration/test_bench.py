@@ -1240,6 +1240,14 @@ def test_report_shows_no_model_scores_beside_the_dataset_and_its_subset(tmp_path
     assert float(summary[3][2]["pixel_auroc_mean"]) == pytest.approx(0.954806)
     assert summary[3][2]["image_auroc_mean"] == ""
 
+    # Records name the file where it was when they ran (a worktree since removed): the sibling results folder's
+    # file of that name stands in, here `shortcuts/shortcuts.csv` beside the report's `out/`.
+    gone = str(tmp_path / "removed-worktree" / "shortcuts" / "shortcuts.csv")
+    (output / records.RECORDS_NAME).write_text(json.dumps(record | {"dataset": dataset | {"shortcuts": gone}}) + "\n")
+    write_report(output)
+    assert "| mean intensity | 69.6 | – |" in (output / "report.md").read_text()
+    (output / records.RECORDS_NAME).write_text(json.dumps(record) + "\n")
+
     # The caller's file (the suite as it is now) replaces the records'; one without the split's rows is said.
     other = write_csv(tmp_path / "other.csv", SHORTCUTS_HEADER, ["all,mean intensity,image,0.5"])
     write_report(output, shortcuts={"lgg": str(other)})
