@@ -469,8 +469,8 @@ class NoModel:
 
 
 def _existing_shortcuts(paths: list[str], directory: Path | None) -> str:
-    """The first of ``paths`` that exists, else the first one's ``<folder>/shortcuts.csv`` beside ``directory``
-    (results folders are siblings), else the last declared (its error is then reported)."""
+    """The first of ``paths`` that exists; else the first whose ``<folder>/<file>`` exists beside ``directory``
+    (results folders are siblings); else the last declared (its error is then reported)."""
     for path in paths:
         if Path(path).is_file():
             return path
