@@ -234,8 +234,9 @@ def evaluate(
             scores[name] = binary_auroc(anomaly_map.flatten(), masks.flatten()).item()
 
     proxies = model.proxy_extractor(images)
-    predicted = net.reconstruct(images).proxy  # the image itself with reconstruct_from="image"
-    readings = {"full": net.irm(predicted), "irm_on_true_proxy": net.irm(proxies)}
+    full = net.reconstruct(images)
+    predicted = full.proxy  # the image itself with reconstruct_from="image"
+    readings = {"full": full.reconstruction, "irm_on_true_proxy": net.irm(proxies)}
     for name, reconstruction in readings.items():
         anomaly_map = net.error_map(images, reconstruction)
         scores[f"{name}_image"] = binary_auroc(net.image_score(anomaly_map), labels).item()
@@ -295,7 +296,7 @@ def masked_reconstruction(net: torch.nn.Module, images: torch.Tensor, block: int
     combined = 0
     for part in range(4):
         blanked = (parity == part).to(images.dtype)
-        combined = combined + net.irm(net.reconstruct(images * (1 - blanked)).proxy) * blanked
+        combined = combined + net.reconstruct(images * (1 - blanked)).reconstruction * blanked
     return combined
 
 

@@ -36,19 +36,11 @@ from proxyano_plugin.prepare.pipeline import FOLDERS, staged_output, write_manif
 from proxyano_plugin.prepare.readers import PrepareError
 
 _IMAGE_FOLDERS = (FOLDERS["normal_dir"], FOLDERS["normal_test_dir"], FOLDERS["abnormal_dir"])
-LESION_MANIFEST_COLUMNS = (
-    "file",
-    "label",
-    "split",
-    "mask",
-    "source",
-    "lesion",
-    "lesion_area_fraction",
-    "mask_pixels_256",
-)
 # Lesion sizes go in the manifest as pixels of a 256 x 256 frame (lgg_flair's column), whatever the image size, so
-# that `proxyano-bench report` bins them into size terciles as it does for lgg_flair.
+# that `proxyano-bench report` bins them into size terciles (its LESION_SIZE_COLUMN) as it does for lgg_flair.
+SIZE_COLUMN = "mask_pixels_256"
 SIZE_FRAME_PIXELS = 256 * 256
+LESION_MANIFEST_COLUMNS = ("file", "label", "split", "mask", "source", "lesion", "lesion_area_fraction", SIZE_COLUMN)
 _EROSION = 0.04
 """Share of the image side by which the head mask is eroded before lesions are placed in it."""
 _THRESHOLD_SCALE = 0.5
@@ -188,7 +180,7 @@ def paint_lesions(
             image = read_gray(root / file)
             name = _flat_name(file)
             row = {"file": "", "label": int(abnormal), "split": split, "mask": "", "source": file}
-            row |= {"lesion": "", "lesion_area_fraction": "", "mask_pixels_256": ""}
+            row |= {"lesion": "", "lesion_area_fraction": "", SIZE_COLUMN: ""}
             if abnormal:
                 wm, brain = head_maps(image)
                 if brain.sum() < MIN_HEAD_FRACTION * brain.size:
@@ -200,7 +192,7 @@ def paint_lesions(
                 row["mask"] = f"{FOLDERS['mask_dir']}/{name}"
                 write_png(staging / row["mask"], lesion.mask.astype(np.uint8) * 255)
                 row["lesion"], row["lesion_area_fraction"] = lesion.kind, f"{lesion.area_fraction:.4f}"
-                row["mask_pixels_256"] = round(float(lesion.mask.mean()) * SIZE_FRAME_PIXELS)
+                row[SIZE_COLUMN] = round(float(lesion.mask.mean()) * SIZE_FRAME_PIXELS)
                 summary.lesion_kinds[lesion.kind] = summary.lesion_kinds.get(lesion.kind, 0) + 1
             role = "normal_dir" if split == "train" else "abnormal_dir" if abnormal else "normal_test_dir"
             folder = FOLDERS[role]

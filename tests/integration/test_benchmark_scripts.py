@@ -259,10 +259,7 @@ def test_sweep_masked_reconstruction_takes_each_pixel_from_the_pass_that_blanked
     class Recording(torch.nn.Module):
         def reconstruct(self, images: torch.Tensor) -> argparse.Namespace:
             inputs.append(images.clone())
-            return argparse.Namespace(proxy=images)
-
-        def irm(self, proxy: torch.Tensor) -> torch.Tensor:
-            return torch.full_like(proxy, float(len(inputs)))  # pass number 1..4
+            return argparse.Namespace(reconstruction=torch.full_like(images, float(len(inputs))))  # pass 1..4
 
     images = torch.ones(2, 1, 8, 8)
     combined = sweep.masked_reconstruction(Recording(), images, block=2)
