@@ -119,12 +119,13 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             logged but never kept. An untrained network reconstructs a dark, centred head and can win on pixel
             AUROC by that centre prior alone (the 30-epoch global-code rows of brain-lesions kept epoch 0 or 1);
             0 (default) considers every epoch. If no validation epoch reaches it, the last epoch's weights stay.
-        score_candidates: Scorings (``{error: ..., map_sigma: ...}`` each, optionally ``relative`` and
-            ``error_blur_sigma``, which defaults to the model's) that the label-free validation
+        score_candidates: Scorings (``{error: ..., map_sigma: ...}`` each, optionally ``relative``, and
+            ``error_blur_sigma`` and ``topk``, which default to the model's) that the label-free validation
             chooses among, jointly with the epoch (``select_epoch``): every validation epoch scores the same
             reconstructions with each, and the best (epoch, scoring) pair is kept; testing, the checkpoint and
-            export then use that scoring. ``error``, ``map_sigma`` and ``score_relative`` are the scoring until
-            then, and the only one without candidates (the default) or without a label-free validation set.
+            export then use that scoring. ``error``, ``map_sigma``, ``score_relative`` and ``score_topk`` are the
+            scoring until then, and the only one without candidates (the default) or without a label-free validation
+            set.
             The logged ``val_*`` curves stay theirs; ``val_selection_candidate{i}`` logs each candidate's.
         space_to_depth: Both networks fold ``f x f`` pixel blocks into channels (``pixel_unshuffle``) on the way
             in and unfold them on the way out: they run at ``1/f`` of ``image_size`` with ``f**2`` times fewer
@@ -251,7 +252,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         self.lr_schedule = lr_schedule
         self.select_epoch = select_epoch
         self.select_from_epoch = select_from_epoch
-        self.score_candidates = [_scoring(candidate, error_blur_sigma) for candidate in score_candidates or []]
+        self.score_candidates = [
+            _scoring(candidate, error_blur_sigma, score_topk) for candidate in score_candidates or []
+        ]
         # The exponential moving average of the networks' weights (and BatchNorm statistics), kept beside the
         # trained ones; validation and everything after training use it. A submodule, so that checkpoints (and
         # a resumed fit) carry it; the optimiser sees only ``self.model``.
@@ -340,7 +343,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         self.best_epoch.update(batch.pred_score, batch.gt_label, batch.anomaly_map, batch.gt_mask)
         for reading, scoring in zip(self.candidate_readings, self.score_candidates, strict=True):
             anomaly_map = self.model.error_map(output.image, output.reconstruction, scoring)
-            scores = self.model.image_score(anomaly_map, output.image, scoring.relative)
+            scores = self.model.image_score(anomaly_map, output.image, scoring)
             reading.update(scores, batch.gt_label, anomaly_map, batch.gt_mask)
         return batch
 
@@ -385,9 +388,13 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         if SELECTION_KEY in checkpoint:
             self.best_epoch.load_state_dict(checkpoint[SELECTION_KEY])
             selected = checkpoint[SELECTION_KEY].get("scoring")
-            self.selected_scoring = None if selected is None else _scoring(selected, self.model.error_blur_sigma)
+            self.selected_scoring = (
+                None if selected is None else _scoring(selected, self.model.error_blur_sigma, self.model.score_topk)
+            )
         if SCORING_KEY in checkpoint:
-            self.model.set_scoring(_scoring(checkpoint[SCORING_KEY], self.model.error_blur_sigma))
+            self.model.set_scoring(
+                _scoring(checkpoint[SCORING_KEY], self.model.error_blur_sigma, self.model.score_topk)
+            )
 
     def on_train_end(self) -> None:
         """Put back the best validation epoch's weights and scoring; save them where the last checkpoint went.
@@ -432,13 +439,14 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs, eta_min=COSINE_FLOOR * self.learning_rate)
 
 
-def _scoring(candidate: dict[str, Any], error_blur_sigma: float = 0.0) -> Scoring:
-    """A checked :class:`Scoring` from ``{error, map_sigma[, relative, error_blur_sigma]}`` (a score candidate or a
-    checkpoint's); one without ``error_blur_sigma`` keeps the model's (``error_blur_sigma``), as before it had one.
+def _scoring(candidate: dict[str, Any], error_blur_sigma: float = 0.0, topk: float = 0.01) -> Scoring:
+    """A checked :class:`Scoring` from ``{error, map_sigma[, relative, error_blur_sigma, topk]}`` (a score candidate
+    or a checkpoint's); one without ``error_blur_sigma`` or ``topk`` keeps the model's (the arguments), as
+    candidates and checkpoints did before scorings had them.
     """
     if not isinstance(candidate, dict) or not {"error", "map_sigma"} <= set(candidate) <= set(Scoring._fields):
         msg = (
-            "a score candidate is a mapping of error, map_sigma and optionally relative and error_blur_sigma, "
+            "a score candidate is a mapping of error, map_sigma and optionally relative, error_blur_sigma and topk, "
             f"got {candidate!r}"
         )
         raise ValueError(msg)
@@ -450,6 +458,7 @@ def _scoring(candidate: dict[str, Any], error_blur_sigma: float = 0.0) -> Scorin
         float(candidate["map_sigma"]),
         candidate.get("relative", False),
         float(candidate.get("error_blur_sigma", error_blur_sigma)),
+        candidate.get("topk", topk),
     )
     scoring.check()
     return scoring

@@ -274,12 +274,14 @@ class Scoring(NamedTuple):
     image score is relative to the map's mean over the head (an image whose error is high everywhere, from noise
     or an unusual scan, then does not score high for that alone), and the Gaussian blur (px) of the difference
     before the error is taken (texture the proxy cannot carry then cancels instead of scoring; 0: none), which
-    for the ``"ssim"`` error is the window of its local statistics instead."""
+    for the ``"ssim"`` error is the window of its local statistics instead, and the fraction of the map whose
+    highest values the image score averages (a lesion covering a tenth of the head fills more than the top 1 %)."""
 
     error: str
     map_sigma: float
     relative: bool = False
     error_blur_sigma: float = 0.0
+    topk: float = 0.01
 
     def check(self) -> None:
         if self.error not in ERRORS:
@@ -293,6 +295,9 @@ class Scoring(NamedTuple):
             raise ValueError(msg)
         if self.error == "ssim" and not self.error_blur_sigma > 0:
             msg = "error 'ssim' compares local statistics within a Gaussian window: set error_blur_sigma > 0 (px)"
+            raise ValueError(msg)
+        if isinstance(self.topk, bool) or not isinstance(self.topk, int | float) or not 0 < self.topk <= 1:
+            msg = f"score_topk must be in (0, 1], got {self.topk!r}"
             raise ValueError(msg)
 
 
@@ -358,14 +363,10 @@ class ProxyAnoModel(nn.Module):
         if in_channels not in {1, 3}:
             msg = f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels}"
             raise ValueError(msg)
-        if not 0 < score_topk <= 1:
-            msg = f"score_topk must be in (0, 1], got {score_topk}"
-            raise ValueError(msg)
         if reconstruct_from not in RECONSTRUCT_FROM:
             msg = f"reconstruct_from must be one of {', '.join(RECONSTRUCT_FROM)}, got {reconstruct_from!r}"
             raise ValueError(msg)
         self.in_channels = in_channels
-        self.score_topk = score_topk
         self.pem = (
             ProxyExtractionModule(
                 in_channels,
@@ -384,17 +385,17 @@ class ProxyAnoModel(nn.Module):
         self.irm = ImageReconstructionModule(in_channels, widths, space_to_depth, skip_merge)
         self.register_buffer("smoothing_kernel", None, False)
         self.register_buffer("error_blur_kernel", None, False)
-        self.set_scoring(Scoring(error, map_sigma, score_relative, error_blur_sigma))
+        self.set_scoring(Scoring(error, map_sigma, score_relative, error_blur_sigma, score_topk))
 
     @property
     def scoring(self) -> Scoring:
         """How reconstructions are scored now."""
-        return Scoring(self.error, self.map_sigma, self.relative, self.error_blur_sigma)
+        return Scoring(self.error, self.map_sigma, self.relative, self.error_blur_sigma, self.score_topk)
 
     def set_scoring(self, scoring: Scoring) -> None:
-        """Score with another pixel error, blur and map smoothing (the networks are untouched)."""
+        """Score with another pixel error, blur, map smoothing and top fraction (the networks are untouched)."""
         scoring.check()
-        self.error, self.map_sigma, self.relative, self.error_blur_sigma = scoring
+        self.error, self.map_sigma, self.relative, self.error_blur_sigma, self.score_topk = scoring
         device = next(self.irm.parameters()).device
         self.smoothing_kernel = optional_kernel(scoring.map_sigma, device)
         self.error_blur_kernel = optional_kernel(scoring.error_blur_sigma, device)
@@ -433,14 +434,16 @@ class ProxyAnoModel(nn.Module):
         return pixel_error.mean(dim=1, keepdim=True)
 
     def image_score(
-        self, anomaly_map: torch.Tensor, images: torch.Tensor | None = None, relative: bool | None = None
+        self, anomaly_map: torch.Tensor, images: torch.Tensor | None = None, scoring: Scoring | None = None
     ) -> torch.Tensor:
         """Mean of the ``score_topk`` highest map values per image.
 
-        ``relative`` (default: the model's scoring) divides it by the map's mean over the head of ``images``.
+        A relative scoring divides it by the map's mean over the head of ``images``; ``scoring`` (its ``topk`` and
+        ``relative``) overrides the model's own.
         """
-        top = topk_mean(anomaly_map, self.score_topk)
-        if not (self.relative if relative is None else relative):
+        topk, relative = (self.score_topk, self.relative) if scoring is None else (scoring.topk, scoring.relative)
+        top = topk_mean(anomaly_map, topk)
+        if not relative:
             return top
         if images is None:
             msg = "a relative image score needs the images (their head is the reference)"

@@ -198,7 +198,9 @@ def test_relative_image_score_discounts_error_spread_over_the_head():
     focal = torch.zeros(1, 1, 4, 4)
     focal[..., 1, 1] = 0.4  # the same peak in one head pixel
     maps = torch.cat([noisy, focal])
-    torch.testing.assert_close(model.image_score(maps, relative=False), torch.tensor([0.4, 0.4]))
+    torch.testing.assert_close(
+        model.image_score(maps, scoring=model.scoring._replace(relative=False)), torch.tensor([0.4, 0.4])
+    )
     torch.testing.assert_close(model.image_score(maps, images), torch.tensor([1.0, 4.0]))  # max / head mean
     with pytest.raises(ValueError, match="needs the images"):
         model.image_score(noisy)
@@ -450,6 +452,24 @@ def test_a_candidate_without_a_blur_keeps_the_models():
     assert _scoring({"error": "l1", "map_sigma": 1.0, "error_blur_sigma": 0.0}, 4.0).error_blur_sigma == 0.0
     with pytest.raises(ValueError, match="error_blur_sigma must be >= 0"):
         _scoring({"error": "l1", "map_sigma": 1.0, "error_blur_sigma": -1.0})
+
+
+def test_a_candidates_top_fraction_scores_as_a_model_built_with_it():
+    """``topk`` (a score candidate's) averages that fraction of the map; candidates and checkpoints without it keep
+    the model's ``score_topk``."""
+    anomaly_map = torch.arange(16, dtype=torch.float32).reshape(1, 1, 4, 4)
+    model = ProxyAnoModel(1, WIDTHS, 0, 0.0, 0.0, 1 / 16, "l1")
+    wide = ProxyAnoModel(1, WIDTHS, 0, 0.0, 0.0, 0.25, "l1")
+    candidate = _scoring({"error": "l1", "map_sigma": 0.0, "topk": 0.25}, topk=1 / 16)
+    torch.testing.assert_close(model.image_score(anomaly_map, scoring=candidate), wide.image_score(anomaly_map))
+    assert model.image_score(anomaly_map).item() == 15
+    model.set_scoring(candidate)
+    assert model.score_topk == 0.25
+    assert model.image_score(anomaly_map).item() == pytest.approx(13.5)
+    assert _scoring({"error": "l1", "map_sigma": 1.0}, topk=0.05).topk == 0.05
+    for topk in (0.0, 1.5, True, "0.1"):
+        with pytest.raises(ValueError, match="score_topk must be in"):
+            _scoring({"error": "l1", "map_sigma": 1.0, "topk": topk})
 
 
 def test_ssim_error_ignores_brightness_offsets_that_l1_scores():
