@@ -103,6 +103,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             intensity-shifted) while its target stays the clean image's proxy.
         blob_area_range: Blob area as a fraction of the image area (both blob kinds).
         blob_shift_range: Magnitude range of the blobs' intensity shift (sign random).
+        blob_flatten_probability: Chance that a blob (either kind) replaces the region under it by one level, its
+            mean there plus the shift, instead of shifting it: painted and homogeneous lesions have no texture.
+            0 (default): every blob keeps the texture under it.
         intensity_jitter: Chance that a training image (and its proxy) gets a random gamma, gain and smooth
             bias field (``augmentation.IntensityJitter``), so that a new subject's or site's intensity scale is
             reconstructed as well as the training subjects'. 0 (default) trains on the images as they are.
@@ -175,6 +178,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         image_blob_probability: float = 1.0,
         blob_area_range: tuple[float, float] = (0.005, 0.05),
         blob_shift_range: tuple[float, float] = (0.15, 0.5),
+        blob_flatten_probability: float = 0.0,
         intensity_jitter: float = 0.0,
         translation_jitter: float = 0.0,
         select_epoch: bool = True,
@@ -242,9 +246,13 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             create_proxy(proxy, **(proxy_kwargs or {})), cache_dir=proxy_cache_dir, max_items=proxy_cache_items
         )
         self.paster = PatchPaster(paste_probability, tuple(paste_area_range), tuple(paste_aspect_range))
-        blob_ranges = (tuple(blob_area_range), tuple(blob_shift_range))
-        self.proxy_blobs = BlobShifter(proxy_blob_probability, *blob_ranges)
-        self.image_blobs = BlobShifter(image_blob_probability, *blob_ranges)
+        blob_options = {
+            "area_range": tuple(blob_area_range),
+            "shift_range": tuple(blob_shift_range),
+            "flatten_probability": blob_flatten_probability,
+        }
+        self.proxy_blobs = BlobShifter(proxy_blob_probability, **blob_options)
+        self.image_blobs = BlobShifter(image_blob_probability, **blob_options)
         self.intensity_jitter = IntensityJitter(intensity_jitter)
         self.translation_jitter = TranslationJitter(translation_jitter)
         self.loss = ProxyAnoLoss(entropy_weight, predicted_proxy_weight)

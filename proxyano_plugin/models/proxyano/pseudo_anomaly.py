@@ -78,14 +78,17 @@ class BlobShifter:
     texture. One generator serves both: the blob (an ellipse with a lobed, randomly rotated outline and a
     one-pixel soft edge) is added as ``values + shift * mask``, so a flat proxy region stays flat and an
     image region keeps its texture. Blob centres are drawn from pixels brighter than ``foreground`` (inside
-    the head), shifts uniformly from ``+-shift_range`` (brighter or darker than the tissue). Everything is
-    drawn as batched tensors: no Python loop over images.
+    the head), shifts uniformly from ``+-shift_range`` (brighter or darker than the tissue). With
+    ``flatten_probability`` a blob instead replaces what lies under it by one level, its mean there plus the
+    shift: a painted or homogeneous lesion has no texture, and a network that restores only intensity keeps its
+    flat interior. Everything is drawn as batched tensors: no Python loop over images.
 
     Args:
         probability: Chance that an image gets a blob.
         area_range: Blob area as a fraction of the image area.
         shift_range: Magnitude range of the intensity shift, in the [0, 1] intensity scale.
         foreground: Intensity above which a pixel may be a blob centre.
+        flatten_probability: Chance that a blob flattens the region under it instead of shifting it.
     """
 
     def __init__(
@@ -94,8 +97,12 @@ class BlobShifter:
         area_range: tuple[float, float] = (0.005, 0.05),
         shift_range: tuple[float, float] = (0.15, 0.5),
         foreground: float = 0.05,
+        flatten_probability: float = 0.0,
     ) -> None:
         check_corruption("blob", probability, area_range)
+        if not 0 <= flatten_probability <= 1:
+            msg = f"blob_flatten_probability must be in [0, 1], got {flatten_probability}"
+            raise ValueError(msg)
         if not 0 < shift_range[0] <= shift_range[1] <= 1:
             msg = f"blob_shift_range must satisfy 0 < low <= high <= 1, got {tuple(shift_range)}"
             raise ValueError(msg)
@@ -103,6 +110,7 @@ class BlobShifter:
         self.area_range = area_range
         self.shift_range = shift_range
         self.foreground = foreground
+        self.flatten_probability = flatten_probability
 
     def masks(self, images: torch.Tensor) -> torch.Tensor:
         """Soft blob masks ``[B, 1, H, W]`` in [0, 1] (all zero for images left clean)."""
@@ -141,5 +149,10 @@ class BlobShifter:
         batch = values.shape[0]
         magnitude = torch.empty(batch, device=values.device).uniform_(*self.shift_range)
         sign = torch.where(torch.rand(batch, device=values.device) < 0.5, -1.0, 1.0)
-        shifted = values + (magnitude * sign).view(batch, 1, 1, 1) * masks
-        return shifted.clamp(0, 1), masks
+        shift = (magnitude * sign).view(batch, 1, 1, 1)
+        if self.flatten_probability == 0:  # draws no more random numbers: earlier runs stay reproducible
+            return (values + shift * masks).clamp(0, 1), masks
+        level = (values * masks).sum(dim=(2, 3), keepdim=True) / masks.sum(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+        flat = (torch.rand(batch, device=values.device) < self.flatten_probability).float().view(batch, 1, 1, 1)
+        target = flat * (level + shift) + (1 - flat) * (values + shift)  # one level, or the region shifted
+        return (values + (target - values) * masks).clamp(0, 1), masks

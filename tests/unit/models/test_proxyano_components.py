@@ -287,6 +287,29 @@ def test_blobs_keep_flat_regions_flat_and_probability_zero_is_identity():
     assert none.sum() == 0
 
 
+def test_flattening_blobs_replace_texture_by_one_shifted_level():
+    """A flattening blob removes the texture under it (its core becomes its mean plus the shift); a shifting blob
+    keeps it; outside both the image is untouched."""
+    torch.manual_seed(3)
+    images = torch.rand(16, 1, 64, 64) * 0.4 + 0.3  # texture everywhere
+    flattened, masks = BlobShifter(probability=1.0, area_range=(0.03, 0.05), flatten_probability=1.0)(images)
+    shifted, _ = BlobShifter(probability=1.0, area_range=(0.03, 0.05))(images)
+    for image, flat_image, shifted_image, mask in zip(images, flattened, shifted, masks, strict=True):
+        core = mask > 0.999
+        assert core.sum() > 10
+        assert flat_image[core].std() < 1e-3  # one level
+        assert shifted_image[core].std() > 0.05  # texture kept
+        level_shift = (flat_image[core].mean() - (image * mask).sum() / mask.sum()).abs()
+        assert 0.15 - 1e-3 <= level_shift <= 0.5 + 1e-3
+        far = mask < 1e-3
+        torch.testing.assert_close(flat_image[far], image[far], atol=1e-3, rtol=0)
+    half, half_masks = BlobShifter(probability=1.0, area_range=(0.03, 0.05), flatten_probability=0.5)(
+        torch.rand(64, 1, 64, 64) * 0.4 + 0.3
+    )
+    flat_cores = [image[mask > 0.999].std() < 1e-3 for image, mask in zip(half, half_masks, strict=True)]
+    assert 16 < sum(flat_cores) < 48  # about half the blobs flatten, the others shift
+
+
 def test_intensity_jitter_is_one_smooth_transform_per_image_for_image_and_proxy():
     torch.manual_seed(2)
     images = torch.zeros(64, 1, 32, 32)
@@ -424,6 +447,7 @@ def test_pem_rejects_unknown_skip_layout():
         (lambda: BlobShifter(probability=-0.1), "blob_probability must be in"),
         (lambda: BlobShifter(area_range=(0.0, 0.1)), "blob_area_range must satisfy"),
         (lambda: BlobShifter(shift_range=(0.5, 1.5)), "blob_shift_range must satisfy"),
+        (lambda: BlobShifter(flatten_probability=1.5), "blob_flatten_probability must be in"),
     ],
 )
 def test_corruption_settings_are_checked_with_the_models_parameter_names(make, message):
