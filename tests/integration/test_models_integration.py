@@ -35,6 +35,16 @@ TINY_MODELS = {
         ProxyAno,
         {"image_size": 64, "widths": [4, 8], "pem_skips": "none", "pem_code_size": 4, "memory_size": 8},
     ),
+    "proxyano_distilled": (
+        ProxyAno,
+        {
+            "image_size": 64,
+            "widths": [4, 8],
+            "memory_size": 8,
+            "space_to_depth": 2,
+            "distill_from": {"widths": [8, 16]},
+        },
+    ),
 }
 CLI_OVERRIDES = {
     "autoencoder": [
@@ -118,12 +128,15 @@ def test_proxyano_scorings_export_to_onnx(scoring, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["autoencoder", "fanogan", "proxyano_global_code"])
+@pytest.mark.parametrize("name", ["autoencoder", "fanogan", "proxyano_global_code", "proxyano_distilled"])
 def test_onnx_export_matches_eager(name, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
+    onnx = pytest.importorskip("onnx")
     model = _trained(name)
     path = model.to_onnx(tmp_path, input_size=(64, 64))
+    exported_weights = sum(np.prod(weights.dims, dtype=int) for weights in onnx.load(str(path)).graph.initializer)
+    assert exported_weights <= sum(parameter.numel() for parameter in model.model.state_dict().values())  # no teacher
     session = onnxruntime.InferenceSession(str(path))
     images = _images()
     outputs = dict(

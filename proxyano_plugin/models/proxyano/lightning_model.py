@@ -6,6 +6,7 @@ IEEE TMI 2021 (arXiv 2110.01761). See README.md in this folder for every choice 
 
 import copy
 import logging
+from itertools import chain
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRSchedulerConfig
+from torch.nn import functional as F  # noqa: N812
 
 from proxyano_plugin.models.base import OneClassReconstruction
 from proxyano_plugin.models.selection import BestEpoch
@@ -40,6 +42,16 @@ LR_SCHEDULES = ("constant", "cosine")
 AVERAGED_BATCHNORM = ("average", "copy")
 # The cosine schedule ends at this fraction of the learning rate, not 0: the last epochs still learn a little.
 COSINE_FLOOR = 0.01
+# The network arguments a teacher (distill_from) may change: its architecture, not what it is trained on or scored by.
+TEACHER_ARGUMENTS = (
+    "widths",
+    "memory_size",
+    "memory_shrink_threshold",
+    "pem_skips",
+    "pem_code_size",
+    "space_to_depth",
+    "skip_merge",
+)
 
 
 class ProxyAno(OneClassReconstruction, AnomalibModule):
@@ -137,6 +149,14 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             (0.995: about the last 200 steps; warmed up over the first steps); validation, the kept epoch,
             testing and export then use the averaged networks, which move less from epoch to epoch than the
             trained ones. 0 (default): off.
+        distill_from: Train a teacher beside this network and distil it into this one: the teacher is this model's
+            network with these architecture arguments changed (``TEACHER_ARGUMENTS``; e.g. ``{space_to_depth: 1,
+            memory_size: 2000}`` for a half-resolution network), trained on the same batches, pseudo anomalies
+            and losses, and this network's predicted proxy and reconstruction are also asked to match the
+            teacher's (detached). Only this network is validated, tested, exported and timed: the teacher costs
+            training time, never inference time. None (default): no teacher.
+        distillation_weight: Weight of the two distillation terms (mean squared differences) against the
+            network's own losses.
         averaged_batchnorm: ``"average"`` (default): BatchNorm statistics are averaged like the weights they
             normalise; ``"copy"``: the trained networks' (on the demo's validation 85.3 against 86.8 for averaged
             ones without the warm-up, 3 seeds).
@@ -189,19 +209,15 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         skip_merge: str = "concat",
         weight_averaging: float = 0.0,
         averaged_batchnorm: str = "average",
+        distill_from: dict[str, Any] | None = None,
+        distillation_weight: float = 1.0,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
         widths = list(widths or CPU_WIDTHS)
-        stride = 2 ** (len(widths) - 1) * check_space_to_depth(space_to_depth)
-        if image_size < stride or image_size % stride:
-            msg = (
-                f"image_size must be a positive multiple of {stride} for {len(widths)} levels and "
-                f"space_to_depth={space_to_depth}, got {image_size}"
-            )
-            raise ValueError(msg)
+        _check_image_size(image_size, widths, space_to_depth)
         if reconstruct_from == "image" and proxy != "identity":
             msg = (
                 "reconstruct_from='image' feeds the IRM the raw image at test time, so it must also train on "
@@ -223,25 +239,32 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         if averaged_batchnorm not in AVERAGED_BATCHNORM:
             msg = f"averaged_batchnorm must be one of {', '.join(AVERAGED_BATCHNORM)}, got {averaged_batchnorm!r}"
             raise ValueError(msg)
+        if isinstance(distillation_weight, bool) or not distillation_weight >= 0:
+            msg = f"distillation_weight must be >= 0, got {distillation_weight!r}"
+            raise ValueError(msg)
         super().__init__(pre_processor, post_processor, evaluator, visualizer, image_size=image_size)
-        self.model = ProxyAnoModel(
-            in_channels=in_channels,
-            widths=widths,
-            memory_size=memory_size,
-            memory_shrink_threshold=memory_shrink_threshold,
-            map_sigma=map_sigma,
-            score_topk=score_topk,
-            score_relative=score_relative,
-            error=error,
-            reconstruct_from=reconstruct_from,
-            error_blur_sigma=error_blur_sigma,
-            pem_skips=pem_skips,
-            pem_code_size=pem_code_size,
-            image_size=image_size,
-            error_sign=error_sign,
-            space_to_depth=space_to_depth,
-            skip_merge=skip_merge,
-        )
+        network = {
+            "in_channels": in_channels,
+            "widths": widths,
+            "memory_size": memory_size,
+            "memory_shrink_threshold": memory_shrink_threshold,
+            "map_sigma": map_sigma,
+            "score_topk": score_topk,
+            "score_relative": score_relative,
+            "error": error,
+            "reconstruct_from": reconstruct_from,
+            "error_blur_sigma": error_blur_sigma,
+            "pem_skips": pem_skips,
+            "pem_code_size": pem_code_size,
+            "image_size": image_size,
+            "error_sign": error_sign,
+            "space_to_depth": space_to_depth,
+            "skip_merge": skip_merge,
+        }
+        self.model = ProxyAnoModel(**network)
+        # The teacher of distill_from: trained with the model, never used at inference; the optimiser sees it.
+        self.teacher = None if distill_from is None else ProxyAnoModel(**_teacher_network(network, distill_from))
+        self.distillation_weight = distillation_weight
         self.proxy_extractor = CachedProxy(
             create_proxy(proxy, **(proxy_kwargs or {})), cache_dir=proxy_cache_dir, max_items=proxy_cache_items
         )
@@ -324,19 +347,49 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         self.model.set_scoring(self.averaged.scoring)
 
     def training_losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The loss terms for a batch already in the model's channels (also used by benchmarks/proxyano_sweep.py)."""
+        """The loss terms for a batch already in the model's channels (also used by benchmarks/proxyano_sweep.py).
+
+        With a teacher (``distill_from``) it trains on the same corrupted inputs; ``teacher`` is its loss and
+        ``distillation`` the weighted distance of this network's outputs to its (detached) ones.
+        """
         images, proxies = self.intensity_jitter(*self.translation_jitter(images, self.proxy_extractor(images)))
         corrupted, _ = self.paster(proxies, images)
         corrupted, _ = self.proxy_blobs(corrupted, images)
-        if self.model.pem is None:  # reconstruct_from="image": the IRM alone, repairing the raw image
-            return self.loss(images, proxies, None, [], self.model.irm(corrupted), None)
         # The PEM sees lesion-like blobs in the image and must still predict the clean image's proxy.
-        predicted, memory_weights = self.model.pem(self.image_blobs(images)[0])
+        pem_inputs = self.image_blobs(images)[0] if self.model.pem is not None else None
+        terms, outputs = self.network_losses(self.model, images, proxies, corrupted, pem_inputs)
+        if self.teacher is None:
+            return terms
+        teacher_terms, teacher_outputs = self.network_losses(self.teacher, images, proxies, corrupted, pem_inputs)
+        distances = [
+            F.mse_loss(output, teacher.detach()) for output, teacher in zip(outputs, teacher_outputs, strict=True)
+        ]
+        terms["distillation"] = self.distillation_weight * torch.stack(distances).sum()
+        terms["teacher"] = teacher_terms["loss"]
+        terms["loss"] = terms["loss"] + terms["distillation"] + terms["teacher"]
+        return terms
+
+    def network_losses(
+        self,
+        network: ProxyAnoModel,
+        images: torch.Tensor,
+        proxies: torch.Tensor,
+        corrupted: torch.Tensor,
+        pem_inputs: torch.Tensor | None,
+    ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
+        """One network's loss terms and what a student distils from it: the predicted proxy (with a PEM) and
+        the reconstruction the network scores at test time (from the predicted proxy where it is trained on it).
+        """
+        if network.pem is None:  # reconstruct_from="image": the IRM alone, repairing the raw image
+            reconstructions = network.irm(corrupted)
+            return self.loss(images, proxies, None, [], reconstructions, None), (reconstructions,)
+        predicted, memory_weights = network.pem(pem_inputs)
         with_predicted = self.loss.predicted_proxy_weight > 0
         irm_inputs = torch.cat([corrupted, predicted.detach()]) if with_predicted else corrupted
-        reconstructions = self.model.irm(irm_inputs)
+        reconstructions = network.irm(irm_inputs)
         from_extracted, from_predicted = reconstructions.chunk(2) if with_predicted else (reconstructions, None)
-        return self.loss(images, proxies, predicted, memory_weights, from_extracted, from_predicted)
+        terms = self.loss(images, proxies, predicted, memory_weights, from_extracted, from_predicted)
+        return terms, (predicted, from_extracted if from_predicted is None else from_predicted)
 
     def selects_scoring(self) -> bool:
         return bool(self.score_candidates) and self.select_epoch and self.label_free_validation()
@@ -427,8 +480,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             self.trainer.save_checkpoint(path)
 
     def optimizer(self) -> torch.optim.Optimizer:
-        """One Adam for both networks (also used by benchmarks/proxyano_sweep.py)."""
-        return torch.optim.Adam(self.model.parameters(), lr=self.learning_rate)
+        """One Adam for both networks and the teacher's (also used by benchmarks/proxyano_sweep.py)."""
+        teacher = () if self.teacher is None else self.teacher.parameters()
+        return torch.optim.Adam(chain(self.model.parameters(), teacher), lr=self.learning_rate)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig | torch.optim.Optimizer:
         optimizer = self.optimizer()
@@ -470,3 +524,26 @@ def _scoring(candidate: dict[str, Any], error_blur_sigma: float = 0.0, topk: flo
     )
     scoring.check()
     return scoring
+
+
+def _check_image_size(image_size: int, widths: list[int], space_to_depth: int) -> None:
+    stride = 2 ** (len(widths) - 1) * check_space_to_depth(space_to_depth)
+    if image_size < stride or image_size % stride:
+        msg = (
+            f"image_size must be a positive multiple of {stride} for {len(widths)} levels and "
+            f"space_to_depth={space_to_depth}, got {image_size}"
+        )
+        raise ValueError(msg)
+
+
+def _teacher_network(network: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """The teacher's network arguments: ``network`` with ``changes`` (``distill_from``), checked."""
+    if not isinstance(changes, dict) or not changes or not set(changes) <= set(TEACHER_ARGUMENTS):
+        msg = (
+            f"distill_from changes some of {', '.join(TEACHER_ARGUMENTS)} (the teacher's architecture), got {changes!r}"
+        )
+        raise ValueError(msg)
+    teacher = network | changes
+    teacher["widths"] = list(teacher["widths"])
+    _check_image_size(teacher["image_size"], teacher["widths"], teacher["space_to_depth"])
+    return teacher

@@ -146,11 +146,52 @@ def test_nan_loss_stops_training_with_a_clear_message():
         ({"lr_schedule": "step"}, "lr_schedule must be one of constant, cosine"),
         ({"intensity_jitter": 1.5}, "intensity_jitter must be a probability"),
         ({"translation_jitter": -1.0}, "translation_jitter must be a probability"),
+        ({"distill_from": {}}, "distill_from changes some of widths"),
+        ({"distill_from": {"error": "l2"}}, "the teacher's architecture"),
+        ({"distill_from": {"space_to_depth": 16}}, "multiple of 64 for 3 levels and space_to_depth=16"),
+        ({"distill_from": {"space_to_depth": 1}, "distillation_weight": -1.0}, "distillation_weight must be >= 0"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         ProxyAno(**{**TINY, **kwargs})
+
+
+def test_a_teacher_trains_beside_the_network_and_only_the_network_scores(tmp_path):
+    """``distill_from``: the teacher (here at full resolution) learns from its own losses, the half-resolution
+    network also from the teacher's outputs; inference, the harness's ``model.model`` and checkpoints' scores are
+    the network's alone."""
+    lightning.seed_everything(0)
+    model = ProxyAno(
+        **TINY,
+        space_to_depth=2,
+        distill_from={"space_to_depth": 1, "memory_size": 100},
+        proxy="blur",
+        learning_rate=1e-2,
+    )
+    assert model.teacher.pem.encoder.space_to_depth == 1
+    assert model.model.pem.encoder.space_to_depth == 2
+    teacher_before = [parameter.detach().clone() for parameter in model.teacher.parameters()]
+    terms = model.training_losses(model.model.to_model_channels(_batch().image))
+    assert {"distillation", "teacher"} <= set(terms)
+    torch.testing.assert_close(
+        terms["loss"], sum(value for name, value in terms.items() if name not in {"loss", "entropy"}) + terms["entropy"]
+    )
+    losses = _train(model, _batch(), steps=15)
+    assert losses[-1] < 0.7 * losses[0]
+    moved = [
+        not torch.equal(before, after) for before, after in zip(teacher_before, model.teacher.parameters(), strict=True)
+    ]
+    assert all(moved)  # the optimiser trains the teacher too
+    model.eval()
+    images = _batch(4, seed=1).image
+    with torch.no_grad():
+        torch.testing.assert_close(model(images).pred_score, model.model(images).pred_score)
+    path = tmp_path / "distilled.ckpt"
+    save_checkpoint(model, path)
+    restored = ProxyAno.load_from_checkpoint(path, weights_only=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(restored(images).pred_score, model(images).pred_score)
 
 
 def test_cosine_schedule_decays_to_its_floor_by_the_last_epoch():
