@@ -204,9 +204,9 @@ def test_proxyano_chooses_its_scoring_with_the_epoch_and_keeps_it_through_a_chec
 
     torch.manual_seed(0)
     candidates = [
-        {"error": "l1", "map_sigma": 1.0, "relative": False, "error_blur_sigma": 0.0},
-        {"error": "gradient", "map_sigma": 2.0, "relative": True, "error_blur_sigma": 0.0},
-        {"error": "l1", "map_sigma": 1.0, "relative": False, "error_blur_sigma": 2.0},
+        {"error": "l1", "map_sigma": 1.0, "relative": False, "error_blur_sigma": 0.0, "topk": 0.01},
+        {"error": "gradient", "map_sigma": 2.0, "relative": True, "error_blur_sigma": 0.0, "topk": 0.01},
+        {"error": "l1", "map_sigma": 1.0, "relative": False, "error_blur_sigma": 2.0, "topk": 0.05},
     ]
     model = ProxyAno(image_size=32, widths=[4, 8], memory_size=0, proxy="blur", score_candidates=candidates)
     engine = Engine(max_epochs=2, default_root_dir=patients_tree / "run", enable_progress_bar=False, logger=False)
