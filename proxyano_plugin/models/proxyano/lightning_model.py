@@ -139,9 +139,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             chooses among, jointly with the epoch (``select_epoch``): every validation epoch scores the same
             reconstructions with each, and the best (epoch, scoring) pair is kept; testing, the checkpoint and
             export then use that scoring. ``error``, ``map_sigma``, ``score_relative`` and ``score_topk`` are the
-            scoring until then, and the only one without candidates (the default) or without a label-free validation
-            set.
-            The logged ``val_*`` curves stay theirs; ``val_selection_candidate{i}`` logs each candidate's.
+            scoring until then, and the only one without candidates (the default) or without a label-free
+            validation set. The logged ``val_*`` curves stay theirs; ``val_selection_candidate{i}`` logs each
+            candidate's.
         space_to_depth: Both networks fold ``f x f`` pixel blocks into channels (``pixel_unshuffle``) on the way
             in and unfold them on the way out: they run at ``1/f`` of ``image_size`` with ``f**2`` times fewer
             FLOPs and see every input pixel. 1 (default) runs them at full resolution.
