@@ -6,6 +6,7 @@ IEEE TMI 2021 (arXiv 2110.01761). See README.md in this folder for every choice 
 
 import copy
 import logging
+from collections.abc import Sequence
 from itertools import chain
 from typing import Any
 
@@ -526,7 +527,7 @@ def _scoring(candidate: dict[str, Any], error_blur_sigma: float = 0.0, topk: flo
     return scoring
 
 
-def _check_image_size(image_size: int, widths: list[int], space_to_depth: int) -> None:
+def _check_image_size(image_size: int, widths: Sequence[int], space_to_depth: int) -> None:
     stride = 2 ** (len(widths) - 1) * check_space_to_depth(space_to_depth)
     if image_size < stride or image_size % stride:
         msg = (
@@ -544,6 +545,5 @@ def _teacher_network(network: dict[str, Any], changes: dict[str, Any]) -> dict[s
         )
         raise ValueError(msg)
     teacher = network | changes
-    teacher["widths"] = list(teacher["widths"])
     _check_image_size(teacher["image_size"], teacher["widths"], teacher["space_to_depth"])
     return teacher
