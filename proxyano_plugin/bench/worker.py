@@ -275,7 +275,9 @@ def execute(spec: RunSpec, paths: RunPaths, resume: bool = False) -> dict[str, A
             ModelCheckpoint(dirpath=paths.run_dir, save_top_k=0, save_last=False),
         ],
         logger=False,
-        default_root_dir=paths.run_dir,
+        # Engine.fit makes a new numbered workspace folder in every rank: DDP ranks sharing one root raced for the
+        # same `v0` and the loser's FileExistsError left the winner waiting for it forever. One root per rank.
+        default_root_dir=paths.run_dir if paths.rank == 0 else paths.run_dir / f"rank{paths.rank}",
         max_epochs=spec.max_epochs,
         accelerator=spec.accelerator,
         devices=world_size,
