@@ -42,6 +42,7 @@ TINY_MODELS = {
             "widths": [4, 8],
             "memory_size": 8,
             "space_to_depth": 2,
+            "refine_width": 4,
             "distill_from": {"widths": [8, 16]},
         },
     ),

@@ -52,6 +52,7 @@ TEACHER_ARGUMENTS = (
     "pem_code_size",
     "space_to_depth",
     "skip_merge",
+    "refine_width",
 )
 
 
@@ -146,6 +147,10 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         space_to_depth: Both networks fold ``f x f`` pixel blocks into channels (``pixel_unshuffle``) on the way
             in and unfold them on the way out: they run at ``1/f`` of ``image_size`` with ``f**2`` times fewer
             FLOPs and see every input pixel. 1 (default) runs them at full resolution.
+        refine_width: With ``space_to_depth`` > 1, both decoders end in one 3x3 convolution of this width at full
+            resolution over their unfolded features and their input (the PEM's image, the IRM's proxy), so each
+            pixel's output sees its neighbours (``9 * (refine_width + 1) * refine_width`` multiply-adds per pixel
+            and network). 0 (default): the half-resolution head predicts each pixel block directly.
         weight_averaging: Decay of an exponential moving average of the weights, updated after every step
             (0.995: about the last 200 steps; warmed up over the first steps); validation, the kept epoch,
             testing and export then use the averaged networks, which move less from epoch to epoch than the
@@ -208,6 +213,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         error_sign: str = "both",
         space_to_depth: int = 1,
         skip_merge: str = "concat",
+        refine_width: int = 0,
         weight_averaging: float = 0.0,
         averaged_batchnorm: str = "average",
         distill_from: dict[str, Any] | None = None,
@@ -261,6 +267,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             "error_sign": error_sign,
             "space_to_depth": space_to_depth,
             "skip_merge": skip_merge,
+            "refine_width": refine_width,
         }
         self.model = ProxyAnoModel(**network)
         # The teacher of distill_from: trained with the model, never used at inference; the optimiser sees it.

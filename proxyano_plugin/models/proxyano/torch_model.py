@@ -82,7 +82,9 @@ class Decoder(nn.Module):
     decoder's multiply-adds.
 
     ``space_to_depth`` > 1 undoes the encoder's: the head predicts ``f**2`` sub-pixels per location, which
-    ``pixel_shuffle`` puts back at full resolution.
+    ``pixel_shuffle`` puts back at full resolution; with ``refine_width`` > 0 it predicts ``refine_width``
+    features per full-resolution pixel instead, which :class:`FullResolutionHead` turns into the output beside
+    the network's full-resolution input (``refine_input_channels`` of it; 0: none).
     """
 
     def __init__(
@@ -92,6 +94,8 @@ class Decoder(nn.Module):
         skips: bool,
         space_to_depth: int = 1,
         skip_merge: str = "concat",
+        refine_width: int = 0,
+        refine_input_channels: int = 0,
     ) -> None:
         super().__init__()
         self.skips = skips
@@ -101,12 +105,23 @@ class Decoder(nn.Module):
         self.projections = nn.ModuleList(nn.Conv2d(cin, cout, 1) for cin, cout in levels) if add_skips else None
         block_inputs = [cout if add_skips else cin + (cout if skips else 0) for cin, cout in levels]
         self.blocks = nn.ModuleList(ConvBlock(cin, cout) for cin, (_, cout) in zip(block_inputs, levels, strict=True))
-        self.head = nn.Conv2d(widths[0], out_channels * space_to_depth**2, 1)
-        # Start from a dark image (sigmoid(-3) = 0.05): most pixels of a medical slice are background, and a
-        # head starting at 0.5 spends the first hundreds of steps, and the error map, on the background.
-        nn.init.constant_(self.head.bias, HEAD_BIAS)
+        self.refine = None
+        if check_refine_width(refine_width, space_to_depth):
+            self.head = nn.Conv2d(widths[0], refine_width * space_to_depth**2, 1)
+            self.refine = FullResolutionHead(refine_width, refine_input_channels, out_channels)
+        else:
+            self.head = nn.Conv2d(widths[0], out_channels * space_to_depth**2, 1)
+            # Start from a dark image (sigmoid(-3) = 0.05): most pixels of a medical slice are background, and a
+            # head starting at 0.5 spends the first hundreds of steps, and the error map, on the background.
+            nn.init.constant_(self.head.bias, HEAD_BIAS)
 
-    def forward(self, bottleneck: torch.Tensor, skip_features: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    def forward(
+        self,
+        bottleneck: torch.Tensor,
+        skip_features: Sequence[torch.Tensor] = (),
+        full_resolution_input: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The output at full resolution; ``full_resolution_input`` feeds the refinement head (when it has one)."""
         x = bottleneck
         for level, block in enumerate(self.blocks):
             if self.projections is not None:  # skip_merge="add"
@@ -117,8 +132,45 @@ class Decoder(nn.Module):
             elif self.skips:
                 x = torch.cat([x, skip_features[-(level + 2)]], dim=1)
             x = block(x)
+        if self.refine is not None:
+            return self.refine(F.pixel_shuffle(self.head(x), self.space_to_depth), full_resolution_input)
         x = torch.sigmoid(self.head(x))
         return F.pixel_shuffle(x, self.space_to_depth) if self.space_to_depth > 1 else x
+
+
+class FullResolutionHead(nn.Module):
+    """One 3x3 convolution at full resolution over a half-resolution decoder's unfolded features and the input.
+
+    A ``space_to_depth`` network predicts each ``f x f`` block from one location's features, which blurs the
+    detail that small lesions are judged against; this layer, ``9 * (width + inputs) * width`` multiply-adds per
+    pixel, sees every pixel's neighbours and the input itself before the output.
+    """
+
+    def __init__(self, width: int, input_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(width + input_channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
+        self.head = nn.Conv2d(width, out_channels, 1)
+        nn.init.constant_(self.head.bias, HEAD_BIAS)
+
+    def forward(self, features: torch.Tensor, inputs: torch.Tensor | None) -> torch.Tensor:
+        if inputs is not None:
+            features = torch.cat([features, inputs], dim=1)
+        return torch.sigmoid(self.head(self.block(features)))
+
+
+def check_refine_width(width: object, space_to_depth: int) -> int:
+    """``width`` if it is a valid ``refine_width`` for this ``space_to_depth``, else a ValueError."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 0:
+        msg = f"refine_width must be a non-negative integer (0: no full-resolution head), got {width!r}"
+        raise ValueError(msg)
+    if width and space_to_depth == 1:
+        msg = "refine_width > 0 refines a half-resolution decoder: it needs space_to_depth > 1"
+        raise ValueError(msg)
+    return width
 
 
 def check_skip_merge(merge: object) -> str:
@@ -178,7 +230,9 @@ class ProxyExtractionModule(nn.Module):
     or ``"memory"`` (every skip level is read through a memory of its own, as DAAD does on skips: fine
     detail reaches the decoder only as a mix of items learned on normal images). ``code_size`` > 0 (with no
     skips) squeezes the bottleneck into one global code first (:class:`GlobalCode`); ``image_size`` then sets
-    the bottleneck's grid.
+    the bottleneck's grid. ``refine_width`` > 0 ends a half-resolution decoder with a
+    :class:`FullResolutionHead`, which also sees the image when the skips are plain ones (elsewhere the image
+    would bypass the memory or the code).
     """
 
     def __init__(
@@ -192,6 +246,7 @@ class ProxyExtractionModule(nn.Module):
         skip_merge: str = "concat",
         code_size: int = 0,
         image_size: int | None = None,
+        refine_width: int = 0,
     ) -> None:
         super().__init__()
         if skips not in PEM_SKIPS:
@@ -210,7 +265,9 @@ class ProxyExtractionModule(nn.Module):
             for width in (levels if with_memory and self.code is None else ())
         )
         self.skips = skips != "none"
-        self.decoder = Decoder(widths, channels, self.skips, space_to_depth, skip_merge)
+        self.refine_from_image = skips == "plain"
+        refine_inputs = channels if self.refine_from_image else 0
+        self.decoder = Decoder(widths, channels, self.skips, space_to_depth, skip_merge, refine_width, refine_inputs)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Return the predicted proxy and the addressing weights of every memory (empty without memory)."""
@@ -222,7 +279,8 @@ class ProxyExtractionModule(nn.Module):
             weights.append(level_weights)
         if self.code is not None:
             features[-1], weights = self.code(features[-1])
-        return self.decoder(features[-1], features if self.skips else ()), weights
+        full_resolution_input = images if self.refine_from_image else None
+        return self.decoder(features[-1], features if self.skips else (), full_resolution_input), weights
 
 
 def check_code_size(code_size: object, skips: str, image_size: int | None, levels: int, space_to_depth: int) -> int:
@@ -243,15 +301,20 @@ class ImageReconstructionModule(nn.Module):
     """U-Net mapping a proxy back to the image it came from."""
 
     def __init__(
-        self, channels: int, widths: Sequence[int], space_to_depth: int = 1, skip_merge: str = "concat"
+        self,
+        channels: int,
+        widths: Sequence[int],
+        space_to_depth: int = 1,
+        skip_merge: str = "concat",
+        refine_width: int = 0,
     ) -> None:
         super().__init__()
         self.encoder = Encoder(channels, widths, space_to_depth)
-        self.decoder = Decoder(widths, channels, True, space_to_depth, skip_merge)
+        self.decoder = Decoder(widths, channels, True, space_to_depth, skip_merge, refine_width, channels)
 
     def forward(self, proxies: torch.Tensor) -> torch.Tensor:
         features = self.encoder(proxies)
-        return self.decoder(features[-1], features)
+        return self.decoder(features[-1], features, proxies)
 
 
 class ProxyAnoOutput(NamedTuple):
@@ -330,6 +393,8 @@ class ProxyAnoModel(nn.Module):
         pem_code_size: 0 (a spatial PEM bottleneck) or the size of one global code the PEM squeezes the image
             into (see :class:`GlobalCode`; needs ``pem_skips="none"`` and ``image_size``).
         image_size: Square input size; only a global code needs it.
+        refine_width: Width of a full-resolution layer that ends both half-resolution decoders
+            (:class:`FullResolutionHead`; needs ``space_to_depth`` > 1); 0: none.
         error_sign: Which departures score: ``"both"``, ``"brighter"`` (the image brighter than its
             reconstruction: hyperintense lesions, as on FLAIR and T2) or ``"darker"`` (hypointense ones).
     """
@@ -352,6 +417,7 @@ class ProxyAnoModel(nn.Module):
         skip_merge: str = "concat",
         pem_code_size: int = 0,
         image_size: int | None = None,
+        refine_width: int = 0,
     ) -> None:
         super().__init__()
         check_space_to_depth(space_to_depth)
@@ -378,11 +444,12 @@ class ProxyAnoModel(nn.Module):
                 skip_merge,
                 pem_code_size,
                 image_size,
+                refine_width,
             )
             if reconstruct_from == "predicted_proxy"
             else None
         )
-        self.irm = ImageReconstructionModule(in_channels, widths, space_to_depth, skip_merge)
+        self.irm = ImageReconstructionModule(in_channels, widths, space_to_depth, skip_merge, refine_width)
         self.register_buffer("smoothing_kernel", None, False)
         self.register_buffer("error_blur_kernel", None, False)
         self.set_scoring(Scoring(error, map_sigma, score_relative, error_blur_sigma, score_topk))

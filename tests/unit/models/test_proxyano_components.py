@@ -136,6 +136,53 @@ def test_space_to_depth_runs_the_networks_at_half_resolution_and_keeps_every_pix
     assert not torch.equal(model.reconstruct(changed).proxy, output.proxy)
 
 
+def test_a_full_resolution_head_ends_the_half_resolution_decoders():
+    images = torch.rand(2, 1, 32, 32)
+    costs = {}
+    for refine_width in (0, 4):
+        torch.manual_seed(0)
+        model = ProxyAnoModel(
+            1, WIDTHS, 20, 0.01, 1.0, 0.05, "l1", pem_skips="plain", space_to_depth=2, refine_width=refine_width
+        ).eval()
+        with FlopCounterMode(display=False) as counter:
+            output = model.reconstruct(images)
+        costs[refine_width] = counter.get_total_flops()
+        assert output.reconstruction.shape == output.proxy.shape == (2, 1, 32, 32)
+    # The head's 3x3 convolution sees 4 unfolded features and the input (the PEM's image, the IRM's proxy).
+    assert model.pem.decoder.refine.block[0].in_channels == 5
+    assert model.irm.decoder.refine.block[0].in_channels == 5
+    per_pixel = 2 * 2 * 9 * 5 * 4  # FLOPs (2 per multiply-add) of the two 3x3 convolutions
+    assert costs[4] - costs[0] > 2 * 32 * 32 * per_pixel
+    # Neighbouring outputs now differ within one 2x2 block's prediction: a change of one pixel reaches its neighbour.
+    changed = images.clone()
+    changed[:, :, 6, 6] += 0.5
+    difference = (model.reconstruct(changed).proxy - output.proxy).abs()[0, 0]
+    assert difference[5, 6] > 0
+    assert difference[6, 5] > 0
+
+
+def test_the_full_resolution_head_never_sees_the_image_past_the_memory():
+    # With memory-read skips (or none) the image reaches the PEM's output only through the memory: the head must
+    # not bring it back at full resolution.
+    model = ProxyAnoModel(1, WIDTHS, 20, 0.01, 1.0, 0.05, "l1", pem_skips="memory", space_to_depth=2, refine_width=4)
+    assert model.pem.decoder.refine.block[0].in_channels == 4
+    assert model.irm.decoder.refine.block[0].in_channels == 5
+
+
+@pytest.mark.parametrize(
+    ("refine_width", "space_to_depth", "message"),
+    [
+        (-1, 2, "refine_width must be a non-negative integer"),
+        (2.0, 2, "refine_width must be a non-negative integer"),
+        (True, 2, "refine_width must be a non-negative integer"),
+        (4, 1, "needs space_to_depth > 1"),
+    ],
+)
+def test_refine_width_is_checked(refine_width, space_to_depth, message):
+    with pytest.raises(ValueError, match=message):
+        ProxyAnoModel(1, WIDTHS, 20, 0.01, 1.0, 0.05, "l1", space_to_depth=space_to_depth, refine_width=refine_width)
+
+
 @pytest.mark.parametrize("bad", [0, 1.5, True])
 def test_space_to_depth_must_be_a_positive_integer(bad):
     with pytest.raises(ValueError, match="space_to_depth must be a positive integer"):

@@ -42,19 +42,20 @@ def test_a_few_steps_reduce_the_loss():
     assert losses[-1] < 0.7 * losses[0]
 
 
-@pytest.mark.parametrize("skip_merge", ["concat", "add"])
-def test_a_few_steps_reduce_the_loss_at_half_internal_resolution(skip_merge):
+@pytest.mark.parametrize(("skip_merge", "refine_width"), [("concat", 0), ("add", 0), ("concat", 4)])
+def test_a_few_steps_reduce_the_loss_at_half_internal_resolution(skip_merge, refine_width):
     lightning.seed_everything(0)
     model = ProxyAno(
         **TINY,
         space_to_depth=2,
         skip_merge=skip_merge,
+        refine_width=refine_width,
         proxy="blur",
         image_blob_probability=0.0,
         proxy_blob_probability=0.0,
         learning_rate=1e-2,
     )
-    losses = _train(model, _batch(), steps=15)
+    losses = _train(model, _batch(), steps=25)
     assert losses[-1] < 0.7 * losses[0]
 
 
@@ -138,6 +139,7 @@ def test_nan_loss_stops_training_with_a_clear_message():
         ({"image_size": 36, "space_to_depth": 2}, "multiple of 8 for 3 levels and space_to_depth=2"),
         ({"space_to_depth": 0}, "space_to_depth must be a positive integer"),
         ({"skip_merge": "sum"}, "skip_merge must be one of concat, add"),
+        ({"refine_width": 4}, "needs space_to_depth > 1"),
         ({"proxy": "no-such-proxy"}, "no-such-proxy"),
         ({"score_topk": 0.0}, "score_topk"),
         ({"reconstruct_from": "image"}, "set proxy='identity'"),
