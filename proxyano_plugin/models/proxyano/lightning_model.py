@@ -53,6 +53,7 @@ TEACHER_ARGUMENTS = (
     "space_to_depth",
     "skip_merge",
     "refine_width",
+    "refine_networks",
 )
 
 
@@ -151,6 +152,8 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             resolution over their unfolded features and their input (the PEM's image, the IRM's proxy), so each
             pixel's output sees its neighbours (``9 * (refine_width + 1) * refine_width`` multiply-adds per pixel
             and network). 0 (default): the half-resolution head predicts each pixel block directly.
+        refine_networks: Which decoders end in the ``refine_width`` layer: ``"both"`` (default), ``"pem"`` or
+            ``"irm"`` (the network whose output is scored); one network pays half the layer's cost.
         weight_averaging: Decay of an exponential moving average of the weights, updated after every step
             (0.995: about the last 200 steps; warmed up over the first steps); validation, the kept epoch,
             testing and export then use the averaged networks, which move less from epoch to epoch than the
@@ -214,6 +217,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         space_to_depth: int = 1,
         skip_merge: str = "concat",
         refine_width: int = 0,
+        refine_networks: str = "both",
         weight_averaging: float = 0.0,
         averaged_batchnorm: str = "average",
         distill_from: dict[str, Any] | None = None,
@@ -268,6 +272,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             "space_to_depth": space_to_depth,
             "skip_merge": skip_merge,
             "refine_width": refine_width,
+            "refine_networks": refine_networks,
         }
         self.model = ProxyAnoModel(**network)
         # The teacher of distill_from: trained with the model, never used at inference; the optimiser sees it.

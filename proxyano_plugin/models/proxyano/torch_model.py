@@ -70,6 +70,7 @@ class Encoder(nn.Module):
 
 
 SKIP_MERGES = ("concat", "add")
+REFINE_NETWORKS = ("both", "pem", "irm")
 
 
 class Decoder(nn.Module):
@@ -171,6 +172,14 @@ def check_refine_width(width: object, space_to_depth: int) -> int:
         msg = "refine_width > 0 refines a half-resolution decoder: it needs space_to_depth > 1"
         raise ValueError(msg)
     return width
+
+
+def check_refine_networks(networks: object) -> str:
+    """``networks`` if it is a valid ``refine_networks``, else a ValueError naming the choices."""
+    if networks not in REFINE_NETWORKS:
+        msg = f"refine_networks must be one of {', '.join(REFINE_NETWORKS)}, got {networks!r}"
+        raise ValueError(msg)
+    return networks
 
 
 def check_skip_merge(merge: object) -> str:
@@ -395,6 +404,7 @@ class ProxyAnoModel(nn.Module):
         image_size: Square input size; only a global code needs it.
         refine_width: Width of a full-resolution layer that ends both half-resolution decoders
             (:class:`FullResolutionHead`; needs ``space_to_depth`` > 1); 0: none.
+        refine_networks: Which decoders end in that layer: ``"both"``, ``"pem"`` or ``"irm"`` (half its cost).
         error_sign: Which departures score: ``"both"``, ``"brighter"`` (the image brighter than its
             reconstruction: hyperintense lesions, as on FLAIR and T2) or ``"darker"`` (hypointense ones).
     """
@@ -418,10 +428,12 @@ class ProxyAnoModel(nn.Module):
         pem_code_size: int = 0,
         image_size: int | None = None,
         refine_width: int = 0,
+        refine_networks: str = "both",
     ) -> None:
         super().__init__()
         check_space_to_depth(space_to_depth)
         check_skip_merge(skip_merge)
+        check_refine_networks(refine_networks)
         if error_sign not in ERROR_SIGNS:
             msg = f"error_sign must be one of {', '.join(ERROR_SIGNS)}, got {error_sign!r}"
             raise ValueError(msg)
@@ -444,12 +456,13 @@ class ProxyAnoModel(nn.Module):
                 skip_merge,
                 pem_code_size,
                 image_size,
-                refine_width,
+                refine_width if refine_networks in {"both", "pem"} else 0,
             )
             if reconstruct_from == "predicted_proxy"
             else None
         )
-        self.irm = ImageReconstructionModule(in_channels, widths, space_to_depth, skip_merge, refine_width)
+        irm_refine_width = refine_width if refine_networks in {"both", "irm"} else 0
+        self.irm = ImageReconstructionModule(in_channels, widths, space_to_depth, skip_merge, irm_refine_width)
         self.register_buffer("smoothing_kernel", None, False)
         self.register_buffer("error_blur_kernel", None, False)
         self.set_scoring(Scoring(error, map_sigma, score_relative, error_blur_sigma, score_topk))

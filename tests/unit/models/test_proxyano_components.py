@@ -169,6 +169,32 @@ def test_the_full_resolution_head_never_sees_the_image_past_the_memory():
     assert model.irm.decoder.refine.block[0].in_channels == 5
 
 
+@pytest.mark.parametrize(("networks", "pem_refined", "irm_refined"), [("pem", True, False), ("irm", False, True)])
+def test_the_full_resolution_head_can_end_one_network_only(networks, pem_refined, irm_refined):
+    model = ProxyAnoModel(
+        1,
+        WIDTHS,
+        20,
+        0.01,
+        1.0,
+        0.05,
+        "l1",
+        pem_skips="plain",
+        space_to_depth=2,
+        refine_width=4,
+        refine_networks=networks,
+    ).eval()
+    assert (model.pem.decoder.refine is not None) == pem_refined
+    assert (model.irm.decoder.refine is not None) == irm_refined
+    output = model.reconstruct(torch.rand(2, 1, 32, 32))
+    assert output.reconstruction.shape == output.proxy.shape == (2, 1, 32, 32)
+
+
+def test_refine_networks_must_be_known():
+    with pytest.raises(ValueError, match="refine_networks must be one of both, pem, irm"):
+        ProxyAnoModel(1, WIDTHS, 20, 0.01, 1.0, 0.05, "l1", space_to_depth=2, refine_width=4, refine_networks="all")
+
+
 @pytest.mark.parametrize(
     ("refine_width", "space_to_depth", "message"),
     [

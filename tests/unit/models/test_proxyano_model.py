@@ -140,6 +140,7 @@ def test_nan_loss_stops_training_with_a_clear_message():
         ({"space_to_depth": 0}, "space_to_depth must be a positive integer"),
         ({"skip_merge": "sum"}, "skip_merge must be one of concat, add"),
         ({"refine_width": 4}, "needs space_to_depth > 1"),
+        ({"refine_networks": "all"}, "refine_networks must be one of both, pem, irm"),
         ({"proxy": "no-such-proxy"}, "no-such-proxy"),
         ({"score_topk": 0.0}, "score_topk"),
         ({"reconstruct_from": "image"}, "set proxy='identity'"),
