@@ -815,7 +815,7 @@ def test_print_config_shows_the_suite_as_it_runs_and_reloads_to_the_same_runs(tm
         ("brain-tumor", 30),
         ("proxy-ablation", 36),
         ("paper", 36),
-        ("speed", 19),
+        ("speed", 21),
         ("speed-gpu", 4),
         ("brain-lesions", 99),
     ],
