@@ -9,7 +9,13 @@ from proxyano_plugin.models.proxyano.lightning_model import _scoring
 from proxyano_plugin.models.proxyano.loss import ProxyAnoLoss
 from proxyano_plugin.models.proxyano.memory import MemoryModule, addressing_entropy, hard_shrink_relu
 from proxyano_plugin.models.proxyano.pseudo_anomaly import BlobShifter, PatchPaster
-from proxyano_plugin.models.proxyano.torch_model import ProxyAnoModel, ProxyExtractionModule, Scoring
+from proxyano_plugin.models.proxyano.torch_model import (
+    ProxyAnoModel,
+    ProxyExtractionModule,
+    Scoring,
+    fold_blocks,
+    unfold_blocks,
+)
 
 WIDTHS = [8, 16, 32]
 
@@ -134,6 +140,20 @@ def test_space_to_depth_runs_the_networks_at_half_resolution_and_keeps_every_pix
     changed = images.clone()
     changed[:, :, 5, 7] += 0.5
     assert not torch.equal(model.reconstruct(changed).proxy, output.proxy)
+
+
+@pytest.mark.parametrize(("channels", "factor"), [(1, 2), (3, 2), (2, 3)])
+def test_block_folding_and_unfolding_are_pixel_unshuffle_and_pixel_shuffle(channels, factor):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(2, channels, 6 * factor, 4 * factor, generator=generator)
+    assert torch.equal(fold_blocks(images, factor), torch.nn.functional.pixel_unshuffle(images, factor))
+    head = torch.nn.Conv2d(5, channels * factor**2, 1)
+    features = torch.randn(2, 5, 6, 4, generator=generator)
+    expected = torch.nn.functional.pixel_shuffle(head(features), factor)
+    torch.testing.assert_close(unfold_blocks(features, head, factor), expected, rtol=0, atol=1e-6)
+    unfold_blocks(features, head, factor).sum().backward()
+    assert head.weight.grad.abs().sum() > 0
+    assert head.bias.grad.abs().sum() > 0
 
 
 def test_a_full_resolution_head_ends_the_half_resolution_decoders():
