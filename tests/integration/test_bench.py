@@ -230,6 +230,8 @@ def test_suite_runs_records_and_reports(tmp_path: Path, folder: Path) -> None:
             assert sorted(examples["gt_label"].tolist()) == [0.0, 1.0]
     for name in ("report.md", "summary.csv", "auroc.png", "accuracy_vs_throughput.png", "gallery_mean.png"):
         assert (output / name).stat().st_size > 0
+    with Image.open(output / "gallery_mean.png") as gallery:
+        assert gallery.mode == "P"  # a palette: galleries are committed, and the tree must stay small
     assert "| mean | 2 |" in (output / "report.md").read_text()
     assert main(["curves", str(output), "--only", "mean/*", "--metric", "train_loss"]) == 0
     assert (output / "curves.png").stat().st_size > 0
