@@ -145,7 +145,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
             scoring until then, and the only one without candidates (the default) or without a label-free
             validation set. The logged ``val_*`` curves stay theirs; ``val_selection_candidate{i}`` logs each
             candidate's.
-        space_to_depth: Both networks fold ``f x f`` pixel blocks into channels (``pixel_unshuffle``) on the way
+        space_to_depth: Both networks fold ``f x f`` pixel blocks into channels (``fold_blocks``) on the way
             in and unfold them on the way out: they run at ``1/f`` of ``image_size`` with ``f**2`` times fewer
             FLOPs and see every input pixel. 1 (default) runs them at full resolution.
         refine_width: With ``space_to_depth`` > 1, both decoders end in one 3x3 convolution of this width at full
