@@ -56,6 +56,17 @@ def unfold_blocks(features: torch.Tensor, head: nn.Conv2d, factor: int) -> torch
     return F.conv_transpose2d(torch.cat([features, ones], dim=1), torch.cat([weight, bias]), stride=factor)
 
 
+def pointwise(features: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(features)`` for a 1x1 ``conv``, as one matrix product over the channels.
+
+    The same numbers (the same parameters, so checkpoints load unchanged). Exported, ONNX Runtime blocks a
+    convolution's channels by 8 or 16 and reorders its output: a 1x1 convolution to one channel at full
+    resolution cost about half of the 3x3 convolution before it, where the matrix product costs a tenth.
+    """
+    flat = conv.weight.flatten(1) @ features.flatten(2)
+    return flat.unflatten(2, features.shape[2:]) + conv.bias.view(1, -1, 1, 1)
+
+
 class ConvBlock(nn.Sequential):
     """Two 3x3 conv + BatchNorm + ReLU layers (the P-Net convention)."""
 
@@ -159,7 +170,7 @@ class Decoder(nn.Module):
                 x = torch.cat([x, skip_features[-(level + 2)]], dim=1)
             x = block(x)
         if self.space_to_depth == 1:
-            return torch.sigmoid(self.head(x))
+            return torch.sigmoid(pointwise(x, self.head))
         x = unfold_blocks(x, self.head, self.space_to_depth)
         return torch.sigmoid(x) if self.refine is None else self.refine(x, full_resolution_input)
 
@@ -185,7 +196,7 @@ class FullResolutionHead(nn.Module):
     def forward(self, features: torch.Tensor, inputs: torch.Tensor | None) -> torch.Tensor:
         if inputs is not None:
             features = torch.cat([features, inputs], dim=1)
-        return torch.sigmoid(self.head(self.block(features)))
+        return torch.sigmoid(pointwise(self.block(features), self.head))
 
 
 def check_refine_width(width: object, space_to_depth: int) -> int:

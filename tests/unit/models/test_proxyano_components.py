@@ -14,6 +14,7 @@ from proxyano_plugin.models.proxyano.torch_model import (
     ProxyExtractionModule,
     Scoring,
     fold_blocks,
+    pointwise,
     unfold_blocks,
 )
 
@@ -154,6 +155,17 @@ def test_block_folding_and_unfolding_are_pixel_unshuffle_and_pixel_shuffle(chann
     unfold_blocks(features, head, factor).sum().backward()
     assert head.weight.grad.abs().sum() > 0
     assert head.bias.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("out_channels", [1, 3])
+def test_pointwise_is_the_one_by_one_convolution(out_channels):
+    generator = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(5, out_channels, 1)
+    features = torch.randn(2, 5, 6, 4, generator=generator)
+    torch.testing.assert_close(pointwise(features, conv), conv(features), rtol=0, atol=1e-6)
+    pointwise(features, conv).sum().backward()
+    assert conv.weight.grad.abs().sum() > 0
+    assert conv.bias.grad.abs().sum() > 0
 
 
 def test_a_full_resolution_head_ends_the_half_resolution_decoders():
