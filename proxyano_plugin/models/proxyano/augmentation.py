@@ -13,7 +13,12 @@ teaches the networks to reproduce the image they are given, whatever its scale. 
 pointwise (gamma, gain, a low-order bias field), so the jittered proxy is the proxy of the jittered image up to
 the variation inside a superpixel.
 
-Both act after the proxy cache: it keeps serving the proxies of the unjittered images.
+Left and right: a set that mixes scans facing either way (sagittal slices, radiological and neurological
+display conventions) holds a normal slice's mirror image among its normals. ``FlipJitter`` mirrors a training
+image and its proxy together, a second normal from each one for a network that sees few subjects. The proxy
+of the mirrored image is the mirrored proxy up to the superpixel grid's own left-right asymmetry.
+
+All act after the proxy cache: it keeps serving the proxies of the unjittered images.
 """
 
 import torch
@@ -119,3 +124,20 @@ class TranslationJitter(Jitter):
         stacked = torch.cat(tensors, dim=1)
         shifted = F.grid_sample(stacked, grid, mode="nearest", padding_mode="zeros", align_corners=False)
         return tuple(shifted.split([tensor.shape[1] for tensor in tensors], dim=1))
+
+
+class FlipJitter(Jitter):
+    """Per image, with probability ``probability``: mirror it left-right (the last axis), its proxy alike.
+
+    Only for sets whose normals face either way: on a set scanned in one orientation a mirrored slice is
+    itself an anomaly to learn. Batched (``torch.where`` over the flipped batch).
+
+    Args:
+        probability: Chance that an image is mirrored (0 turns the jitter off).
+    """
+
+    parameter = "flip_jitter"
+
+    def apply(self, tensors: tuple[torch.Tensor, ...], chosen: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        mirror = chosen.view(-1, 1, 1, 1).bool()
+        return tuple(torch.where(mirror, tensor.flip(-1), tensor) for tensor in tensors)

@@ -25,7 +25,7 @@ from proxyano_plugin.models.base import OneClassReconstruction
 from proxyano_plugin.models.selection import BestEpoch
 from proxyano_plugin.proxies import CachedProxy, create_proxy
 
-from .augmentation import IntensityJitter, TranslationJitter
+from .augmentation import FlipJitter, IntensityJitter, TranslationJitter
 from .loss import ProxyAnoLoss
 from .pseudo_anomaly import BlobShifter, PatchPaster
 from .torch_model import ProxyAnoModel, Scoring, check_space_to_depth
@@ -127,6 +127,9 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         translation_jitter: Chance that a training image (and its proxy) is shifted by up to 10 % of its size,
             zero-filled (``augmentation.TranslationJitter``), so that a head reaching the image border is not
             reconstructed with the dark rim the networks otherwise learn there. 0 (default): no shift.
+        flip_jitter: Chance that a training image (and its proxy) is mirrored left-right
+            (``augmentation.FlipJitter``): for sets whose normal scans face either way, where a mirrored normal
+            is another normal. 0 (default): no mirroring.
         error_sign: ``"both"`` (the paper: |x - x_hat|), ``"brighter"`` (only pixels brighter than their
             reconstruction score: hyperintense lesions such as gliomas on FLAIR) or ``"darker"``.
         select_epoch: On a label-free validation set (``val_split_mode="lesions"`` of ``SplitCSV`` or
@@ -210,6 +213,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         blob_flatten_probability: float = 0.0,
         intensity_jitter: float = 0.0,
         translation_jitter: float = 0.0,
+        flip_jitter: float = 0.0,
         select_epoch: bool = True,
         select_from_epoch: int = 0,
         score_candidates: list[dict[str, Any]] | None = None,
@@ -291,6 +295,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         self.image_blobs = BlobShifter(image_blob_probability, **blob_options)
         self.intensity_jitter = IntensityJitter(intensity_jitter)
         self.translation_jitter = TranslationJitter(translation_jitter)
+        self.flip_jitter = FlipJitter(flip_jitter)
         self.loss = ProxyAnoLoss(entropy_weight, predicted_proxy_weight)
         self.learning_rate = learning_rate
         self.lr_schedule = lr_schedule
@@ -365,7 +370,8 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         With a teacher (``distill_from``) it trains on the same corrupted inputs; ``teacher`` is its loss and
         ``distillation`` the weighted distance of this network's outputs to its (detached) ones.
         """
-        images, proxies = self.intensity_jitter(*self.translation_jitter(images, self.proxy_extractor(images)))
+        images, proxies = self.flip_jitter(images, self.proxy_extractor(images))
+        images, proxies = self.intensity_jitter(*self.translation_jitter(images, proxies))
         corrupted, _ = self.paster(proxies, images)
         corrupted, _ = self.proxy_blobs(corrupted, images)
         # The PEM sees lesion-like blobs in the image and must still predict the clean image's proxy.

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from proxyano_plugin.models.proxyano.augmentation import IntensityJitter, TranslationJitter
+from proxyano_plugin.models.proxyano.augmentation import FlipJitter, IntensityJitter, TranslationJitter
 from proxyano_plugin.models.proxyano.lightning_model import _scoring
 from proxyano_plugin.models.proxyano.loss import ProxyAnoLoss
 from proxyano_plugin.models.proxyano.memory import MemoryModule, addressing_entropy, hard_shrink_relu
@@ -466,6 +466,24 @@ def test_translation_jitter_shifts_image_and_proxy_together_by_whole_pixels_zero
     assert TranslationJitter(probability=0.0)(images)[0] is images
     with pytest.raises(ValueError, match="translation_jitter"):
         TranslationJitter(probability=-0.1)
+
+
+def test_flip_jitter_mirrors_image_and_proxy_together_left_right():
+    torch.manual_seed(5)
+    images = torch.rand(64, 1, 6, 8)
+    proxies = torch.rand(64, 3, 6, 8)
+    flipped_images, flipped_proxies = FlipJitter(probability=0.5)(images, proxies)
+    mirrored = torch.tensor(
+        [torch.equal(flipped, image.flip(-1)) for image, flipped in zip(images, flipped_images, strict=True)]
+    )
+    kept = torch.tensor([torch.equal(flipped, image) for image, flipped in zip(images, flipped_images, strict=True)])
+    assert torch.all(mirrored ^ kept)  # each image is either itself or its mirror image, never changed otherwise
+    assert 16 < mirrored.sum() < 48  # about half
+    torch.testing.assert_close(flipped_proxies[mirrored], proxies[mirrored].flip(-1), rtol=0, atol=0)
+    torch.testing.assert_close(flipped_proxies[~mirrored], proxies[~mirrored], rtol=0, atol=0)
+    assert FlipJitter(probability=0.0)(images)[0] is images
+    with pytest.raises(ValueError, match="flip_jitter"):
+        FlipJitter(probability=1.1)
 
 
 @pytest.mark.parametrize("bad", [{"probability": 2.0}, {"area_range": (0.2, 0.1)}, {"shift_range": (0.0, 0.5)}])

@@ -63,13 +63,13 @@ def test_training_is_deterministic_for_a_seed():
     runs = []
     for _ in range(2):
         lightning.seed_everything(3)
-        model = ProxyAno(**TINY, proxy="superpixel", intensity_jitter=0.5, translation_jitter=0.5)
+        model = ProxyAno(**TINY, proxy="superpixel", intensity_jitter=0.5, translation_jitter=0.5, flip_jitter=0.5)
         _train(model, _batch(), steps=3)
         runs.append(torch.cat([parameter.detach().flatten() for parameter in model.model.parameters()]))
     torch.testing.assert_close(runs[0], runs[1])
 
 
-@pytest.mark.parametrize("jitter", [{}, {"intensity_jitter": 1.0, "translation_jitter": 1.0}])
+@pytest.mark.parametrize("jitter", [{}, {"intensity_jitter": 1.0, "translation_jitter": 1.0, "flip_jitter": 1.0}])
 def test_superpixel_proxies_are_cached_across_epochs(jitter):
     """Jitter acts after the cache: jittered images still reuse their unjittered image's proxy."""
     model = ProxyAno(**TINY, proxy="superpixel", **jitter)
@@ -149,6 +149,7 @@ def test_nan_loss_stops_training_with_a_clear_message():
         ({"lr_schedule": "step"}, "lr_schedule must be one of constant, cosine"),
         ({"intensity_jitter": 1.5}, "intensity_jitter must be a probability"),
         ({"translation_jitter": -1.0}, "translation_jitter must be a probability"),
+        ({"flip_jitter": 2.0}, "flip_jitter must be a probability"),
         ({"distill_from": {}}, "distill_from changes some of widths"),
         ({"distill_from": {"error": "l2"}}, "the teacher's architecture"),
         ({"distill_from": {"space_to_depth": 16}}, "multiple of 64 for 3 levels and space_to_depth=16"),
