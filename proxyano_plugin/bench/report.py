@@ -27,6 +27,7 @@ from proxyano_plugin.bench.per_image import ImageRow, image_key, read_per_image,
 from proxyano_plugin.bench.spec import NOT_IDENTITY
 
 LESION_SIZE_COLUMN = "mask_pixels_256"
+LESION_KIND_COLUMN = "lesion"
 SHORTCUTS_COLUMNS = ("split", "statistic", "level", "auroc")
 SHORTCUTS_SOURCE = "benchmarks/split_shortcuts.py"
 
@@ -356,14 +357,15 @@ class Stratum:
 
 
 def strata(split_csv: Path, results: PerImage) -> tuple[list[Stratum], list[str]]:
-    """Lesion-size terciles (over the anomalous test rows' ``mask_pixels_256``), each with all normal test
-    images, and institutions (second ``_`` field of ``patient``), each on its own test images; with what they
-    are, in words. Nothing when the split CSV has no ``mask_pixels_256`` column."""
+    """Lesion-size terciles (over the anomalous test rows' ``mask_pixels_256``) and lesion kinds (``lesion``,
+    as ``proxyano-prepare lesions`` writes it), each with all normal test images, and institutions (second
+    ``_`` field of ``patient``), each on its own test images; with what they are, in words. Each family needs
+    its column; nothing without a ``label`` column."""
     try:
         rows, columns = results.test_rows(split_csv)
     except ValueError:
         return [], []
-    if LESION_SIZE_COLUMN not in columns or "label" not in columns:
+    if "label" not in columns:
         return [], []
     found: list[Stratum] = []
     said = []
@@ -385,6 +387,15 @@ def strata(split_csv: Path, results: PerImage) -> tuple[list[Stratum], list[str]
             f"all normal test images against the anomalous ones in each tercile of `{LESION_SIZE_COLUMN}` "
             "(lesion pixels in a 256 x 256 px mask)"
         )
+    kinds: dict[str, set[str]] = {}
+    for row in rows:
+        kind = (row.get(LESION_KIND_COLUMN) or "").strip()
+        if row["label"].strip() == "1" and kind:
+            kinds.setdefault(kind, set()).add(row["file"])
+    if len(kinds) > 1:
+        for kind, members in sorted(kinds.items()):
+            found.append(Stratum(f"{kind} lesions", normal | members))
+        said.append(f"all normal test images against each kind of lesion (the `{LESION_KIND_COLUMN}` column)")
     patients = [(row.get("patient") or "").split("_") for row in rows]
     institutions = sorted({parts[1] for parts in patients if len(parts) >= 2})
     if "patient" in columns and all(len(parts) >= 2 for parts in patients) and len(institutions) > 1:
@@ -398,7 +409,7 @@ def strata(split_csv: Path, results: PerImage) -> tuple[list[Stratum], list[str]
 def strata_table(dataset: str, groups: list[Group], results: PerImage) -> list[str]:
     """Markdown: the image AUROC of each stratum (rows) for each model (columns), mean ± std over seeds.
 
-    Only for a dataset split by a CSV (a ``split_csv`` argument) that has a ``mask_pixels_256`` column.
+    Only for a dataset split by a CSV (a ``split_csv`` argument) with a column that ``strata`` reads.
     """
     from proxyano_plugin.data.split_csv import resolve_split_csv
     from proxyano_plugin.data.validation import DatasetError
