@@ -370,10 +370,11 @@ def strata(split_csv: Path, results: PerImage) -> tuple[list[Stratum], list[str]
     found: list[Stratum] = []
     said = []
     normal = frozenset(row["file"] for row in rows if row["label"].strip() == "0")
+    anomalous = [row for row in rows if row["label"].strip() == "1"]
     sized = [
         (int(row[LESION_SIZE_COLUMN]), row["file"])
-        for row in rows
-        if row["label"].strip() == "1" and (row.get(LESION_SIZE_COLUMN) or "").strip().isdigit()
+        for row in anomalous
+        if (row.get(LESION_SIZE_COLUMN) or "").strip().isdigit()
     ]
     if len(sized) >= 3:
         cuts = statistics.quantiles([size for size, _ in sized], n=3)
@@ -388,9 +389,8 @@ def strata(split_csv: Path, results: PerImage) -> tuple[list[Stratum], list[str]
             "(lesion pixels in a 256 x 256 px mask)"
         )
     kinds: dict[str, set[str]] = {}
-    for row in rows:
-        kind = (row.get(LESION_KIND_COLUMN) or "").strip()
-        if row["label"].strip() == "1" and kind:
+    for row in anomalous:
+        if kind := (row.get(LESION_KIND_COLUMN) or "").strip():
             kinds.setdefault(kind, set()).add(row["file"])
     if len(kinds) > 1:
         for kind, members in sorted(kinds.items()):
