@@ -23,7 +23,12 @@ from proxyano_plugin.data.demo_generator import default_cache_root
 from proxyano_plugin.data.intensity import FullDepthDataset, check_intensity, check_split_modes
 from proxyano_plugin.data.item_cache import ItemCache
 from proxyano_plugin.data.lesions import APPEARANCES, DEFAULT_LESION_AREA
-from proxyano_plugin.data.synthetic_validation import hold_out, lesion_validation_dir, materialise_lesion_validation
+from proxyano_plugin.data.synthetic_validation import (
+    hold_out,
+    lesion_validation_dir,
+    materialise_lesion_validation,
+    near_duplicate_groups,
+)
 from proxyano_plugin.data.validation import (
     SKIPPED_KINDS,
     DataProblem,
@@ -253,6 +258,11 @@ class SplitCSV(AnomalibDataModule):
             training groups (``val_group_column``) or images held out.
         val_group_column: with ``"lesions"``: a split-CSV column (e.g. ``patient``) whose groups are held
             out whole, so that no validation patient is also trained on; ``None`` holds out single images.
+        val_group_near_duplicates: with ``"lesions"``: a distance in grey levels (of 255, RMS over 32 x 32
+            thumbnails; 3 is a good start) under which two training images, or one and the other's left-right
+            mirror image, are held out together (:func:`.synthetic_validation.near_duplicate_groups`), merged
+            with ``val_group_column``'s groups. brain_tumor_mri has mirrored copies of many slices: held out
+            alone, a slice whose twin stays in training does not measure generalisation. ``None``: no grouping.
         val_lesion_appearance: with ``"lesions"``: ``"t1ce"`` (dark oedema, enhancing tumour) or ``"flair"``
             (hyperintense lesions), the look of the painted lesions.
         val_lesion_area: with ``"lesions"``: ``[low, high]``, the painted lesions' area as a share of the head
@@ -294,6 +304,7 @@ class SplitCSV(AnomalibDataModule):
         strict: bool = False,
         pixel_metrics: bool = False,
         val_group_column: str | None = None,
+        val_group_near_duplicates: float | None = None,
         val_lesion_appearance: str = "t1ce",
         val_lesion_area: Sequence[float] | None = None,
         val_lesion_pairs: bool = False,
@@ -304,9 +315,17 @@ class SplitCSV(AnomalibDataModule):
         if self.label_free_validation:
             check_lesion_validation(intensity, val_split_ratio, val_lesion_appearance, val_lesion_area)
             val_split_mode = ValSplitMode.NONE  # made in _setup, from the training rows
-        elif val_lesion_pairs:
-            msg = f"val_lesion_pairs needs val_split_mode='lesions', got {val_split_mode!r}"
-            raise ValueError(msg)
+            if val_group_near_duplicates is not None and not val_group_near_duplicates > 0:
+                msg = f"val_group_near_duplicates is a distance in grey levels > 0, got {val_group_near_duplicates}"
+                raise ValueError(msg)
+        else:
+            for option, value in (
+                ("val_lesion_pairs", val_lesion_pairs),
+                ("val_group_near_duplicates", val_group_near_duplicates),
+            ):
+                if value not in (None, False):
+                    msg = f"{option} needs val_split_mode='lesions', got {val_split_mode!r}"
+                    raise ValueError(msg)
         check_split_modes(intensity, val_split_mode)
         super().__init__(
             train_batch_size=train_batch_size,
@@ -333,6 +352,7 @@ class SplitCSV(AnomalibDataModule):
         self.problems: list[DataProblem] | None = None
         self.summary: DatasetSummary | None = None
         self.val_group_column = val_group_column
+        self.val_group_near_duplicates = val_group_near_duplicates
         self.val_lesion_appearance = val_lesion_appearance
         self.val_lesion_area = None if val_lesion_area is None else tuple(float(value) for value in val_lesion_area)
         self.val_lesion_pairs = val_lesion_pairs
@@ -387,6 +407,8 @@ class SplitCSV(AnomalibDataModule):
                 raise ValueError(msg)
             by_file = dict(zip(column.file.str.strip(), column[self.val_group_column], strict=True))
             groups = [by_file[file] for file in files]
+        if self.val_group_near_duplicates is not None:
+            groups = self._near_duplicate_groups(files, groups if self.val_group_column else None)
         held = hold_out(groups, self.val_split_ratio, self.seed or 0)
         held_files = [file for file, chosen in zip(files, held, strict=True) if chosen]
         settings: dict[str, object] = {"seed": self.seed or 0, "appearance": self.val_lesion_appearance}
@@ -411,6 +433,23 @@ class SplitCSV(AnomalibDataModule):
             target,
         )
         return samples.drop(index=train[held]).reset_index(drop=True)
+
+    def _near_duplicate_groups(self, files: Sequence[str], groups: Sequence[str] | None) -> list[str]:
+        from proxyano_plugin.prepare.lesions import read_gray
+
+        merged = near_duplicate_groups(
+            [read_gray(self.root / file) for file in files], float(self.val_group_near_duplicates), groups
+        )
+        sizes = pd.Series(merged).value_counts()
+        logger.info(
+            "Near-duplicate grouping (< %g grey levels, mirrors included): %d training images in %d groups, "
+            "%d of them in groups of two or more",
+            self.val_group_near_duplicates,
+            len(files),
+            len(sizes),
+            int(sizes[sizes > 1].sum()),
+        )
+        return merged
 
 
 LESION_VALIDATION = "lesions"

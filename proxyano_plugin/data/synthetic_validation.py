@@ -16,8 +16,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import cv2
 import numpy as np
 import pandas as pd
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
 
 from proxyano_plugin.data.lesions import DEFAULT_LESION_AREA, add_tumour
 
@@ -51,6 +54,39 @@ def hold_out(groups: Sequence[str], fraction: float, seed: int) -> np.ndarray:
     count = min(max(1, round(fraction * len(names))), len(names) - 1)
     chosen = set(np.random.default_rng(seed).permutation(names)[:count].tolist())
     return np.array([group in chosen for group in groups])
+
+
+NEAR_DUPLICATE_THUMBNAIL = 32
+
+
+def near_duplicate_groups(
+    images: Sequence[np.ndarray], max_rmse: float, groups: Sequence[str] | None = None
+) -> list[str]:
+    """One group name per image: images that are near-copies of each other, or of each other's mirror, share one.
+
+    Two images are near-copies when their 32 x 32 thumbnails differ by less than ``max_rmse`` grey levels (of
+    255, root mean square); ``images`` are 2D floats in [0, 1]. Groups are closed under the relation (a chain
+    of near-copies is one group) and merged with ``groups`` (e.g. patients) when given. brain_tumor_mri holds
+    left-right mirrored copies of many slices: held out alone, a slice whose mirror image stays in training is
+    in effect a training image, most of all for a model trained on mirrored images.
+    """
+    if max_rmse <= 0:
+        msg = f"the near-duplicate distance must be positive (grey levels of 255), got {max_rmse}"
+        raise ValueError(msg)
+    size = NEAR_DUPLICATE_THUMBNAIL
+    thumbs = np.stack([cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA) for image in images])
+    thumbs = thumbs.astype(np.float64) * 255
+    flat, mirrored = thumbs.reshape(len(images), -1), thumbs[:, :, ::-1].reshape(len(images), -1)
+    norms = (flat**2).sum(1)
+    close = np.zeros((len(images), len(images)), bool)
+    for other in (flat, mirrored):  # squared distances from the Gram matrix: [n, n], not [n, n, pixels]
+        squared = norms[:, None] + norms[None, :] - 2 * flat @ other.T
+        close |= np.maximum(squared, 0) < max_rmse**2 * flat.shape[1]
+    if groups is not None:
+        labels = np.unique(np.asarray(groups), return_inverse=True)[1]
+        close |= labels[:, None] == labels[None, :]
+    _, components = connected_components(csr_matrix(close), directed=False)
+    return [f"group{component}" for component in components]
 
 
 def paint_validation(

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from testing_utils import REPO
 from testing_utils import head_slice as head
 
 from proxyano_plugin import ProxyAno
 from proxyano_plugin.data import SplitCSV
-from proxyano_plugin.data.synthetic_validation import hold_out, paint_validation
+from proxyano_plugin.data.synthetic_validation import hold_out, near_duplicate_groups, paint_validation
 from proxyano_plugin.image_io import decode_image
 from proxyano_plugin.models.selection import BestEpoch
 
@@ -134,6 +135,65 @@ def test_split_csv_paints_validation_lesions_of_the_size_asked_for(patients_tree
     assert large_root != default_root  # its own cached set, not the default one reused
     assert len(large) == len(small) == 3
     assert min(mask.sum() for mask in large) > 2 * max(mask.sum() for mask in small)
+
+
+def asymmetric_slice(seed: int) -> np.ndarray:
+    """A head slice with a bright block off the midline: unlike its own mirror image, and unlike other seeds'."""
+    image = head(seed)
+    row = 8 + 4 * (seed % 6)
+    image[row : row + 8, 10:18] = 0.9
+    return image
+
+
+def test_near_duplicate_groups_join_mirrored_and_plain_copies():
+    rng = np.random.default_rng(0)
+    a, b, c = (asymmetric_slice(seed) for seed in (1, 2, 3))
+    near_copy = np.clip(a + rng.normal(0, 0.002, a.shape), 0, 1).astype(np.float32)
+    images = [a, b, a[:, ::-1], c, near_copy, c[:, ::-1] * 0.6]  # the dimmed mirror is another image
+    groups = near_duplicate_groups(images, max_rmse=3.0)
+    assert groups[0] == groups[2] == groups[4]
+    assert len({groups[0], groups[1], groups[3], groups[5]}) == 4
+    # merged with given groups, chains included: b joins a's group through its patient
+    merged = near_duplicate_groups(images, 3.0, groups=["p0", "p1", "p2", "p3", "p1", "p4"])
+    assert merged[0] == merged[1] == merged[2] == merged[4]
+    assert len({merged[0], merged[3], merged[5]}) == 3
+    with pytest.raises(ValueError, match="must be positive"):
+        near_duplicate_groups(images, 0.0)
+
+
+def test_split_csv_holds_out_mirrored_twins_together(tmp_path: Path):
+    """Six training slices and their mirror images: a twin never stays in training when the other is held out."""
+    (tmp_path / "images").mkdir()
+    rows = ["file,label,split,mask"]
+    for index in range(6):
+        for suffix, image in (("", asymmetric_slice(index)), ("_mirrored", asymmetric_slice(index)[:, ::-1])):
+            name = f"images/s{index}{suffix}.png"
+            Image.fromarray((image * 255).astype(np.uint8)).save(tmp_path / name)
+            rows.append(f"{name},0,train,")
+    Image.fromarray((asymmetric_slice(9) * 255).astype(np.uint8)).save(tmp_path / "images" / "test.png")
+    rows.append("images/test.png,0,test,")
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "twins.csv").write_text("\n".join(rows) + "\n")
+
+    def held_out(**kwargs) -> list[str]:
+        """The held-out training slices, by the slice they mirror or are."""
+        settings = {"val_split_mode": "lesions", "val_split_ratio": 0.34, "seed": 0, "num_workers": 0}
+        datamodule = SplitCSV(tmp_path, "twins", val_cache_dir=str(tmp_path / "cache"), **settings | kwargs)
+        datamodule.setup()
+        sources = set(datamodule.val_data.samples.source)
+        assert len(datamodule.train_data) + len(sources) == 12
+        return sorted(Path(source).stem.removesuffix("_mirrored") for source in sources)
+
+    grouped = held_out(val_group_near_duplicates=3.0)
+    assert len(grouped) == 4
+    assert grouped[0::2] == grouped[1::2]  # 2 of the 6 pairs, both twins of each
+    alone = held_out()
+    assert len(alone) == 4
+    assert len(set(alone)) > 2  # without the grouping, single slices: twins split between training and validation
+    with pytest.raises(ValueError, match="val_group_near_duplicates needs val_split_mode='lesions'"):
+        SplitCSV(tmp_path, "twins", val_group_near_duplicates=3.0)
+    with pytest.raises(ValueError, match="distance in grey levels > 0"):
+        SplitCSV(tmp_path, "twins", val_split_mode="lesions", val_split_ratio=0.3, val_group_near_duplicates=-1)
 
 
 def test_best_epoch_keeps_and_restores_the_best_weights():
