@@ -41,7 +41,8 @@ import torch.nn.functional as F  # noqa: N812
 from torchmetrics.functional.classification import binary_auroc
 
 from proxyano_plugin.data import SplitCSV
-from proxyano_plugin.data.split_csv import resolve_split_csv
+from proxyano_plugin.data.split_csv import read_split_csv, resolve_split_csv
+from proxyano_plugin.data.synthetic_validation import mirror_distances
 from proxyano_plugin.models.base import resize_pre_processor, to_model_channels
 from proxyano_plugin.models.image_errors import gaussian_blur, gaussian_kernel
 
@@ -84,7 +85,10 @@ POSITION_SCORES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "slice position: relative position in the patient (0 = lowest slice)": lambda position: position,
 }
 
-LEVELS = {**dict.fromkeys(STATISTICS, "image"), **dict.fromkeys(POSITION_SCORES, "image")}
+NEAREST_TRAINING = "nearest training image, mirrors included (RMS grey levels, 32 px)"
+NEAR_COPY = 3.0  # grey levels: closer than this, a test image is a (mirrored) copy of a training image
+
+LEVELS = {**dict.fromkeys(STATISTICS, "image"), **dict.fromkeys(POSITION_SCORES, "image"), NEAREST_TRAINING: "image"}
 LEVELS |= dict.fromkeys(PIXEL_PRIORS, "pixel")
 MISSING = {**dict.fromkeys(POSITION_SCORES, "no patient/slice"), **dict.fromkeys(PIXEL_PRIORS, "no masks")}
 
@@ -144,6 +148,20 @@ def image_positions(root: str, split_csv: str, paths: list[Path], positions_from
     return torch.tensor([positions[path] for path in paths])
 
 
+def nearest_training_distances(root: str, split_csv: str, paths: list[Path]) -> torch.Tensor:
+    """Each test image's distance to its closest training image or that image's mirror
+    (:func:`~proxyano_plugin.data.synthetic_validation.mirror_distances`): a one-nearest-neighbour memory of the
+    training set with no features. Near zero, the test image is a copy of a training image; a split that keeps
+    copies of training normals among its test normals gives every memory-based detector a head start."""
+    from proxyano_plugin.prepare.lesions import read_gray
+
+    samples = read_split_csv(root, split_csv)
+    base = Path(root).expanduser().resolve()
+    training = [read_gray(base / file) for file in samples.image_path[samples.split == "train"]]
+    distances = mirror_distances([read_gray(path) for path in paths], training).min(1)
+    return torch.from_numpy(distances)
+
+
 def shortcut_scores(
     root: str, splits: list[str], size: int, positions_from: str | None = None
 ) -> tuple[list[dict[str, str | float]], dict[str, str]]:
@@ -153,8 +171,15 @@ def shortcut_scores(
     records, counts = [], {}
     for split in splits:
         images, labels, masks, paths = load_test_images(root, split, size)
-        counts[split] = f"{int((labels == 0).sum())} normal / {int(labels.sum())} abnormal"
+        nearest = nearest_training_distances(root, split, paths)
+        copies = nearest < NEAR_COPY
+        counts[split] = (
+            f"{int((labels == 0).sum())} normal / {int(labels.sum())} abnormal; copies of training images: "
+            f"{int(copies[labels == 0].sum())} / {int(copies[labels == 1].sum())}"
+        )
         column = {name: binary_auroc(statistic(images), labels).item() for name, statistic in STATISTICS.items()}
+        # in [0, 1]: torchmetrics would squash larger scores through a sigmoid, into ties
+        column[NEAREST_TRAINING] = binary_auroc(nearest.float() / 255, labels).item()
         positions = image_positions(root, split, paths, positions_from)
         if positions is not None:
             column |= {name: binary_auroc(score(positions), labels).item() for name, score in POSITION_SCORES.items()}

@@ -59,29 +59,43 @@ def hold_out(groups: Sequence[str], fraction: float, seed: int) -> np.ndarray:
 NEAR_DUPLICATE_THUMBNAIL = 32
 
 
+def _thumbnails(images: Sequence[np.ndarray], mirrored: bool = False) -> np.ndarray:
+    """``[n, 32 * 32]`` thumbnails in grey levels of 255 (area resize), mirrored left-right if asked."""
+    size = NEAR_DUPLICATE_THUMBNAIL
+    thumbs = np.stack([cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA) for image in images])
+    thumbs = thumbs.astype(np.float64) * 255
+    return (thumbs[:, :, ::-1] if mirrored else thumbs).reshape(len(images), -1)
+
+
+def mirror_distances(images: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> np.ndarray:
+    """``[len(images), len(references)]`` distances, in grey levels of 255, between 32 x 32 thumbnails.
+
+    Root mean square over the thumbnail, the smaller of the reference as it is and mirrored left-right;
+    ``images`` and ``references`` are 2D floats in [0, 1] of any size.
+    """
+    queries = _thumbnails(images)
+    query_norms = (queries**2).sum(1)[:, None]
+    squared = np.full((len(images), len(references)), np.inf)
+    for mirrored in (False, True):  # from the Gram matrix: [n, m], not [n, m, pixels]
+        others = _thumbnails(references, mirrored)
+        squared = np.minimum(squared, query_norms + (others**2).sum(1)[None, :] - 2 * queries @ others.T)
+    return np.sqrt(np.maximum(squared, 0) / queries.shape[1])
+
+
 def near_duplicate_groups(
     images: Sequence[np.ndarray], max_rmse: float, groups: Sequence[str] | None = None
 ) -> list[str]:
     """One group name per image: images that are near-copies of each other, or of each other's mirror, share one.
 
-    Two images are near-copies when their 32 x 32 thumbnails differ by less than ``max_rmse`` grey levels (of
-    255, root mean square); ``images`` are 2D floats in [0, 1]. Groups are closed under the relation (a chain
-    of near-copies is one group) and merged with ``groups`` (e.g. patients) when given. brain_tumor_mri holds
-    left-right mirrored copies of many slices: held out alone, a slice whose mirror image stays in training is
-    in effect a training image, most of all for a model trained on mirrored images.
+    Near-copies are closer than ``max_rmse`` (:func:`mirror_distances`). Groups are closed under the relation (a
+    chain of near-copies is one group) and merged with ``groups`` (e.g. patients) when given. brain_tumor_mri
+    holds left-right mirrored copies of many slices: held out alone, a slice whose mirror image stays in
+    training is in effect a training image, most of all for a model trained on mirrored images.
     """
     if max_rmse <= 0:
         msg = f"the near-duplicate distance must be positive (grey levels of 255), got {max_rmse}"
         raise ValueError(msg)
-    size = NEAR_DUPLICATE_THUMBNAIL
-    thumbs = np.stack([cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA) for image in images])
-    thumbs = thumbs.astype(np.float64) * 255
-    flat, mirrored = thumbs.reshape(len(images), -1), thumbs[:, :, ::-1].reshape(len(images), -1)
-    norms = (flat**2).sum(1)
-    close = np.zeros((len(images), len(images)), bool)
-    for other in (flat, mirrored):  # squared distances from the Gram matrix: [n, n], not [n, n, pixels]
-        squared = norms[:, None] + norms[None, :] - 2 * flat @ other.T
-        close |= np.maximum(squared, 0) < max_rmse**2 * flat.shape[1]
+    close = mirror_distances(images, images) < max_rmse
     if groups is not None:
         labels = np.unique(np.asarray(groups), return_inverse=True)[1]
         close |= labels[:, None] == labels[None, :]

@@ -57,7 +57,12 @@ def test_fine_texture_ranks_the_textured_class_first(
     table = shortcuts.table(str(tmp_path), ["s"], size=32)
     row = next(line for line in table.splitlines() if line.startswith("| fine texture"))
     assert float(row.split("|")[2]) == expected
-    assert "s (4 normal / 6 abnormal)" in table.splitlines()[0]
+    # Flat normals are copies of the flat training normals (distance 0); noisy ones are 40 grey levels apart
+    # and the flat abnormals 30 from them: the nearest-training score ranks the classes as the texture does.
+    nearest = next(line for line in table.splitlines() if line.startswith("| nearest training image"))
+    assert float(nearest.split("|")[2]) == expected
+    copies = "4 / 0" if abnormal_textured else "0 / 0"
+    assert f"s (4 normal / 6 abnormal; copies of training images: {copies})" in table.splitlines()[0]
 
 
 def test_main_writes_the_table_with_its_command(shortcuts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,10 +73,10 @@ def test_main_writes_the_table_with_its_command(shortcuts, tmp_path: Path, monke
     shortcuts.main()
     text = output.read_text()
     assert f"python benchmarks/split_shortcuts.py --root {tmp_path} --split-csv s --size 32" in text
-    assert text.count("\n| ") == 1 + len(shortcuts.STATISTICS)  # header and one row per statistic
+    assert text.count("\n| ") == 2 + len(shortcuts.STATISTICS)  # header, one row per statistic, nearest training
     rows = (tmp_path / "out" / "shortcuts.csv").read_text().splitlines()
     assert rows[0] == "split,statistic,level,auroc"
-    assert len(rows) == 1 + len(shortcuts.STATISTICS)
+    assert len(rows) == 2 + len(shortcuts.STATISTICS)
     assert rows[1].startswith("s,mean intensity,image,0.")
 
 
