@@ -42,7 +42,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from proxyano_plugin.data import SplitCSV
 from proxyano_plugin.data.split_csv import read_split_csv, resolve_split_csv
-from proxyano_plugin.data.synthetic_validation import mirror_distances
+from proxyano_plugin.data.synthetic_validation import NEAR_COPY, mirror_distances
 from proxyano_plugin.models.base import resize_pre_processor, to_model_channels
 from proxyano_plugin.models.image_errors import gaussian_blur, gaussian_kernel
 
@@ -86,7 +86,6 @@ POSITION_SCORES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 NEAREST_TRAINING = "nearest training image, mirrors included (RMS grey levels, 32 px)"
-NEAR_COPY = 3.0  # grey levels: closer than this, a test image is a (mirrored) copy of a training image
 
 LEVELS = {**dict.fromkeys(STATISTICS, "image"), **dict.fromkeys(POSITION_SCORES, "image"), NEAREST_TRAINING: "image"}
 LEVELS |= dict.fromkeys(PIXEL_PRIORS, "pixel")

@@ -28,6 +28,7 @@ from proxyano_plugin.bench.spec import NOT_IDENTITY
 
 LESION_SIZE_COLUMN = "mask_pixels_256"
 LESION_KIND_COLUMN = "lesion"
+TRAINING_COPY_COLUMN = "training_copy"
 SHORTCUTS_COLUMNS = ("split", "statistic", "level", "auroc")
 SHORTCUTS_SOURCE = "benchmarks/split_shortcuts.py"
 
@@ -358,9 +359,9 @@ class Stratum:
 
 def strata(split_csv: Path, results: PerImage) -> tuple[list[Stratum], list[str]]:
     """Lesion-size terciles (over the anomalous test rows' ``mask_pixels_256``) and lesion kinds (``lesion``,
-    as ``proxyano-prepare lesions`` writes it), each with all normal test images, and institutions (second
-    ``_`` field of ``patient``), each on its own test images; with what they are, in words. Each family needs
-    its column; nothing without a ``label`` column."""
+    as ``proxyano-prepare lesions`` writes it), each with all normal test images; the test set without copies of
+    training images (``training_copy``, idem); and institutions (second ``_`` field of ``patient``), each on its
+    own test images; with what they are, in words. Each family needs its column; nothing without ``label``."""
     try:
         rows, columns = results.test_rows(split_csv)
     except ValueError:
@@ -396,6 +397,13 @@ def strata(split_csv: Path, results: PerImage) -> tuple[list[Stratum], list[str]
         for kind, members in sorted(kinds.items()):
             found.append(Stratum(f"{kind} lesions", normal | members))
         said.append(f"all normal test images against each kind of lesion (the `{LESION_KIND_COLUMN}` column)")
+    if TRAINING_COPY_COLUMN in columns:
+        kept = frozenset(row["file"] for row in rows if (row.get(TRAINING_COPY_COLUMN) or "").strip() != "1")
+        found.append(Stratum("no copies of training images", kept))
+        said.append(
+            f"the test images whose source is not a (mirrored) copy of a training image (`{TRAINING_COPY_COLUMN}`"
+            " column): what a memory of the training set gains from the copies"
+        )
     patients = [(row.get("patient") or "").split("_") for row in rows]
     institutions = sorted({parts[1] for parts in patients if len(parts) >= 2})
     if "patient" in columns and all(len(parts) >= 2 for parts in patients) and len(institutions) > 1:

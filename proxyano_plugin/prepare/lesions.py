@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from proxyano_plugin.data.lesions import add_tumour
 from proxyano_plugin.data.split_csv import read_split_csv
+from proxyano_plugin.data.synthetic_validation import NEAR_COPY, mirror_distances, thumbnail
 from proxyano_plugin.data.validation import DatasetError
 from proxyano_plugin.image_io import decode_image, encode_png, write_png
 from proxyano_plugin.prepare.pipeline import FOLDERS, staged_output, write_manifest
@@ -40,7 +41,20 @@ _IMAGE_FOLDERS = (FOLDERS["normal_dir"], FOLDERS["normal_test_dir"], FOLDERS["ab
 # that `proxyano-bench report` bins them into size terciles (its LESION_SIZE_COLUMN) as it does for lgg_flair.
 SIZE_COLUMN = "mask_pixels_256"
 SIZE_FRAME_PIXELS = 256 * 256
-LESION_MANIFEST_COLUMNS = ("file", "label", "split", "mask", "source", "lesion", "lesion_area_fraction", SIZE_COLUMN)
+# 1 where a test image's source is a copy, or a mirrored copy, of a training image (NEAR_COPY): the report's
+# strata then read the test set without them.
+COPY_COLUMN = "training_copy"
+LESION_MANIFEST_COLUMNS = (
+    "file",
+    "label",
+    "split",
+    "mask",
+    "source",
+    "lesion",
+    "lesion_area_fraction",
+    SIZE_COLUMN,
+    COPY_COLUMN,
+)
 _EROSION = 0.04
 """Share of the image side by which the head mask is eroded before lesions are placed in it."""
 _THRESHOLD_SCALE = 0.5
@@ -79,6 +93,7 @@ class LesionSummary:
     images: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_IMAGE_FOLDERS, 0))
     lesion_kinds: dict[str, int] = field(default_factory=dict)
     dropped_source_abnormal: int = 0
+    test_training_copies: int = 0
     seconds: float = 0.0
 
     def text(self) -> str:
@@ -89,6 +104,8 @@ class LesionSummary:
                 "  images:  " + ", ".join(f"{folder} {count}" for folder, count in self.images.items()),
                 f"  lesions: {kinds or 'none'} (masks in {FOLDERS['mask_dir']})",
                 f"  dropped: {self.dropped_source_abnormal} abnormal test images of the source (not used)",
+                f"  copies:  {self.test_training_copies} test images painted on or copied from a (mirrored) copy of"
+                " a training image (manifest column training_copy)",
                 f"  time:    {self.seconds:.1f} s",
             ]
         )
@@ -173,14 +190,16 @@ def paint_lesions(
     rows = []
     jobs = [(file, "train", False) for file in train]
     jobs += [(file, "test", position in lesioned) for position, file in enumerate(test_normal)]
+    training_images, test_sources = [], []
     with staged_output(output, overwrite) as staging:
         for folder in FOLDERS.values():
             (staging / folder).mkdir(parents=True)
         for index, (file, split, abnormal) in enumerate(tqdm(jobs, desc="Painting lesions", unit="img")):
             image = read_gray(root / file)
+            (training_images if split == "train" else test_sources).append(thumbnail(image))
             name = _flat_name(file)
             row = {"file": "", "label": int(abnormal), "split": split, "mask": "", "source": file}
-            row |= {"lesion": "", "lesion_area_fraction": "", SIZE_COLUMN: ""}
+            row |= {"lesion": "", "lesion_area_fraction": "", SIZE_COLUMN: "", COPY_COLUMN: ""}
             if abnormal:
                 wm, brain = head_maps(image)
                 if brain.sum() < MIN_HEAD_FRACTION * brain.size:
@@ -200,6 +219,10 @@ def paint_lesions(
             write_png(staging / row["file"], encode_png(image))
             summary.images[folder] += 1
             rows.append(row)
+        copies = mirror_distances(test_sources, training_images).min(1) < NEAR_COPY
+        for row, copy in zip(rows[len(training_images) :], copies, strict=True):
+            row[COPY_COLUMN] = int(copy)
+        summary.test_training_copies = int(copies.sum())
         write_manifest(staging / "manifest.csv", LESION_MANIFEST_COLUMNS, rows)
         summary.seconds = time.perf_counter() - start
         record = {

@@ -1052,12 +1052,13 @@ def test_report_computes_subsets_and_strata_from_per_image_results(tmp_path: Pat
     files = {f"n{i}": (0, "AA" if i < 3 else "BB", 0) for i in range(1, 5)}
     files |= {f"a{i}": (1, "AA" if i < 4 else "BB", size) for i, size in enumerate((10, 20, 30, 100, 200, 300), 1)}
     kinds = {"a1": "ring", "a2": "ring", "a3": "ring", "a4": "solid", "a5": "solid", "a6": "solid"}
-    header = "file,label,split,mask,patient,slice,mask_pixels_256,lesion"
+    copies = {"n4", "a6"}  # copies of training images (the manifest of proxyano-prepare lesions says which)
+    header = "file,label,split,mask,patient,slice,mask_pixels_256,lesion,training_copy"
     rows = [
-        f"images/{n}.png,{label},test,,TCGA_{site}_1,1,{size},{kinds.get(n, '')}"
+        f"images/{n}.png,{label},test,,TCGA_{site}_1,1,{size},{kinds.get(n, '')},{int(n in copies)}"
         for n, (label, site, size) in files.items()
     ]
-    write_csv(root / "splits" / "all.csv", header, [*rows, "images/t1.png,0,train,,TCGA_CC_2,1,0,"])
+    write_csv(root / "splits" / "all.csv", header, [*rows, "images/t1.png,0,train,,TCGA_CC_2,1,0,,"])
     # The mid-brain subset: n1, n2, a1, a2, and a row the runs never scored.
     mid = [row for row in rows if row.split(",")[0][7:9] in ("n1", "n2", "a1", "a2")]
     write_csv(root / "splits" / "mid.csv", header, [*mid, "images/x9.png,1,test,,TCGA_AA_1,1,5"])
@@ -1112,6 +1113,8 @@ def test_report_computes_subsets_and_strata_from_per_image_results(tmp_path: Pat
     assert "| ring lesions | 4 | 3 | 66.7 ± 11.8 |" in report
     assert "| solid lesions | 4 | 3 | 83.3 ± 0.0 |" in report
     assert "each kind of lesion (the `lesion` column)" in report
+    # Without the copies n4 and a6: n1-n3 against a1-a5 (seed 0: 2 + 3 + 2 + 3 + 3 of 15; seed 1: 14 of 15).
+    assert "| no copies of training images | 3 | 5 | 90.0 ± 4.7 |" in report
 
     # The same directory with the subset given by the caller (a suite edited since the runs) and no strata.
     write_report(output, {"lgg": [{"name": "midbrain", "split_csv": str(tmp_path / "gone.csv")}]})

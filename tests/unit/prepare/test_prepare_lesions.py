@@ -87,6 +87,22 @@ def test_tree_layout_masks_and_manifest(tmp_path: Path) -> None:
     assert {row["source"] for row in rows}.isdisjoint({"images/test_07.png", "images/test_08.png"})
 
 
+def test_manifest_marks_test_images_whose_source_copies_a_training_image(tmp_path: Path) -> None:
+    source = make_split(tmp_path / "source")
+    test_normal = sorted((source / "images").glob("test_0[3-6].png"))
+    for index, path in enumerate(test_normal):  # distinct from the training slices: dimmer
+        cv2.imwrite(str(path), (head_slice(index + 3) * (0.5 + 0.1 * index)).astype(np.uint8))
+    mirrored = cv2.imread(str(source / "images" / "train_00.png"), cv2.IMREAD_UNCHANGED)[:, ::-1]
+    cv2.imwrite(str(test_normal[2]), mirrored)
+
+    summary = paint_lesions(source, "toy", tmp_path / "out", LesionOptions(lesion_fraction=0.5, seed=3))
+
+    copies = {row["source"]: row["training_copy"] for row in manifest(tmp_path / "out") if row["split"] == "test"}
+    assert copies == {f"images/{path.name}": "1" if path == test_normal[2] else "0" for path in test_normal}
+    assert summary.test_training_copies == 1
+    assert all(row["training_copy"] == "" for row in manifest(tmp_path / "out") if row["split"] == "train")
+
+
 def test_same_seed_same_tree_other_seed_other_lesions(tmp_path: Path) -> None:
     source = make_split(tmp_path / "source")
 
