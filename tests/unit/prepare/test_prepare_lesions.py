@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from proxyano_plugin.bench.report import LESION_SIZE_COLUMN
+from proxyano_plugin.bench.report import LESION_SIZE_COLUMN, TRAINING_COPY_COLUMN
 from proxyano_plugin.data.split_csv import read_split_csv
 from proxyano_plugin.prepare import LesionOptions, PrepareError, paint_lesions
 from proxyano_plugin.prepare.cli import main
-from proxyano_plugin.prepare.lesions import head_maps, read_gray
+from proxyano_plugin.prepare.lesions import COPY_COLUMN, head_maps, read_gray
 
 SIZE = 64
 
@@ -97,10 +97,11 @@ def test_manifest_marks_test_images_whose_source_copies_a_training_image(tmp_pat
 
     summary = paint_lesions(source, "toy", tmp_path / "out", LesionOptions(lesion_fraction=0.5, seed=3))
 
-    copies = {row["source"]: row["training_copy"] for row in manifest(tmp_path / "out") if row["split"] == "test"}
+    assert COPY_COLUMN == TRAINING_COPY_COLUMN  # the column the report's stratum reads
+    copies = {row["source"]: row[COPY_COLUMN] for row in manifest(tmp_path / "out") if row["split"] == "test"}
     assert copies == {f"images/{path.name}": "1" if path == test_normal[2] else "0" for path in test_normal}
     assert summary.test_training_copies == 1
-    assert all(row["training_copy"] == "" for row in manifest(tmp_path / "out") if row["split"] == "train")
+    assert all(row[COPY_COLUMN] == "" for row in manifest(tmp_path / "out") if row["split"] == "train")
 
 
 def test_same_seed_same_tree_other_seed_other_lesions(tmp_path: Path) -> None:
