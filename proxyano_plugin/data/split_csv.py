@@ -313,11 +313,10 @@ class SplitCSV(AnomalibDataModule):
         window = check_intensity(intensity, intensity_window)
         self.label_free_validation = str(getattr(val_split_mode, "value", val_split_mode)) == LESION_VALIDATION
         if self.label_free_validation:
-            check_lesion_validation(intensity, val_split_ratio, val_lesion_appearance, val_lesion_area)
+            check_lesion_validation(
+                intensity, val_split_ratio, val_lesion_appearance, val_lesion_area, val_group_near_duplicates
+            )
             val_split_mode = ValSplitMode.NONE  # made in _setup, from the training rows
-            if val_group_near_duplicates is not None and not val_group_near_duplicates > 0:
-                msg = f"val_group_near_duplicates is a distance in grey levels > 0, got {val_group_near_duplicates}"
-                raise ValueError(msg)
         else:
             for option, value in (
                 ("val_lesion_pairs", val_lesion_pairs),
@@ -456,7 +455,11 @@ LESION_VALIDATION = "lesions"
 
 
 def check_lesion_validation(
-    intensity: str | None, ratio: float, appearance: str, area: Sequence[float] | None = None
+    intensity: str | None,
+    ratio: float,
+    appearance: str,
+    area: Sequence[float] | None = None,
+    near_duplicates: float | None = None,
 ) -> None:
     """Refuse settings the lesion validation set cannot honour, before anything is read."""
     if intensity is not None:
@@ -470,4 +473,7 @@ def check_lesion_validation(
         raise ValueError(msg)
     if area is not None and (len(area) != 2 or not 0 < area[0] <= area[1] < 1):
         msg = f"val_lesion_area must be [low, high] with 0 < low <= high < 1, got {list(area)}"
+        raise ValueError(msg)
+    if near_duplicates is not None and not near_duplicates > 0:
+        msg = f"val_group_near_duplicates is a distance in grey levels > 0, got {near_duplicates}"
         raise ValueError(msg)

@@ -220,7 +220,7 @@ def paint_lesions(
             summary.images[folder] += 1
             rows.append(row)
         copies = mirror_distances(test_sources, training_images).min(1) < NEAR_COPY
-        for row, copy in zip(rows[len(training_images) :], copies, strict=True):
+        for row, copy in zip((row for row in rows if row["split"] == "test"), copies, strict=True):
             row[COPY_COLUMN] = int(copy)
         summary.test_training_copies = int(copies.sum())
         write_manifest(staging / "manifest.csv", LESION_MANIFEST_COLUMNS, rows)
