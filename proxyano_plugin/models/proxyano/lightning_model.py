@@ -93,6 +93,8 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         paste_aspect_range: Pasted patch aspect-ratio range.
         predicted_proxy_weight: Weight of the IRM loss on the PEM's predicted proxies (0 trains the IRM
             on extracted proxies only, as two fully separate stages would).
+        ssim_loss_weight: Weight of 1 - SSIM (3 px window) added to the IRM's MSE in both its loss terms; 0 (the
+            default, the paper's reconstruction loss) trains on MSE only. For scoring with ``error: ssim``.
         map_sigma: Gaussian smoothing of the error map, in pixels at ``image_size``; 0 disables it.
         error_blur_sigma: Gaussian blur of the image and its reconstruction before their difference, in
             pixels at ``image_size``; 0 (default, the paper) compares them pixel by pixel. Cancels texture
@@ -196,6 +198,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         paste_area_range: tuple[float, float] = (0.02, 0.15),
         paste_aspect_range: tuple[float, float] = (0.3, 3.3),
         predicted_proxy_weight: float = 0.5,
+        ssim_loss_weight: float = 0.0,
         map_sigma: float = 1.0,
         score_topk: float = 0.01,
         score_relative: bool = False,
@@ -296,7 +299,7 @@ class ProxyAno(OneClassReconstruction, AnomalibModule):
         self.intensity_jitter = IntensityJitter(intensity_jitter)
         self.translation_jitter = TranslationJitter(translation_jitter)
         self.flip_jitter = FlipJitter(flip_jitter)
-        self.loss = ProxyAnoLoss(entropy_weight, predicted_proxy_weight)
+        self.loss = ProxyAnoLoss(entropy_weight, predicted_proxy_weight, ssim_loss_weight)
         self.learning_rate = learning_rate
         self.lr_schedule = lr_schedule
         self.select_epoch = select_epoch

@@ -360,6 +360,27 @@ def test_loss_terms_and_total():
     assert terms["loss"].item() == pytest.approx(expected_total.item())
 
 
+def test_the_ssim_term_charges_lost_contrast_that_mse_barely_sees():
+    # A reconstruction that flattens a fine +-0.05 texture: MSE 0.0025, but its local structure is gone.
+    flat = torch.full((1, 1, 32, 32), 0.5)
+    texture = flat + 0.05 * (torch.arange(32).view(-1, 1) + torch.arange(32)).remainder(2).mul(2).sub(1)
+    mse_only = ProxyAnoLoss(entropy_weight=0.0, predicted_proxy_weight=0.5)
+    with_ssim = ProxyAnoLoss(entropy_weight=0.0, predicted_proxy_weight=0.5, ssim_weight=1.0)
+    plain = mse_only(texture, texture, None, [], flat, flat)
+    terms = with_ssim(texture, texture, None, [], flat, flat)
+    assert plain["irm"].item() == pytest.approx(0.0025, rel=1e-4)
+    ssim_term = terms["irm"].item() - plain["irm"].item()
+    assert ssim_term > 0.5  # 1 - SSIM of a flattened texture: its contrast term is near 0
+    assert terms["irm_predicted"].item() == pytest.approx(0.5 * terms["irm"].item(), rel=1e-5)
+    assert with_ssim(texture, texture, None, [], texture, None)["irm"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("weight", [-0.1, True, "1", float("nan")])
+def test_a_bad_ssim_loss_weight_is_refused(weight):
+    with pytest.raises(ValueError, match="ssim_loss_weight must be a number >= 0"):
+        ProxyAnoLoss(entropy_weight=0.0, predicted_proxy_weight=0.5, ssim_weight=weight)
+
+
 def test_blobs_shift_one_region_per_image_within_the_area_range():
     torch.manual_seed(0)
     images = torch.zeros(32, 1, 64, 64)

@@ -59,6 +59,24 @@ def test_a_few_steps_reduce_the_loss_at_half_internal_resolution(skip_merge, ref
     assert losses[-1] < 0.7 * losses[0]
 
 
+def test_an_ssim_loss_weight_trains_and_changes_the_irm_terms_only():
+    lightning.seed_everything(0)
+    options = {**TINY, "proxy": "blur", "image_blob_probability": 0.0, "proxy_blob_probability": 0.0}
+    images = ProxyAno(**options).model.to_model_channels(_batch().image)
+    terms = {}
+    for weight in (0.0, 1.0):
+        lightning.seed_everything(0)
+        model = ProxyAno(**options, ssim_loss_weight=weight, paste_probability=0.0)
+        terms[weight] = model.training_losses(images)
+    torch.testing.assert_close(terms[1.0]["pem"], terms[0.0]["pem"])  # same seed, same networks
+    assert terms[1.0]["irm"] > terms[0.0]["irm"]
+    assert terms[1.0]["irm_predicted"] > terms[0.0]["irm_predicted"]
+    lightning.seed_everything(0)
+    model = ProxyAno(**options, ssim_loss_weight=1.0, learning_rate=1e-2)
+    losses = _train(model, _batch(), steps=15)
+    assert losses[-1] < 0.7 * losses[0]
+
+
 def test_training_is_deterministic_for_a_seed():
     runs = []
     for _ in range(2):
