@@ -819,7 +819,7 @@ def test_print_config_shows_the_suite_as_it_runs_and_reloads_to_the_same_runs(tm
         ("paper", 36),
         ("speed", 21),
         ("speed-gpu", 4),
-        ("brain-lesions", 111),
+        ("brain-lesions", 114),
     ],
 )
 def test_shipped_suites_validate(name: str, runs: int) -> None:
