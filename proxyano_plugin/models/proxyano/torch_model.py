@@ -171,8 +171,9 @@ class Decoder(nn.Module):
             x = block(x)
         if self.space_to_depth == 1:
             return torch.sigmoid(pointwise(x, self.head))
-        x = unfold_blocks(x, self.head, self.space_to_depth)
-        return torch.sigmoid(x) if self.refine is None else self.refine(x, full_resolution_input)
+        if self.refine is not None:
+            return self.refine(x, self.head, self.space_to_depth, full_resolution_input)
+        return torch.sigmoid(unfold_blocks(x, self.head, self.space_to_depth))
 
 
 class FullResolutionHead(nn.Module):
@@ -181,6 +182,11 @@ class FullResolutionHead(nn.Module):
     A ``space_to_depth`` network predicts each ``f x f`` block from one location's features, which blurs the
     detail that small lesions are judged against; this layer, ``9 * (width + inputs) * width`` multiply-adds per
     pixel, sees every pixel's neighbours and the input itself before the output.
+
+    In eval mode the unfolding, the 3x3 convolution and its BatchNorm run as one transposed convolution of the
+    half-resolution features and the folded input (:func:`unfold_then_conv3x3_kernel`): the same numbers with
+    about half the multiply-adds and no full-resolution intermediate, which ONNX Runtime ran 1.2x faster than
+    the layers one by one. Training keeps the layers one by one, so BatchNorm sees the batch.
     """
 
     def __init__(self, width: int, input_channels: int, out_channels: int) -> None:
@@ -193,10 +199,49 @@ class FullResolutionHead(nn.Module):
         self.head = nn.Conv2d(width, out_channels, 1)
         nn.init.constant_(self.head.bias, HEAD_BIAS)
 
-    def forward(self, features: torch.Tensor, inputs: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, features: torch.Tensor, unfold_head: nn.Conv2d, factor: int, inputs: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The output from half-resolution ``features``, unfolded by ``unfold_head`` (see :func:`unfold_blocks`)."""
+        if not self.training:
+            return torch.sigmoid(pointwise(self.fused(features, unfold_head, factor, inputs), self.head))
+        unfolded = unfold_blocks(features, unfold_head, factor)
         if inputs is not None:
-            features = torch.cat([features, inputs], dim=1)
-        return torch.sigmoid(pointwise(self.block(features), self.head))
+            unfolded = torch.cat([unfolded, inputs], dim=1)
+        return torch.sigmoid(pointwise(self.block(unfolded), self.head))
+
+    def fused(
+        self, features: torch.Tensor, unfold_head: nn.Conv2d, factor: int, inputs: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``self.block`` (eval mode) of the unfolded features and the inputs, as one transposed convolution."""
+        conv, norm = self.block[0], self.block[1]
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        weight = conv.weight * scale.view(-1, 1, 1, 1)
+        width = unfold_head.out_channels // factor**2
+        unfold_weight = unfold_head.weight.view(width, factor, factor, -1).permute(3, 0, 1, 2)
+        unfold_bias = unfold_head.bias.view(1, width, factor, factor)
+        half_resolution = [features, torch.ones_like(features[:, :1])]
+        kernels = [unfold_then_conv3x3_kernel(torch.cat([unfold_weight, unfold_bias]), weight[:, :width])]
+        if inputs is not None:
+            half_resolution.append(fold_blocks(inputs, factor))
+            channels = inputs.shape[1] * factor**2
+            one_hot = torch.eye(channels, dtype=weight.dtype, device=weight.device)
+            kernels.append(unfold_then_conv3x3_kernel(one_hot.view(channels, -1, factor, factor), weight[:, width:]))
+        shift = norm.bias - norm.running_mean * scale
+        fused = F.conv_transpose2d(torch.cat(half_resolution, 1), torch.cat(kernels), shift, stride=factor, padding=1)
+        return F.relu(fused)
+
+
+def unfold_then_conv3x3_kernel(unfold_weight: torch.Tensor, conv_weight: torch.Tensor) -> torch.Tensor:
+    """The kernel of one transposed convolution that does a stride-``f`` ``f x f`` transposed convolution
+    (``unfold_weight``, ``[in, mid, f, f]``) and then a 3x3 convolution with padding 1 (``conv_weight``,
+    ``[out, mid, 3, 3]``): ``[in, out, f + 2, f + 2]``, used with stride ``f`` and padding 1.
+
+    Each output pixel of the pair depends on the 3x3 unfolded pixels around it, so on at most 2x2 input locations;
+    the composed kernel is the full 2-D convolution of the two kernels (itself a transposed convolution). Exact
+    at the borders too: where the 3x3 convolution reads its zero padding, no input location writes.
+    """
+    return F.conv_transpose2d(unfold_weight, conv_weight.flip(2, 3).transpose(0, 1))
 
 
 def check_refine_width(width: object, space_to_depth: int) -> int:

@@ -10,12 +10,14 @@ from proxyano_plugin.models.proxyano.loss import ProxyAnoLoss
 from proxyano_plugin.models.proxyano.memory import MemoryModule, addressing_entropy, hard_shrink_relu
 from proxyano_plugin.models.proxyano.pseudo_anomaly import BlobShifter, PatchPaster
 from proxyano_plugin.models.proxyano.torch_model import (
+    Decoder,
     ProxyAnoModel,
     ProxyExtractionModule,
     Scoring,
     fold_blocks,
     pointwise,
     unfold_blocks,
+    unfold_then_conv3x3_kernel,
 )
 
 WIDTHS = [8, 16, 32]
@@ -191,6 +193,49 @@ def test_a_full_resolution_head_ends_the_half_resolution_decoders():
     difference = (model.reconstruct(changed).proxy - output.proxy).abs()[0, 0]
     assert difference[5, 6] > 0
     assert difference[6, 5] > 0
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_an_unfolding_then_a_3x3_convolution_is_one_transposed_convolution(factor):
+    generator = torch.Generator().manual_seed(0)
+    unfold_weight = torch.randn(5, 4, factor, factor, generator=generator)
+    conv_weight = torch.randn(3, 4, 3, 3, generator=generator)
+    features = torch.randn(2, 5, 4, 6, generator=generator)
+    expected = torch.nn.functional.conv2d(
+        torch.nn.functional.conv_transpose2d(features, unfold_weight, stride=factor), conv_weight, padding=1
+    )
+    kernel = unfold_then_conv3x3_kernel(unfold_weight, conv_weight)
+    fused = torch.nn.functional.conv_transpose2d(features, kernel, stride=factor, padding=1)
+    assert fused.shape == expected.shape == (2, 3, 4 * factor, 6 * factor)
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)  # the borders included
+
+
+@pytest.mark.parametrize(("factor", "channels", "input_channels"), [(2, 1, 1), (2, 1, 0), (3, 3, 3)])
+def test_the_full_resolution_head_runs_fused_in_eval_mode_with_the_same_numbers(factor, channels, input_channels):
+    torch.manual_seed(0)
+    decoder = Decoder(WIDTHS, channels, True, factor, "add", 4, input_channels)
+    head = decoder.refine
+    norm = head.block[1]
+    norm.running_mean.uniform_(-0.5, 0.5)  # statistics unlike the initial ones, so folding them is checked
+    norm.running_var.uniform_(0.5, 2.0)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.2, 0.2)
+    features = torch.randn(2, WIDTHS[0], 5, 7)
+    inputs = torch.rand(2, input_channels, 5 * factor, 7 * factor) if input_channels else None
+    decoder.eval()
+    unfolded = unfold_blocks(features, decoder.head, factor)
+    if inputs is not None:
+        unfolded = torch.cat([unfolded, inputs], dim=1)
+    expected = torch.sigmoid(pointwise(head.block(unfolded), head.head))  # the layers one by one, eval mode
+    fused = head(features, decoder.head, factor, inputs)
+    assert fused.shape == (2, channels, 5 * factor, 7 * factor)
+    torch.testing.assert_close(fused, expected, rtol=0, atol=1e-6)
+    # Training runs the layers one by one: BatchNorm normalises with the batch's statistics, not the running ones.
+    head.train()
+    train_output = head(features, decoder.head, factor, inputs)
+    head.block.eval()
+    assert not torch.allclose(train_output, expected)
 
 
 def test_the_full_resolution_head_never_sees_the_image_past_the_memory():
