@@ -1,6 +1,7 @@
 """The analysis scripts in benchmarks/: split_shortcuts.py (per-image statistics as anomaly scores),
 proxyano_sweep.py's --table (the results READMEs' tables from its raw output) and memory readings,
-proxyano_profile.py (time per module) and loader_hang.py (loader settings under a deadline)."""
+proxyano_profile.py (time per module), loader_hang.py (loader settings under a deadline) and onnx_ab.py (exported
+models timed side by side)."""
 
 import argparse
 import importlib.util
@@ -314,3 +315,35 @@ def test_loader_hang_script_reports_finished_and_stuck_variants(
     assert '"stacks": ' in printed
     assert '"stacks": null' not in printed
     assert '"dev_shm_total_mb"' in printed
+
+
+@pytest.mark.slow
+def test_onnx_ab_times_exported_models_side_by_side(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two exported models, timed round-robin: one row each, the first at 1.00x; a folder with no graph is refused."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    ab = load_script("onnx_ab")
+    exports = {
+        "proxyano": ["ProxyAno", "--set", "widths=[4, 8]", "--set", "memory_size=8", "--set", "space_to_depth=2"],
+        "autoencoder": ["Autoencoder", "--set", "base_width=4", "--set", "hidden_size=32"],
+    }
+    for name, arguments in exports.items():
+        monkeypatch.setattr("sys.argv", ["onnx_ab.py", "export", *arguments, "--output", str(tmp_path / name)])
+        ab.main()
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "slice.png"), (255 * head_slice(0)).astype(np.uint8))
+    capsys.readouterr()
+    folders = [str(tmp_path / name) for name in exports]
+    timing = ["time", *folders, "--rounds", "2", "--runs-per-round", "1", "--batch-size", "2", "--images", str(images)]
+    monkeypatch.setattr("sys.argv", ["onnx_ab.py", *timing])
+    ab.main()
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [row[0] for row in rows] == folders
+    assert rows[0][-1] == "1.00x"
+    assert all(float(row[1]) > 0 for row in rows)
+    monkeypatch.setattr("sys.argv", ["onnx_ab.py", "time", str(images)])
+    with pytest.raises(SystemExit, match=r"must hold exactly one \.onnx file"):
+        ab.main()
