@@ -48,8 +48,8 @@ def gaussian_blur(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
     Two matrix products with banded matrices that hold the padding (:func:`blur_matrix`), not padding plus two
     one-channel convolutions: the same numbers, and one-channel convolutions are what CPU kernels do worst
-    (ONNX Runtime pads them to 8 channels): the products ran 3x faster there at 64 px and 1.4x at 256 px, and in
-    eager torch 2x at 64 px and 7-14x at 128-256 px (one thread, batch 32).
+    (ONNX Runtime pads them to 8 channels). Timed alone (one thread, a batch of 32 maps): 3x faster in ONNX
+    Runtime at 64 px and 1.4x at 256 px, 2x in eager torch at 64 px and 7-14x at 128-256 px.
     """
     height, width = images.shape[-2:]
     return blur_matrix(height, kernel).T @ images @ blur_matrix(width, kernel)

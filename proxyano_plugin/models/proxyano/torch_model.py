@@ -37,9 +37,13 @@ def fold_blocks(images: torch.Tensor, factor: int) -> torch.Tensor:
     The same numbers, in the same channel order; exported, ONNX Runtime runs a convolution faster than the
     reshape and 6-D transpose that ``pixel_unshuffle`` becomes.
     """
-    channels = images.shape[1] * factor**2
-    one_hot = torch.eye(channels, dtype=images.dtype, device=images.device)
-    return F.conv2d(images, one_hot.view(channels, images.shape[1], factor, factor), stride=factor)
+    return F.conv2d(images, fold_weight(images.shape[1], factor, images), stride=factor)
+
+
+def fold_weight(channels: int, factor: int, like: torch.Tensor) -> torch.Tensor:
+    """:func:`fold_blocks`' one-hot kernel, ``[channels * f**2, channels, f, f]``, with ``like``'s dtype and device."""
+    folded = channels * factor**2
+    return torch.eye(folded, dtype=like.dtype, device=like.device).view(folded, channels, factor, factor)
 
 
 def unfold_blocks(features: torch.Tensor, head: nn.Conv2d, factor: int) -> torch.Tensor:
@@ -224,9 +228,8 @@ class FullResolutionHead(nn.Module):
         kernels = [unfold_then_conv3x3_kernel(torch.cat([unfold_weight, unfold_bias]), weight[:, :width])]
         if inputs is not None:
             half_resolution.append(fold_blocks(inputs, factor))
-            channels = inputs.shape[1] * factor**2
-            one_hot = torch.eye(channels, dtype=weight.dtype, device=weight.device)
-            kernels.append(unfold_then_conv3x3_kernel(one_hot.view(channels, -1, factor, factor), weight[:, width:]))
+            # The folded input unfolds back through the same one-hot kernel, used as a transposed convolution.
+            kernels.append(unfold_then_conv3x3_kernel(fold_weight(inputs.shape[1], factor, weight), weight[:, width:]))
         shift = norm.bias - norm.running_mean * scale
         fused = F.conv_transpose2d(torch.cat(half_resolution, 1), torch.cat(kernels), shift, stride=factor, padding=1)
         return F.relu(fused)
