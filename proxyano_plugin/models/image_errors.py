@@ -22,10 +22,10 @@ SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2
 
 def ssim_error(images: torch.Tensor, reconstructions: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
     """1 - SSIM per pixel within a separable Gaussian ``window``, channel mean ``[B, 1, H, W]``; pure torch."""
-    mean_x, mean_y = gaussian_blur(images, window), gaussian_blur(reconstructions, window)
-    var_x = gaussian_blur(images * images, window) - mean_x**2
-    var_y = gaussian_blur(reconstructions * reconstructions, window) - mean_y**2
-    cov = gaussian_blur(images * reconstructions, window) - mean_x * mean_y
+    # The five local statistics in one blur: its banded matrices are built once.
+    planes = [images, reconstructions, images * images, reconstructions * reconstructions, images * reconstructions]
+    mean_x, mean_y, mean_xx, mean_yy, mean_xy = gaussian_blur(torch.cat(planes, dim=1), window).chunk(5, dim=1)
+    var_x, var_y, cov = mean_xx - mean_x**2, mean_yy - mean_y**2, mean_xy - mean_x * mean_y
     numerator = (2 * mean_x * mean_y + SSIM_C1) * (2 * cov + SSIM_C2)
     ssim = numerator / ((mean_x**2 + mean_y**2 + SSIM_C1) * (var_x + var_y + SSIM_C2))
     return (1 - ssim).mean(1, keepdim=True)

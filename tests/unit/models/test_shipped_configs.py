@@ -38,8 +38,7 @@ def _composed(name: str) -> dict[str, Any]:
 @pytest.mark.parametrize("name", sorted(path.name for path in MODEL_CONFIGS.glob("*.yaml")))
 def test_shipped_model_config_builds_its_model(name: str) -> None:
     config = _composed(name)
-    module, _, class_name = config["model"]["class_path"].rpartition(".")
-    model_class = getattr(importlib.import_module(module), class_name)
+    model_class = _class(config["model"]["class_path"])
 
     model = model_class(**config["model"].get("init_args", {}))
 
@@ -85,18 +84,17 @@ def test_the_options_a_config_header_documents_exist(name: str) -> None:
     named_data = re.search(r"--data ([\w.]+)", header)
     data_config = re.search(r"--config configs/data/([\w.]+\.yaml)", header)
     if named_data:
-        data_class_path = named_data.group(1)
+        data_class = _class(named_data.group(1))
     elif data_config:
-        data_class_path = yaml.safe_load((REPO / "configs" / "data" / data_config.group(1)).read_text())["data"][
-            "class_path"
-        ]
+        data_class = _class(
+            yaml.safe_load((REPO / "configs" / "data" / data_config.group(1)).read_text())["data"]["class_path"]
+        )
     else:
-        data_class_path = None
+        data_class = None
     allowed = {"model": _parameters(model_class), "trainer": _parameters(Trainer)}
     for group, option in re.findall(r"--(model|data|trainer)\.(\w+)", header):
         if group == "data":
-            assert data_class_path is not None, f"{name}: --data.{option} without a data class in the header"
-            data_class = _class(data_class_path)
+            assert data_class is not None, f"{name}: --data.{option} without a data class in the header"
             assert option in _parameters(data_class), f"{name}: --data.{option} is not a {data_class.__name__} argument"
         else:
             assert option in allowed[group], f"{name}: --{group}.{option} is not an argument of its {group}"
